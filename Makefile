@@ -1,0 +1,36 @@
+# Two entry points for a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: test demo lint typecheck pytest bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+test: $(STAMP) lint typecheck pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check meshlib tests bench
+	$(BIN)/ruff format --check meshlib tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.route_decision
+
+demo: $(STAMP)
+	@echo "The Bookinfo demo is not built yet: see examples/bookinfo/README.md."
+	@echo "Meanwhile, try the router on Istio's Bookinfo rules:"
+	$(BIN)/meshctl explain -c examples/bookinfo/mesh.yaml -H 'end-user: jason' GET http://reviews:9080/reviews/0
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

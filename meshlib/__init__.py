@@ -1,0 +1,32 @@
+"""meshlib: an in-process service mesh for Python, speaking Istio's resource language."""
+
+from meshlib.errors import (
+    CircuitOpenError,
+    ConfigError,
+    DeadlineExceeded,
+    MeshError,
+    MeshRequestError,
+    NoHealthyUpstream,
+    NoRouteError,
+    Problem,
+)
+from meshlib.mesh import Mesh
+from meshlib.routing import RouteDecision, RouteRequest, RouteTable
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CircuitOpenError",
+    "ConfigError",
+    "DeadlineExceeded",
+    "Mesh",
+    "MeshError",
+    "MeshRequestError",
+    "NoHealthyUpstream",
+    "NoRouteError",
+    "Problem",
+    "RouteDecision",
+    "RouteRequest",
+    "RouteTable",
+    "__version__",
+]

@@ -1,0 +1,791 @@
+"""The validated, frozen config model: Istio's resources with Istio's field names.
+
+Each Istio message is one pydantic model; the YAML key is the Istio (camelCase) name and the Python
+attribute its snake_case twin. Unset fields stay ``None`` so that "not given" and "given as the
+default" remain different things: defaults are applied when the model is compiled to runtime tables
+(``meshlib.config.compile``), where Istio applies them too.
+
+Validation follows Istio's own (``pkg/config/validation``) where meshlib can observe the difference:
+unknown fields, wrong types, durations, RE2 regexes, weights, percentages, status codes, header-name
+case, and the one-of rules of Istio's messages.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+import re2
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+# --------------------------------------------------------------------------- scalar types
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_UNIT_SECONDS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "μs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+
+
+def parse_duration(value: object) -> float:
+    """Parse a duration as Istio and Go write them (``7s``, ``0.5s``, ``100ms``, ``1m30s``).
+
+    Returns seconds."""
+    if not isinstance(value, str):
+        raise ValueError(f"must be a duration string such as '7s' or '100ms', not {value!r}")
+    text = value.strip()
+    if not text:
+        raise ValueError("must be a duration such as '7s' or '100ms', not an empty string")
+    pos = 0
+    total = 0.0
+    while pos < len(text):
+        match = _DURATION_PART.match(text, pos)
+        if match is None:
+            raise ValueError(
+                f"invalid duration {value!r}: write a number and a unit (h, m, s, ms, us, ns), "
+                "e.g. '7s', '0.5s', '100ms', '1m'"
+            )
+        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        pos = match.end()
+    return total
+
+
+def _positive_ms(seconds: float) -> float:
+    """Istio's ValidateDuration: at least 1ms, and whole milliseconds."""
+    if seconds < 0.001:
+        raise ValueError("must be at least 1ms")
+    if abs(round(seconds * 1000) - seconds * 1000) > 1e-6:
+        raise ValueError("only durations to millisecond precision are supported")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+PositiveDuration = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_positive_ms)]
+
+
+def _check_percent(value: float) -> float:
+    if not 0.0 <= value <= 100.0:
+        raise ValueError("must be between 0 and 100")
+    return value
+
+
+def _check_re2(pattern: str) -> str:
+    """Istio and Envoy use RE2: reject what RE2 rejects (lookaround, backreferences, …)."""
+    options = re2.Options()
+    options.log_errors = False
+    try:
+        re2.compile(pattern, options=options)
+    except re2.error as exc:
+        detail = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise ValueError(f"invalid RE2 regex {pattern!r}: {detail}") from None
+    return pattern
+
+
+Regex = Annotated[str, AfterValidator(_check_re2)]
+Labels = dict[str, str]
+
+
+class Model(BaseModel):
+    """Base of every config message: strict types, unknown fields rejected, frozen once built."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        strict=True,
+        alias_generator=to_camel,
+        populate_by_name=True,
+        regex_engine="python-re",
+    )
+
+
+# --------------------------------------------------------------------------- shared messages
+
+
+class Percent(Model):
+    """``percentage: {value: 50}``: a double between 0 and 100."""
+
+    value: Annotated[float, AfterValidator(_check_percent)] = 0.0
+
+
+class PortSelector(Model):
+    number: int = Field(ge=1, le=65535)
+
+
+class StringMatch(Model):
+    """One of ``exact``, ``prefix``, ``regex`` (RE2, full match). Empty (``{}``) means "present"."""
+
+    exact: str | None = None
+    prefix: str | None = None
+    regex: Regex | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> StringMatch:
+        given = [n for n in ("exact", "prefix", "regex") if getattr(self, n) is not None]
+        if len(given) > 1:
+            raise ValueError(f"set only one of exact, prefix, regex (got {', '.join(given)})")
+        return self
+
+
+class Destination(Model):
+    host: str = Field(min_length=1)
+    subset: str | None = None
+    port: PortSelector | None = None
+
+
+class HeaderOperations(Model):
+    set: dict[str, str] | None = None
+    add: dict[str, str] | None = None
+    remove: list[str] | None = None
+
+
+class Headers(Model):
+    request: HeaderOperations | None = None
+    response: HeaderOperations | None = None
+
+
+# --------------------------------------------------------------------------- VirtualService
+
+
+def _lowercase_keys(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    if value:
+        for key in value:
+            if key != key.lower():
+                raise ValueError(f"header name {key!r} must be lowercase")
+    return value
+
+
+HeaderMatches = Annotated[dict[str, StringMatch] | None, AfterValidator(_lowercase_keys)]
+
+
+class HTTPMatchRequest(Model):
+    name: str | None = None
+    uri: StringMatch | None = None
+    scheme: StringMatch | None = None
+    method: StringMatch | None = None
+    authority: StringMatch | None = None
+    headers: HeaderMatches = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    source_labels: Labels | None = None
+    gateways: list[str] | None = None
+    query_params: dict[str, StringMatch] | None = None
+    ignore_uri_case: bool | None = None
+    without_headers: HeaderMatches = None
+    source_namespace: str | None = None
+    stat_prefix: str | None = None
+
+
+class HTTPRouteDestination(Model):
+    destination: Destination
+    weight: int = Field(default=0, ge=0)
+    headers: Headers | None = None
+
+
+_RETRY_ON = frozenset(
+    {
+        "5xx",
+        "gateway-error",
+        "reset",
+        "reset-before-request",
+        "connect-failure",
+        "envoy-ratelimited",
+        "retriable-4xx",
+        "refused-stream",
+        "retriable-status-codes",
+        "retriable-headers",
+        "http3-post-connect-failure",
+        "cancelled",
+        "deadline-exceeded",
+        "internal",
+        "resource-exhausted",
+        "unavailable",
+    }
+)
+
+
+def _check_retry_on(value: str) -> str:
+    for raw in value.split(","):
+        item = raw.strip()
+        if item in _RETRY_ON:
+            continue
+        if item.isdigit() and 100 <= int(item) <= 599:
+            continue
+        known = ", ".join(sorted(_RETRY_ON))
+        raise ValueError(
+            f"{item!r} is not a retry condition (use an HTTP status or one of {known})"
+        )
+    return value
+
+
+class HTTPRetry(Model):
+    attempts: int = Field(default=0, ge=0)
+    per_try_timeout: PositiveDuration | None = None
+    retry_on: Annotated[str, AfterValidator(_check_retry_on)] | None = None
+    retry_remote_localities: bool | None = None
+    retry_ignore_previous_hosts: bool | None = None
+    backoff: PositiveDuration | None = None
+
+
+class Delay(Model):
+    fixed_delay: PositiveDuration | None = None
+    exponential_delay: PositiveDuration | None = None
+    percentage: Percent | None = None
+    percent: int | None = Field(default=None, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> Delay:
+        if (self.fixed_delay is None) == (self.exponential_delay is None):
+            raise ValueError("set exactly one of fixedDelay, exponentialDelay")
+        return self
+
+
+GRPC_STATUS_CODES = {
+    "OK": 0,
+    "CANCELLED": 1,
+    "UNKNOWN": 2,
+    "INVALID_ARGUMENT": 3,
+    "DEADLINE_EXCEEDED": 4,
+    "NOT_FOUND": 5,
+    "ALREADY_EXISTS": 6,
+    "PERMISSION_DENIED": 7,
+    "RESOURCE_EXHAUSTED": 8,
+    "FAILED_PRECONDITION": 9,
+    "ABORTED": 10,
+    "OUT_OF_RANGE": 11,
+    "UNIMPLEMENTED": 12,
+    "INTERNAL": 13,
+    "UNAVAILABLE": 14,
+    "DATA_LOSS": 15,
+    "UNAUTHENTICATED": 16,
+}
+
+
+def _check_grpc_status(value: str) -> str:
+    if value not in GRPC_STATUS_CODES:
+        raise ValueError(
+            f"{value!r} is not a gRPC status name (use e.g. UNAVAILABLE, not its number)"
+        )
+    return value
+
+
+class Abort(Model):
+    http_status: int | None = Field(default=None, ge=200, le=599)
+    grpc_status: Annotated[str, AfterValidator(_check_grpc_status)] | None = None
+    http2_error: str | None = None
+    percentage: Percent | None = None
+    percent: int | None = Field(default=None, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> Abort:
+        given = [
+            n for n in ("http_status", "grpc_status", "http2_error") if getattr(self, n) is not None
+        ]
+        if len(given) != 1:
+            raise ValueError("set exactly one of httpStatus, grpcStatus, http2Error")
+        return self
+
+
+class HTTPFaultInjection(Model):
+    delay: Delay | None = None
+    abort: Abort | None = None
+
+    @model_validator(mode="after")
+    def _some(self) -> HTTPFaultInjection:
+        if self.delay is None and self.abort is None:
+            raise ValueError("a fault must have a delay, an abort, or both")
+        return self
+
+
+class RegexRewrite(Model):
+    match: Regex
+    rewrite: str
+
+
+class HTTPRewrite(Model):
+    uri: str | None = None
+    authority: str | None = None
+    uri_regex_rewrite: RegexRewrite | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> HTTPRewrite:
+        if self.uri is not None and self.uri_regex_rewrite is not None:
+            raise ValueError("set only one of uri, uriRegexRewrite")
+        return self
+
+
+class HTTPRedirect(Model):
+    uri: str | None = None
+    authority: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    derive_port: Literal["FROM_PROTOCOL_DEFAULT", "FROM_REQUEST_PORT"] | None = None
+    scheme: str | None = None
+    redirect_code: int | None = None
+    prefix_rewrite: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> HTTPRedirect:
+        if self.redirect_code not in (None, 0, 301, 302, 303, 307, 308):
+            raise ValueError(f"redirectCode {self.redirect_code} must be 301, 302, 303, 307 or 308")
+        if self.port is not None and self.derive_port is not None:
+            raise ValueError("set only one of port, derivePort")
+        if self.uri is not None and self.prefix_rewrite is not None:
+            raise ValueError("set only one of uri, prefixRewrite")
+        return self
+
+
+class HTTPBody(Model):
+    string: str | None = None
+    bytes: str | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> HTTPBody:
+        if (self.string is None) == (self.bytes is None):
+            raise ValueError("set exactly one of string, bytes")
+        size = len((self.string or self.bytes or "").encode())
+        if size > 1024 * 1024:
+            raise ValueError("body must be at most 1 MiB")
+        return self
+
+
+class HTTPDirectResponse(Model):
+    status: int = Field(ge=200, le=599)
+    body: HTTPBody | None = None
+
+
+class HTTPMirrorPolicy(Model):
+    destination: Destination
+    percentage: Percent | None = None
+
+
+class CorsPolicy(Model):
+    allow_origins: list[StringMatch] | None = None
+    allow_origin: list[str] | None = None
+    allow_methods: list[str] | None = None
+    allow_headers: list[str] | None = None
+    expose_headers: list[str] | None = None
+    max_age: Duration | None = None
+    allow_credentials: bool | None = None
+    unmatched_preflights: Literal["UNSPECIFIED", "FORWARD", "IGNORE"] | None = None
+
+
+class Delegate(Model):
+    name: str
+    namespace: str | None = None
+
+
+class HTTPRoute(Model):
+    name: str | None = None
+    match: list[HTTPMatchRequest] | None = None
+    route: list[HTTPRouteDestination] | None = None
+    redirect: HTTPRedirect | None = None
+    direct_response: HTTPDirectResponse | None = None
+    delegate: Delegate | None = None
+    rewrite: HTTPRewrite | None = None
+    timeout: Duration | None = None
+    retries: HTTPRetry | None = None
+    fault: HTTPFaultInjection | None = None
+    mirror: Destination | None = None
+    mirror_percent: int | None = Field(default=None, ge=0, le=100)
+    mirror_percentage: Percent | None = None
+    mirrors: list[HTTPMirrorPolicy] | None = None
+    cors_policy: CorsPolicy | None = None
+    headers: Headers | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> HTTPRoute:
+        actions = [
+            n
+            for n in ("route", "redirect", "direct_response", "delegate")
+            if getattr(self, n) not in (None, [])
+        ]
+        if self.route is not None and not self.route:
+            raise ValueError("route must list at least one destination")
+        if not actions:
+            raise ValueError("a route needs one of route, redirect, directResponse, delegate")
+        if "direct_response" in actions and len(actions) > 1:
+            raise ValueError("directResponse cannot be combined with route, redirect or delegate")
+        if "redirect" in actions and "route" in actions:
+            raise ValueError("set only one of route, redirect")
+        if self.redirect is not None and self.rewrite is not None:
+            raise ValueError("rewrite cannot be combined with redirect")
+        if self.mirror is not None and self.mirrors:
+            raise ValueError("set only one of mirror, mirrors")
+        if self.match is not None:
+            for i, entry in enumerate(self.match):
+                if entry == _EMPTY_MATCH:
+                    raise ValueError(f"match[{i}] is empty: an HTTPMatchRequest cannot be empty")
+        if self.route and len(self.route) > 1 and sum(d.weight for d in self.route) == 0:
+            raise ValueError("total destination weight = 0: give the destinations weights")
+        return self
+
+
+_EMPTY_MATCH = HTTPMatchRequest()
+
+
+class L4Match(Model):
+    destination_subnets: list[str] | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    source_subnet: str | None = None
+    source_labels: Labels | None = None
+    gateways: list[str] | None = None
+    source_namespace: str | None = None
+
+
+class TLSMatch(Model):
+    sni_hosts: list[str]
+    destination_subnets: list[str] | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    source_labels: Labels | None = None
+    gateways: list[str] | None = None
+    source_namespace: str | None = None
+
+
+class RouteDestination(Model):
+    destination: Destination
+    weight: int = Field(default=0, ge=0)
+
+
+class TCPRoute(Model):
+    match: list[L4Match] | None = None
+    route: list[RouteDestination] | None = None
+
+
+class TLSRoute(Model):
+    match: list[TLSMatch]
+    route: list[RouteDestination] | None = None
+
+
+class VirtualService(Model):
+    hosts: list[str] | None = None
+    gateways: list[str] | None = None
+    http: list[HTTPRoute] | None = None
+    tls: list[TLSRoute] | None = None
+    tcp: list[TCPRoute] | None = None
+    export_to: list[str] | None = None
+
+
+# --------------------------------------------------------------------------- DestinationRule
+
+
+class HTTPCookie(Model):
+    name: str
+    path: str | None = None
+    ttl: Duration | None = None
+    attributes: list[dict[str, str]] | None = None
+
+
+class RingHash(Model):
+    minimum_ring_size: int | None = Field(default=None, ge=1)
+
+
+class Maglev(Model):
+    table_size: int | None = Field(default=None, ge=1)
+
+
+class ConsistentHashLB(Model):
+    http_header_name: str | None = None
+    http_cookie: HTTPCookie | None = None
+    use_source_ip: bool | None = None
+    http_query_parameter_name: str | None = None
+    ring_hash: RingHash | None = None
+    maglev: Maglev | None = None
+    minimum_ring_size: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ConsistentHashLB:
+        keys = [
+            n
+            for n in (
+                "http_header_name",
+                "http_cookie",
+                "use_source_ip",
+                "http_query_parameter_name",
+            )
+            if getattr(self, n) not in (None, False)
+        ]
+        if len(keys) != 1:
+            raise ValueError(
+                "set exactly one hash key: httpHeaderName, httpCookie, useSourceIp or "
+                "httpQueryParameterName"
+            )
+        if self.ring_hash is not None and self.maglev is not None:
+            raise ValueError("set only one of ringHash, maglev")
+        return self
+
+
+class LocalityDistribute(Model):
+    from_: str = Field(alias="from")
+    to: dict[str, int]
+
+
+class LocalityFailover(Model):
+    from_: str = Field(alias="from")
+    to: str
+
+
+class LocalityLoadBalancerSetting(Model):
+    distribute: list[LocalityDistribute] | None = None
+    failover: list[LocalityFailover] | None = None
+    failover_priority: list[str] | None = None
+    enabled: bool | None = None
+
+
+class WarmupConfiguration(Model):
+    duration: Duration
+    minimum_percent: Annotated[float, AfterValidator(_check_percent)] | None = None
+    aggression: float | None = Field(default=None, ge=1.0)
+
+
+SimpleLB = Literal[
+    "UNSPECIFIED", "LEAST_CONN", "RANDOM", "PASSTHROUGH", "ROUND_ROBIN", "LEAST_REQUEST"
+]
+
+
+class LoadBalancerSettings(Model):
+    simple: SimpleLB | None = None
+    consistent_hash: ConsistentHashLB | None = None
+    locality_lb_setting: LocalityLoadBalancerSetting | None = None
+    warmup_duration_secs: Duration | None = None
+    warmup: WarmupConfiguration | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> LoadBalancerSettings:
+        if self.simple is not None and self.consistent_hash is not None:
+            raise ValueError("set only one of simple, consistentHash")
+        return self
+
+
+class TcpKeepalive(Model):
+    probes: int | None = Field(default=None, ge=0)
+    time: Duration | None = None
+    interval: Duration | None = None
+
+
+class TCPSettings(Model):
+    max_connections: int | None = Field(default=None, ge=0)
+    connect_timeout: PositiveDuration | None = None
+    tcp_keepalive: TcpKeepalive | None = None
+    max_connection_duration: PositiveDuration | None = None
+    idle_timeout: Duration | None = None
+
+
+class HTTPSettings(Model):
+    http1_max_pending_requests: int | None = Field(default=None, ge=0)
+    http2_max_requests: int | None = Field(default=None, ge=0)
+    max_requests_per_connection: int | None = Field(default=None, ge=0)
+    max_retries: int | None = Field(default=None, ge=0)
+    idle_timeout: Duration | None = None
+    h2_upgrade_policy: Literal["DEFAULT", "DO_NOT_UPGRADE", "UPGRADE"] | None = None
+    use_client_protocol: bool | None = None
+    max_concurrent_streams: int | None = Field(default=None, ge=0)
+
+
+class ConnectionPoolSettings(Model):
+    tcp: TCPSettings | None = None
+    http: HTTPSettings | None = None
+
+
+class OutlierDetection(Model):
+    consecutive_errors: int | None = Field(default=None, ge=0)
+    split_external_local_origin_errors: bool | None = None
+    consecutive_local_origin_failures: int | None = Field(default=None, ge=0)
+    consecutive_gateway_errors: int | None = Field(default=None, ge=0)
+    consecutive_5xx_errors: int | None = Field(default=None, ge=0, alias="consecutive5xxErrors")
+    interval: PositiveDuration | None = None
+    base_ejection_time: PositiveDuration | None = None
+    max_ejection_percent: int | None = Field(default=None, ge=0, le=100)
+    min_health_percent: int | None = Field(default=None, ge=0, le=100)
+    outlier_detection_http_error_codes: list[int] | None = None
+
+
+class ClientTLSSettings(Model):
+    mode: Literal["DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL"] | None = None
+    client_certificate: str | None = None
+    private_key: str | None = None
+    ca_certificates: str | None = None
+    credential_name: str | None = None
+    subject_alt_names: list[str] | None = None
+    sni: str | None = None
+    insecure_skip_verify: bool | None = None
+    ca_crl: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ClientTLSSettings:
+        if self.mode == "MUTUAL" and self.credential_name is None:
+            missing = [
+                n
+                for n, v in (
+                    ("clientCertificate", self.client_certificate),
+                    ("privateKey", self.private_key),
+                )
+                if not v
+            ]
+            if missing:
+                raise ValueError(f"mode MUTUAL needs {' and '.join(missing)} (or credentialName)")
+        return self
+
+
+class TunnelSettings(Model):
+    protocol: Literal["CONNECT", "POST"] | None = None
+    target_host: str
+    target_port: int = Field(ge=1, le=65535)
+
+
+class ProxyProtocol(Model):
+    version: Literal["V1", "V2"] | None = None
+
+
+class RetryBudget(Model):
+    percent: Percent | None = None
+    min_retry_concurrency: int | None = Field(default=None, ge=0)
+
+
+class PortTrafficPolicy(Model):
+    port: PortSelector | None = None
+    load_balancer: LoadBalancerSettings | None = None
+    connection_pool: ConnectionPoolSettings | None = None
+    outlier_detection: OutlierDetection | None = None
+    tls: ClientTLSSettings | None = None
+
+
+class TrafficPolicy(Model):
+    load_balancer: LoadBalancerSettings | None = None
+    connection_pool: ConnectionPoolSettings | None = None
+    outlier_detection: OutlierDetection | None = None
+    tls: ClientTLSSettings | None = None
+    port_level_settings: list[PortTrafficPolicy] | None = None
+    tunnel: TunnelSettings | None = None
+    proxy_protocol: ProxyProtocol | None = None
+    retry_budget: RetryBudget | None = None
+
+
+class Subset(Model):
+    name: str = Field(min_length=1)
+    labels: Labels | None = None
+    traffic_policy: TrafficPolicy | None = None
+
+
+class WorkloadSelector(Model):
+    match_labels: Labels | None = None
+
+
+class DestinationRule(Model):
+    host: str = Field(min_length=1)
+    traffic_policy: TrafficPolicy | None = None
+    subsets: list[Subset] | None = None
+    export_to: list[str] | None = None
+    workload_selector: WorkloadSelector | None = None
+
+    @model_validator(mode="after")
+    def _unique_subsets(self) -> DestinationRule:
+        seen: set[str] = set()
+        for subset in self.subsets or ():
+            if subset.name in seen:
+                raise ValueError(f"subset name {subset.name!r} is defined twice")
+            seen.add(subset.name)
+        return self
+
+
+# --------------------------------------------------------------------------- ServiceEntry
+
+
+class ServicePort(Model):
+    number: int = Field(ge=1, le=65535)
+    protocol: str | None = None
+    name: str | None = None
+    target_port: int | None = Field(default=None, ge=1, le=65535)
+
+
+class WorkloadEntry(Model):
+    address: str | None = None
+    ports: dict[str, int] | None = None
+    labels: Labels | None = None
+    network: str | None = None
+    locality: str | None = None
+    weight: int | None = Field(default=None, ge=0)
+    service_account: str | None = None
+
+
+class ServiceEntry(Model):
+    hosts: list[str] = Field(min_length=1)
+    addresses: list[str] | None = None
+    ports: list[ServicePort] | None = None
+    location: Literal["MESH_EXTERNAL", "MESH_INTERNAL"] | None = None
+    resolution: Literal["NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN", "DYNAMIC_DNS"] | None = None
+    endpoints: list[WorkloadEntry] | None = None
+    workload_selector: WorkloadSelector | None = None
+    export_to: list[str] | None = None
+    subject_alt_names: list[str] | None = None
+
+
+# --------------------------------------------------------------------------- meshlib Service
+
+
+def _check_address(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"address {value!r} must be host:port, e.g. 127.0.0.1:9080")
+    return value
+
+
+Address = Annotated[str, AfterValidator(_check_address)]
+
+
+class Endpoint(Model):
+    address: Address
+    labels: Labels | None = None
+    weight: int = Field(default=1, ge=1)
+
+
+class Registry(Model):
+    static: dict[str, list[Endpoint]] | None = None
+
+
+class OutboundTrafficPolicy(Model):
+    mode: Literal["ALLOW_ANY", "REGISTRY_ONLY"] = "ALLOW_ANY"
+
+
+class Service(Model):
+    """meshlib's own document: who this service is and where the others are."""
+
+    version: str | None = None
+    labels: Labels | None = None
+    propagate_headers: list[str] | None = None
+    registry: Registry | None = None
+    include: list[str] | None = None
+    outbound_traffic_policy: OutboundTrafficPolicy | None = None
+
+
+# --------------------------------------------------------------------------- documents
+
+
+class Metadata(BaseModel):
+    """Kubernetes object metadata; fields meshlib has no use for (uid, …) are let through."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
+
+    name: str = Field(min_length=1)
+    namespace: str | None = None
+    labels: Labels | None = None
+    annotations: dict[str, str] | None = None
+
+
+SPEC_MODELS: dict[str, type[Model]] = {
+    "VirtualService": VirtualService,
+    "DestinationRule": DestinationRule,
+    "ServiceEntry": ServiceEntry,
+    "Service": Service,
+}

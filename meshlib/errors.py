@@ -1,0 +1,128 @@
+"""The one exception tree of meshlib.
+
+```
+MeshError
+ ├─ ConfigError            (also ValueError)   every problem with file, line and field path
+ └─ MeshRequestError       (also httpx.TransportError)  a call the mesh could not complete
+     ├─ NoRouteError                           no route matched (flag NR)
+     ├─ NoHealthyUpstream                      no endpoint to send to (flags UH / NC)
+     ├─ CircuitOpenError                       breaker open or pool overflow (flag UO)
+     └─ DeadlineExceeded   (also httpx.TimeoutException)  route timeout spent (flag UT)
+```
+
+No exception of pybreaker, tenacity, PyYAML or pydantic escapes meshlib: each is wrapped in one of
+these, with the original kept as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import httpx
+
+Severity = Literal["error", "warning"]
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One finding about a config: where it is and what is wrong.
+
+    ``line`` is 1-based; 0 when the place has no line (a missing file, say).
+    """
+
+    file: str
+    line: int
+    path: str
+    message: str
+    severity: Severity = "error"
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        prefix = "" if self.severity == "error" else "warning: "
+        if self.path:
+            return f"{where}: {prefix}{self.path}: {self.message}"
+        return f"{where}: {prefix}{self.message}"
+
+
+class MeshError(Exception):
+    """Base of every error meshlib raises."""
+
+
+class ConfigError(MeshError, ValueError):
+    """A config that cannot be used. ``problems`` lists every error found, in file order."""
+
+    def __init__(self, problems: list[Problem] | tuple[Problem, ...]) -> None:
+        self.problems: tuple[Problem, ...] = tuple(problems)
+        super().__init__("\n".join(str(p) for p in self.problems) or "invalid config")
+
+    @classmethod
+    def single(cls, file: str, line: int, path: str, message: str) -> ConfigError:
+        return cls([Problem(file, line, path, message)])
+
+
+class MeshRequestError(MeshError, httpx.TransportError):
+    """A request the mesh could not complete; says which route, destination and response flag."""
+
+    flag: str = ""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        request: httpx.Request | None = None,
+        route: str | None = None,
+        destination: str | None = None,
+        flag: str | None = None,
+    ) -> None:
+        self.route = route
+        self.destination = destination
+        if flag is not None:
+            self.flag = flag
+        details = [
+            f"{name}={value}"
+            for name, value in (
+                ("route", route),
+                ("destination", destination),
+                ("flag", self.flag or None),
+            )
+            if value
+        ]
+        text = f"{message} ({', '.join(details)})" if details else message
+        super().__init__(text, request=request)
+
+
+class NoRouteError(MeshRequestError):
+    """No route of the host's VirtualService matched the request (Envoy: 404, flag NR)."""
+
+    flag = "NR"
+
+
+class NoHealthyUpstream(MeshRequestError):  # noqa: N818 - the Envoy term
+    """The destination has no endpoint to send to (flag UH), or its subset is unknown (NC)."""
+
+    flag = "UH"
+
+
+class CircuitOpenError(MeshRequestError):
+    """A breaker is open or a connection-pool limit overflowed (flag UO); never retried."""
+
+    flag = "UO"
+
+
+class DeadlineExceeded(MeshRequestError, httpx.TimeoutException):  # noqa: N818 - reads as a state
+    """The route's overall timeout ran out across all attempts (Envoy: 504, flag UT)."""
+
+    flag = "UT"
+
+
+__all__ = [
+    "CircuitOpenError",
+    "ConfigError",
+    "DeadlineExceeded",
+    "MeshError",
+    "MeshRequestError",
+    "NoHealthyUpstream",
+    "NoRouteError",
+    "Problem",
+]
