@@ -321,7 +321,8 @@ def merge_policy(
 
 
 def port_policy(policy: m.TrafficPolicy | None, port: int | None) -> m.TrafficPolicy | None:
-    """Port-level settings replace (do not inherit) the four policies they carry."""
+    """Port-level settings for ``port`` replace (do not inherit) the four policies they carry:
+    a field the port-level entry leaves out falls back to its default, not to the rule's value."""
     if policy is None or port is None or not policy.port_level_settings:
         return policy
     for level in policy.port_level_settings:
@@ -404,11 +405,8 @@ class Compiler:
                 defined = False
             else:
                 labels = dict(subset.labels or {})
-                policy = merge_policy(
-                    port_policy(policy, port), port_policy(subset.traffic_policy, port)
-                )
-        else:
-            policy = port_policy(policy, port)
+                policy = merge_policy(policy, subset.traffic_policy)
+        policy = port_policy(policy, port)
         return Target(
             host=host,
             subset=destination.subset,
