@@ -59,7 +59,8 @@ def main() -> None:
     headers = {"end-user": "alice", "accept": "text/html", "x-request-id": "abc"}
     request = RouteRequest("GET", "http", "reviews", 9080, "/reviews/0", "", headers)
     decision = table.route(request, rng)
-    assert decision.destination is not None and decision.route_index == 1
+    assert decision.destination is not None
+    assert decision.route_index == 1
 
     def empty() -> None:
         pass

@@ -263,7 +263,8 @@ class _Loader:
             return model.model_validate(value)
         except ValidationError as exc:
             for err in exc.errors(include_url=False):
-                loc = (*base, *err["loc"])
+                # a dict key's own error ends in "[key]": the key itself is the place
+                loc = (*base, *(part for part in err["loc"] if part != "[key]"))
                 self.problems.append(
                     Problem(doc.file, doc.line_of(loc), format_path(loc), _message(err, loc))
                 )
@@ -300,7 +301,7 @@ class _Loader:
                 warnings.append(
                     Problem(
                         resource.file,
-                        resource.line,
+                        resource.document.line_of(("metadata", "name")),
                         "metadata.name",
                         f"{resource.kind} {resource.namespace}/{resource.name} replaces the one "
                         f"at {earlier.file}:{earlier.line}",

@@ -13,7 +13,7 @@ case, and the one-of rules of Istio's messages.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import re2
 from pydantic import (
@@ -22,6 +22,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    field_validator,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
@@ -160,15 +161,13 @@ class Headers(Model):
 # --------------------------------------------------------------------------- VirtualService
 
 
-def _lowercase_keys(value: dict[str, Any] | None) -> dict[str, Any] | None:
-    if value:
-        for key in value:
-            if key != key.lower():
-                raise ValueError(f"header name {key!r} must be lowercase")
-    return value
+def _lowercase_name(key: str) -> str:
+    if key != key.lower():
+        raise ValueError(f"header name {key!r} must be lowercase")
+    return key
 
 
-HeaderMatches = Annotated[dict[str, StringMatch] | None, AfterValidator(_lowercase_keys)]
+HeaderMatches = dict[Annotated[str, AfterValidator(_lowercase_name)], StringMatch] | None
 
 
 class HTTPMatchRequest(Model):
@@ -404,6 +403,15 @@ class HTTPRoute(Model):
     cors_policy: CorsPolicy | None = None
     headers: Headers | None = None
 
+    @field_validator("route")
+    @classmethod
+    def _weighted(
+        cls, route: list[HTTPRouteDestination] | None
+    ) -> list[HTTPRouteDestination] | None:
+        if route and len(route) > 1 and sum(d.weight for d in route) == 0:
+            raise ValueError("total destination weight = 0: give the destinations weights")
+        return route
+
     @model_validator(mode="after")
     def _check(self) -> HTTPRoute:
         actions = [
@@ -427,8 +435,6 @@ class HTTPRoute(Model):
             for i, entry in enumerate(self.match):
                 if entry == _EMPTY_MATCH:
                     raise ValueError(f"match[{i}] is empty: an HTTPMatchRequest cannot be empty")
-        if self.route and len(self.route) > 1 and sum(d.weight for d in self.route) == 0:
-            raise ValueError("total destination weight = 0: give the destinations weights")
         return self
 
 
