@@ -79,6 +79,8 @@ class ServiceInfo:
     labels: dict[str, str] = field(default_factory=dict)
     propagate_headers: tuple[str, ...] = ()
     registry: dict[str, tuple[m.Endpoint, ...]] = field(default_factory=dict)
+    registry_file: str | None = None
+    registry_refresh: float = 1.0
     outbound_mode: str = "ALLOW_ANY"
 
 
@@ -316,7 +318,7 @@ class _Loader:
 def _service_info(entry: tuple[Document, m.Service, m.Metadata] | None) -> ServiceInfo:
     if entry is None:
         return ServiceInfo()
-    _, spec, metadata = entry
+    doc, spec, metadata = entry
     labels = dict(spec.labels or {})
     labels.setdefault("app", metadata.name)
     if spec.version:
@@ -326,6 +328,12 @@ def _service_info(entry: tuple[Document, m.Service, m.Metadata] | None) -> Servi
         for name, endpoints in ((spec.registry and spec.registry.static) or {}).items()
     }
     outbound = spec.outbound_traffic_policy
+    source = spec.registry.file if spec.registry else None
+    registry_file = None
+    if source is not None:
+        registry_file = source.path
+        if not os.path.isabs(registry_file):
+            registry_file = os.path.join(os.path.dirname(doc.file) or ".", registry_file)
     return ServiceInfo(
         name=metadata.name,
         namespace=metadata.namespace or DEFAULT_NAMESPACE,
@@ -333,6 +341,8 @@ def _service_info(entry: tuple[Document, m.Service, m.Metadata] | None) -> Servi
         labels=labels,
         propagate_headers=tuple(h.lower() for h in spec.propagate_headers or ()),
         registry=registry,
+        registry_file=registry_file,
+        registry_refresh=(source.refresh_interval or 1.0) if source else 1.0,
         outbound_mode=outbound.mode if outbound else "ALLOW_ANY",
     )
 
@@ -393,7 +403,7 @@ def _message(err: Any, loc: Path) -> str:
         return f"must be >= {ctx.get('ge')}"
     if kind == "less_than_equal":
         return f"must be <= {ctx.get('le')}"
-    if kind == "too_short":
+    if kind in ("too_short", "string_too_short"):
         return "must not be empty"
     if kind == "value_error":
         return str(err["msg"]).removeprefix("Value error, ")

@@ -756,8 +756,16 @@ class Endpoint(Model):
     weight: int = Field(default=1, ge=1)
 
 
+class FileRegistrySource(Model):
+    """A YAML file of endpoints (``{service: [{address, labels, weight}]}``), re-read on change."""
+
+    path: str = Field(min_length=1)
+    refresh_interval: PositiveDuration | None = None
+
+
 class Registry(Model):
     static: dict[str, list[Endpoint]] | None = None
+    file: FileRegistrySource | None = None
 
 
 class OutboundTrafficPolicy(Model):

@@ -49,3 +49,19 @@ class Registry(Protocol):
     def endpoints(self, host: str) -> tuple[Endpoint, ...]:
         """The endpoints of the service whose FQDN is ``host`` (empty when none are known)."""
         ...
+
+
+class RegistryChain:
+    """Several registries asked in order; the first that knows a host answers for it."""
+
+    __slots__ = ("sources",)
+
+    def __init__(self, *sources: Registry) -> None:
+        self.sources = sources
+
+    def endpoints(self, host: str) -> tuple[Endpoint, ...]:
+        for source in self.sources:
+            found = source.endpoints(host)
+            if found:
+                return found
+        return ()
