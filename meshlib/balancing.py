@@ -1,0 +1,947 @@
+"""Load balancing: which endpoint an attempt goes to, and which endpoints sit out for a while.
+
+One ``Balancer`` serves one destination (host and subset). For every attempt it takes the
+registry's endpoints, drops those the ``OutlierDetector`` has ejected, and lets a ``Picker``
+choose among the rest; the attempt's outcome goes back to the detector through ``report``.
+
+Pickers, as Envoy's load balancers behave (DestinationRule ``trafficPolicy.loadBalancer``):
+
+* ``LeastRequest`` is the default (``loadBalancer`` unset, ``UNSPECIFIED``, ``LEAST_REQUEST`` and
+  the deprecated ``LEAST_CONN``). With equal weights it is Envoy's power of two choices: draw two
+  endpoints at random (with replacement, as Envoy does) and keep the one with fewer requests in
+  flight; on a tie the first draw stays. With unequal weights Envoy switches to a weighted
+  schedule whose weights are recomputed at pick time as
+  ``weight / (active_requests + 1) ** active_request_bias`` (bias 1.0). meshlib runs that
+  schedule as a smooth weighted round robin over the recomputed weights of every endpoint,
+  where Envoy's EDF scheduler refreshes only the weight of the host it just picked.
+* ``RoundRobin`` (``ROUND_ROBIN``): a rotation when all weights are equal, else a smooth weighted
+  round robin (the nginx schedule: ``5, 1, 1`` gives ``a a b a c a a``). Envoy uses an EDF
+  schedule, which gives the same shares in a less even order.
+* ``RandomPicker`` (``RANDOM``): uniform, or weighted when the weights differ. ``PASSTHROUGH``
+  maps to it too: in Envoy it sends the connection to the original destination address, but an
+  in-process client names a service rather than an address, so there is no original destination
+  to keep; a random pick among the known endpoints is the closest meaning.
+* ``RingHash`` (``consistentHash``): Envoy's ring ("ketama") hash. Each endpoint gets ring entries
+  ``hash("<host:port>_<i>")`` in proportion to its weight (64-bit BLAKE2b where Envoy uses
+  xxHash64: stable across processes and Python versions, so every client of a service builds
+  the same ring); a request goes to the first entry at or after its own hash, wrapping around.
+  Without a hash key the pick is random, as in Envoy. ``maglev`` maps to this ring too: both are
+  consistent hashing with the same contract, Maglev trading some stability for lookup speed
+  that an in-process client does not need (``tableSize`` is ignored).
+  Envoy sizes the ring so that the lightest host gets ``ceil(w_min / W * minimumRingSize)``
+  entries, which changes every host's entry count when a host leaves and so moves a few keys
+  between the hosts that stay. meshlib instead gives every unit of weight (weights divided by
+  their greatest common divisor) ``minimumRingSize`` entries (default 1024), so the ring is
+  never smaller than ``minimumRingSize`` and an endpoint's entries never depend on the others:
+  removing an endpoint moves exactly the keys it owned. That holds while the ring stays under
+  ``MAXIMUM_RING_SIZE`` entries, beyond which the entries per unit shrink.
+
+Every picker honours ``avoid``, the endpoints earlier attempts of the same request already
+tried (Envoy's ``previous_hosts`` retry predicate): it picks among the others while any remain.
+The ring hash walks on along the ring to the next endpoint not tried.
+
+Outlier detection (DestinationRule ``outlierDetection``, only when configured), Istio's way:
+
+* ``consecutive5xxErrors`` (default 5; 0 disables) counts responses 500–599;
+  ``consecutiveGatewayErrors`` (off unless set) counts 502, 503 and 504. Any other response
+  resets both counters, and a 5xx that is not a gateway error resets the gateway counter. The
+  deprecated ``consecutiveErrors`` becomes a gateway-error threshold and turns the 5xx counter
+  off unless ``consecutive5xxErrors`` is also given (Istio's old translation).
+* Local-origin failures (connect failure, reset, timeout) count as a 503 in both counters unless
+  ``splitExternalLocalOriginErrors`` is true; then they count only against
+  ``consecutiveLocalOriginFailures`` (default 5), which any response from the endpoint resets.
+* ``outlierDetectionHttpErrorCodes``, when given, decides which statuses are errors: a listed
+  status counts as a 500, any other as a success (Envoy's outlier ``error_matcher``).
+* An ejection lasts ``baseEjectionTime`` (30s) × the endpoint's ejection multiplier, capped at
+  ``max(300s, baseEjectionTime)``. The multiplier grows by one with each ejection and, as in
+  Envoy, shrinks by one for every ``interval`` (10s) the endpoint has stayed healthy since it came
+  back. Envoy returns hosts at its interval ticks; meshlib checks the clock lazily whenever it is
+  asked, so an endpoint returns exactly when its time is up. ``interval`` only paces that decay.
+* ``maxEjectionPercent`` (default 10; 0 also means 10, as in Istio): an ejection happens only if
+  ``(active ejections + 1) / known endpoints`` stays within it. Envoy before 1.27 always let the
+  first ejection through; since envoyproxy/envoy#27909 (2023) the limit is strict unless
+  ``always_eject_one_host`` is set, which Istio does not set. meshlib follows current Envoy
+  (with the default 10%, a pool of fewer than ten endpoints never ejects) and offers
+  ``always_eject_one_host=True`` for the older behaviour.
+* ``minHealthPercent`` (default 0): when the share of endpoints not ejected falls below it, all
+  endpoints are used (Envoy's panic mode); at 0 panic mode is off and a pool with every endpoint
+  ejected has no endpoint to offer.
+
+State (in-flight counts, outlier records) is keyed by host and port: an endpoint that leaves the
+registry and comes back at the same address is the same endpoint, and ``prune`` forgets those
+that left. Success-rate and failure-percentage ejection are not implemented (Istio turns
+success-rate ejection off), nor is ``warmup`` (slow start).
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import math
+import random
+import threading
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import accumulate
+from typing import Protocol
+
+from meshlib.clock import Clock
+from meshlib.config import model as m
+from meshlib.discovery import Endpoint
+
+DEFAULT_MINIMUM_RING_SIZE = 1024
+"""Istio's and Envoy's default ``minimumRingSize``."""
+
+MAXIMUM_RING_SIZE = 1 << 17
+"""Ring entries at most; past this the entries per unit of weight shrink."""
+
+LEAST_REQUEST_CHOICES = 2
+"""Envoy's default ``choice_count``: the power of two choices."""
+
+ACTIVE_REQUEST_BIAS = 1.0
+"""Envoy's default ``active_request_bias`` for least request with unequal weights."""
+
+GATEWAY_ERRORS = frozenset({502, 503, 504})
+
+_MASK64 = (1 << 64) - 1
+_NO_RETURN = math.inf
+
+EjectListener = Callable[[Endpoint, int], None]
+"""Called with the endpoint and how many times it has now been ejected."""
+
+ReturnListener = Callable[[Endpoint], None]
+"""Called with an endpoint whose ejection time is over."""
+
+
+def _hash64(text: str) -> int:
+    """A 64-bit hash that is the same in every process and every Python version."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+
+
+def _same(a: Sequence[Endpoint], b: Sequence[Endpoint]) -> bool:
+    """Whether two endpoint lists hold the same endpoints in the same order."""
+    if a is b:
+        return True
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b, strict=True):
+        if x is not y and x != y:
+            return False
+    return True
+
+
+def _prefer(endpoints: Sequence[Endpoint], avoid: Collection[Endpoint]) -> Sequence[Endpoint]:
+    """The endpoints not in ``avoid``; all of them when every one was already tried."""
+    fresh = [ep for ep in endpoints if ep not in avoid]
+    return fresh if fresh else endpoints
+
+
+# --------------------------------------------------------------------------- in-flight requests
+
+
+class InFlight:
+    """Requests in flight per endpoint (by address). Thread-safe; ``count`` takes no lock."""
+
+    __slots__ = ("_counts", "_lock")
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, int], int] = {}
+        self._lock = threading.Lock()
+
+    def begin(self, endpoint: Endpoint) -> None:
+        """An attempt to ``endpoint`` starts."""
+        key = (endpoint.host, endpoint.port)
+        with self._lock:
+            counts = self._counts
+            counts[key] = counts.get(key, 0) + 1
+
+    def end(self, endpoint: Endpoint) -> None:
+        """An attempt to ``endpoint`` is over (whatever its outcome)."""
+        key = (endpoint.host, endpoint.port)
+        with self._lock:
+            counts = self._counts
+            left = counts.get(key, 0) - 1
+            if left > 0:
+                counts[key] = left
+            else:
+                counts.pop(key, None)
+
+    def count(self, endpoint: Endpoint) -> int:
+        """Attempts to ``endpoint`` in flight now."""
+        return self._counts.get((endpoint.host, endpoint.port), 0)
+
+    def snapshot(self) -> dict[str, int]:
+        """Address (``host:port``) → attempts in flight, for endpoints with any."""
+        with self._lock:
+            counts = list(self._counts.items())
+        return {f"{host}:{port}": n for (host, port), n in counts}
+
+
+# --------------------------------------------------------------------------- pickers
+
+
+class Picker(Protocol):
+    """Chooses the endpoint for one attempt."""
+
+    def pick(
+        self,
+        endpoints: Sequence[Endpoint],
+        hash_key: int | None,
+        avoid: Collection[Endpoint] = (),
+    ) -> Endpoint | None:
+        """One of ``endpoints``, preferring those not in ``avoid``; None only when empty."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class _WeightTable:
+    """Weights of one endpoint list, kept while the list stays the same."""
+
+    endpoints: tuple[Endpoint, ...]
+    weights: tuple[int, ...]
+    cumulative: tuple[int, ...]
+    uniform: bool
+
+    @classmethod
+    def of(cls, endpoints: Sequence[Endpoint]) -> _WeightTable:
+        members = tuple(endpoints)
+        weights = tuple(ep.weight if ep.weight > 1 else 1 for ep in members)
+        return cls(members, weights, tuple(accumulate(weights)), len(set(weights)) <= 1)
+
+
+def _table_for(cached: _WeightTable | None, endpoints: Sequence[Endpoint]) -> _WeightTable:
+    if cached is not None and _same(cached.endpoints, endpoints):
+        return cached
+    return _WeightTable.of(endpoints)
+
+
+def _smooth_next(
+    current: list[float],
+    weights: Sequence[float],
+    endpoints: Sequence[Endpoint],
+    avoid: Collection[Endpoint],
+) -> int:
+    """One step of smooth weighted round robin: the index of the endpoint to use."""
+    best = -1
+    best_value = -math.inf
+    fallback = 0
+    fallback_value = -math.inf
+    total = 0.0
+    for i, weight in enumerate(weights):
+        value = current[i] + weight
+        current[i] = value
+        total += weight
+        if value > fallback_value:
+            fallback, fallback_value = i, value
+        if value > best_value and (not avoid or endpoints[i] not in avoid):
+            best, best_value = i, value
+    if best < 0:
+        best = fallback
+    current[best] -= total
+    return best
+
+
+class RoundRobin:
+    """Round robin; smooth weighted round robin when the weights differ."""
+
+    __slots__ = ("_current", "_lock", "_next", "_table")
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self._lock = threading.Lock()
+        # Envoy starts each rotation at a random place, so that clients do not move in step.
+        self._next = rng.getrandbits(32) if rng is not None else 0
+        self._table: _WeightTable | None = None
+        self._current: list[float] = []
+
+    def pick(
+        self,
+        endpoints: Sequence[Endpoint],
+        hash_key: int | None,
+        avoid: Collection[Endpoint] = (),
+    ) -> Endpoint | None:
+        n = len(endpoints)
+        if n <= 1:
+            return endpoints[0] if n else None
+        with self._lock:
+            table = self._table
+            if table is None or not _same(table.endpoints, endpoints):
+                table = self._table = _WeightTable.of(endpoints)
+                self._current = [0.0] * n
+            if not table.uniform:
+                return endpoints[_smooth_next(self._current, table.weights, endpoints, avoid)]
+            start = self._next
+            self._next = start + 1
+        chosen = endpoints[start % n]
+        if avoid and chosen in avoid:
+            for step in range(1, n):
+                other = endpoints[(start + step) % n]
+                if other not in avoid:
+                    return other
+        return chosen
+
+
+class RandomPicker:
+    """Uniform random choice; weighted when the weights differ. Also serves ``PASSTHROUGH``."""
+
+    __slots__ = ("_rng", "_table")
+
+    def __init__(self, rng: random.Random) -> None:
+        self._rng = rng
+        self._table: _WeightTable | None = None
+
+    def pick(
+        self,
+        endpoints: Sequence[Endpoint],
+        hash_key: int | None,
+        avoid: Collection[Endpoint] = (),
+    ) -> Endpoint | None:
+        n = len(endpoints)
+        if n <= 1:
+            return endpoints[0] if n else None
+        if avoid:
+            candidates = _prefer(endpoints, avoid)
+            if len(candidates) == 1:
+                return candidates[0]
+            table = _WeightTable.of(candidates)
+        else:
+            table = self._table = _table_for(self._table, endpoints)
+        members = table.endpoints
+        # int(random() * n) < n for every n up to 2**53: the product rounds down, never to n.
+        if table.uniform:
+            return members[int(self._rng.random() * len(members))]
+        cumulative = table.cumulative
+        point = int(self._rng.random() * cumulative[-1])
+        return members[bisect.bisect_right(cumulative, point)]
+
+
+class LeastRequest:
+    """Envoy's least request: power of two choices, or load-adjusted weights when they differ."""
+
+    __slots__ = ("_bias", "_choices", "_current", "_inflight", "_lock", "_rng", "_state", "_table")
+
+    def __init__(
+        self,
+        rng: random.Random,
+        inflight: InFlight,
+        choice_count: int = LEAST_REQUEST_CHOICES,
+        active_request_bias: float = ACTIVE_REQUEST_BIAS,
+    ) -> None:
+        if choice_count < 1:
+            raise ValueError("choice_count must be at least 1")
+        if active_request_bias < 0:
+            raise ValueError("active_request_bias must be >= 0")
+        self._rng = rng
+        self._inflight = inflight
+        self._choices = choice_count
+        self._bias = active_request_bias
+        self._lock = threading.Lock()
+        self._table: _WeightTable | None = None
+        self._state: _WeightTable | None = None
+        self._current: list[float] = []
+
+    def pick(
+        self,
+        endpoints: Sequence[Endpoint],
+        hash_key: int | None,
+        avoid: Collection[Endpoint] = (),
+    ) -> Endpoint | None:
+        n = len(endpoints)
+        if n <= 1:
+            return endpoints[0] if n else None
+        table = self._table = _table_for(self._table, endpoints)
+        count = self._inflight.count
+        if table.uniform:
+            candidates = _prefer(endpoints, avoid) if avoid else endpoints
+            size = len(candidates)
+            draw = self._rng.random
+            best = candidates[int(draw() * size)]
+            if size == 1:
+                return best
+            best_active = count(best)
+            for _ in range(self._choices - 1):
+                other = candidates[int(draw() * size)]
+                active = count(other)
+                if active < best_active:
+                    best, best_active = other, active
+            return best
+        bias = self._bias
+        members = table.endpoints
+        if bias == 1.0:
+            weights = [w / (count(ep) + 1) for w, ep in zip(table.weights, members, strict=True)]
+        elif bias == 0.0:
+            weights = [float(w) for w in table.weights]
+        else:
+            weights = [
+                w / (count(ep) + 1) ** bias for w, ep in zip(table.weights, members, strict=True)
+            ]
+        with self._lock:
+            if self._state is not table:
+                self._state = table
+                self._current = [0.0] * n
+            return members[_smooth_next(self._current, weights, members, avoid)]
+
+
+@dataclass(frozen=True, slots=True)
+class _Ring:
+    endpoints: tuple[Endpoint, ...]
+    hashes: tuple[int, ...]
+    owners: tuple[Endpoint, ...]
+
+
+class RingHash:
+    """Consistent hashing on a ring of 64-bit hashes (Envoy's ``RING_HASH``)."""
+
+    __slots__ = ("_lock", "_minimum_ring_size", "_points", "_ring", "_rng")
+
+    def __init__(
+        self, rng: random.Random, minimum_ring_size: int = DEFAULT_MINIMUM_RING_SIZE
+    ) -> None:
+        if minimum_ring_size < 1:
+            raise ValueError("minimum_ring_size must be at least 1")
+        self._rng = rng
+        self._minimum_ring_size = minimum_ring_size
+        self._lock = threading.Lock()
+        self._ring: _Ring | None = None
+        self._points: dict[str, tuple[int, ...]] = {}
+
+    @property
+    def minimum_ring_size(self) -> int:
+        return self._minimum_ring_size
+
+    def pick(
+        self,
+        endpoints: Sequence[Endpoint],
+        hash_key: int | None,
+        avoid: Collection[Endpoint] = (),
+    ) -> Endpoint | None:
+        n = len(endpoints)
+        if n <= 1:
+            return endpoints[0] if n else None
+        ring = self._ring
+        if ring is None or not _same(ring.endpoints, endpoints):
+            ring = self._build(endpoints)
+        key = hash_key & _MASK64 if hash_key is not None else self._rng.getrandbits(64)
+        hashes = ring.hashes
+        index = bisect.bisect_left(hashes, key)
+        if index == len(hashes):
+            index = 0
+        owner = ring.owners[index]
+        if avoid and owner in avoid:
+            return self._walk(ring, index, avoid)
+        return owner
+
+    @staticmethod
+    def _walk(ring: _Ring, start: int, avoid: Collection[Endpoint]) -> Endpoint:
+        """The first endpoint after ``start`` on the ring that was not tried yet."""
+        owners = ring.owners
+        fresh = False
+        for ep in ring.endpoints:
+            if ep not in avoid:
+                fresh = True
+                break
+        if fresh:
+            size = len(owners)
+            for step in range(1, size):
+                owner = owners[(start + step) % size]
+                if owner not in avoid:
+                    return owner
+        return owners[start]
+
+    def _build(self, endpoints: Sequence[Endpoint]) -> _Ring:
+        with self._lock:
+            ring = self._ring
+            if ring is not None and _same(ring.endpoints, endpoints):
+                return ring
+            members = tuple(endpoints)
+            units = [ep.weight if ep.weight > 1 else 1 for ep in members]
+            divisor = math.gcd(*units)
+            units = [u // divisor for u in units]
+            per_unit = self._minimum_ring_size
+            total_units = sum(units)
+            if total_units * per_unit > MAXIMUM_RING_SIZE:
+                per_unit = max(1, MAXIMUM_RING_SIZE // total_units)
+            entries: list[tuple[int, int]] = []
+            for index, (ep, unit) in enumerate(zip(members, units, strict=True)):
+                count = unit * per_unit
+                points = self._points_of(ep.address, count)
+                entries.extend((points[i], index) for i in range(count))
+            entries.sort()
+            ring = _Ring(
+                members,
+                tuple(h for h, _ in entries),
+                tuple(members[i] for _, i in entries),
+            )
+            self._ring = ring
+            if len(self._points) > 2 * len(members) + 16:
+                present = {ep.address for ep in members}
+                self._points = {k: v for k, v in self._points.items() if k in present}
+            return ring
+
+    def _points_of(self, address: str, count: int) -> tuple[int, ...]:
+        """The first ``count`` ring hashes of ``address`` (a longer list shares the prefix)."""
+        known = self._points.get(address, ())
+        if len(known) < count:
+            known += tuple(_hash64(f"{address}_{i}") for i in range(len(known), count))
+            self._points[address] = known
+        return known
+
+
+def _ring_size(lb: m.ConsistentHashLB) -> int:
+    if lb.ring_hash is not None and lb.ring_hash.minimum_ring_size:
+        return lb.ring_hash.minimum_ring_size
+    if lb.minimum_ring_size:
+        return lb.minimum_ring_size
+    return DEFAULT_MINIMUM_RING_SIZE
+
+
+def make_picker(
+    lb: m.LoadBalancerSettings | None, rng: random.Random, inflight: InFlight
+) -> Picker:
+    """The picker for a destination's ``loadBalancer`` settings (least request when unset)."""
+    if lb is not None:
+        if lb.consistent_hash is not None:
+            return RingHash(rng, _ring_size(lb.consistent_hash))
+        if lb.simple == "ROUND_ROBIN":
+            return RoundRobin(rng)
+        if lb.simple in ("RANDOM", "PASSTHROUGH"):
+            return RandomPicker(rng)
+    return LeastRequest(rng, inflight)
+
+
+# --------------------------------------------------------------------------- hash keys
+
+
+def _cookie(header: str | None, name: str) -> str | None:
+    """The value of cookie ``name`` in a ``Cookie`` header (surrounding quotes removed)."""
+    if not header:
+        return None
+    for part in header.split(";"):
+        key, sep, value = part.partition("=")
+        if sep and key.strip() == name:
+            value = value.strip()
+            if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
+                value = value[1:-1]
+            return value
+    return None
+
+
+def hash_key(
+    lb: m.ConsistentHashLB | None,
+    headers: Mapping[str, str],
+    query_params: Mapping[str, str],
+    source_ip: str | None,
+) -> int | None:
+    """The request's 64-bit consistent-hash key, or None when the request carries none.
+
+    ``headers`` must answer ``get`` for lowercase names (``httpx.Headers`` or a lowercase dict).
+    With no key the ring hash picks at random, as Envoy does. A missing ``httpCookie`` gives no
+    key: Envoy would then generate the cookie (when ``ttl`` is set) and send it back with the
+    response so that the client sticks from its next request on; meshlib does not do that yet.
+    """
+    if lb is None:
+        return None
+    value: str | None
+    if lb.http_header_name is not None:
+        value = headers.get(lb.http_header_name.lower())
+    elif lb.http_cookie is not None:
+        value = _cookie(headers.get("cookie"), lb.http_cookie.name)
+    elif lb.http_query_parameter_name is not None:
+        value = query_params.get(lb.http_query_parameter_name)
+    elif lb.use_source_ip:
+        value = source_ip or None
+    else:
+        return None
+    return None if value is None else _hash64(value)
+
+
+# --------------------------------------------------------------------------- outlier detection
+
+
+@dataclass(frozen=True, slots=True)
+class OutlierPolicy:
+    """``outlierDetection`` with Istio's defaults applied. A threshold of 0 is off."""
+
+    consecutive_5xx: int = 5
+    consecutive_gateway_errors: int = 0
+    consecutive_local_origin_failures: int = 5
+    split_external_local_origin_errors: bool = False
+    interval: float = 10.0
+    base_ejection_time: float = 30.0
+    max_ejection_time: float = 300.0
+    max_ejection_percent: int = 10
+    min_health_percent: int = 0
+    http_error_codes: frozenset[int] | None = None
+    always_eject_one_host: bool = False
+
+    @classmethod
+    def from_settings(
+        cls, settings: m.OutlierDetection, *, always_eject_one_host: bool = False
+    ) -> OutlierPolicy:
+        consecutive_5xx = 5
+        gateway = 0
+        if settings.consecutive_errors:
+            gateway = settings.consecutive_errors
+            consecutive_5xx = 0
+        if settings.consecutive_5xx_errors is not None:
+            consecutive_5xx = settings.consecutive_5xx_errors
+        if settings.consecutive_gateway_errors is not None:
+            gateway = settings.consecutive_gateway_errors
+        base = settings.base_ejection_time or 30.0
+        codes = settings.outlier_detection_http_error_codes
+        return cls(
+            consecutive_5xx=consecutive_5xx,
+            consecutive_gateway_errors=gateway,
+            consecutive_local_origin_failures=settings.consecutive_local_origin_failures or 5,
+            split_external_local_origin_errors=bool(settings.split_external_local_origin_errors),
+            interval=settings.interval or 10.0,
+            base_ejection_time=base,
+            max_ejection_time=max(300.0, base),
+            max_ejection_percent=settings.max_ejection_percent or 10,
+            min_health_percent=settings.min_health_percent or 0,
+            http_error_codes=frozenset(codes) if codes else None,
+            always_eject_one_host=always_eject_one_host,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class OutlierStatus:
+    """One endpoint as the outlier detector sees it, for debugging and metrics."""
+
+    address: str
+    ejected: bool
+    ejections: int
+    ejected_for: float
+    consecutive_5xx: int
+    consecutive_gateway_errors: int
+    consecutive_local_origin_failures: int
+
+
+@dataclass(slots=True)
+class _Health:
+    """The detector's mutable record of one endpoint (guarded by the detector's lock)."""
+
+    endpoint: Endpoint
+    consecutive_5xx: int = 0
+    consecutive_gateway: int = 0
+    consecutive_local: int = 0
+    ejected_until: float | None = None
+    returned_at: float | None = None
+    ejections: int = 0
+    backoff: int = 0
+
+
+def _address_of(state: _Health) -> str:
+    return state.endpoint.address
+
+
+class OutlierDetector:
+    """Passive health checking: ejects endpoints after consecutive failures, for a while."""
+
+    __slots__ = (
+        "_active",
+        "_clock",
+        "_lock",
+        "_next_return",
+        "_on_eject",
+        "_on_return",
+        "_policy",
+        "_seen",
+        "_states",
+    )
+
+    def __init__(
+        self,
+        settings: m.OutlierDetection | OutlierPolicy,
+        clock: Clock,
+        on_eject: EjectListener | None = None,
+        on_return: ReturnListener | None = None,
+        *,
+        always_eject_one_host: bool = False,
+    ) -> None:
+        if isinstance(settings, OutlierPolicy):
+            self._policy = settings
+        else:
+            self._policy = OutlierPolicy.from_settings(
+                settings, always_eject_one_host=always_eject_one_host
+            )
+        self._clock = clock
+        self._on_eject = on_eject
+        self._on_return = on_return
+        self._lock = threading.Lock()
+        self._states: dict[tuple[str, int], _Health] = {}
+        self._active = 0
+        self._next_return = _NO_RETURN
+        self._seen: Sequence[Endpoint] | None = None
+
+    @property
+    def policy(self) -> OutlierPolicy:
+        return self._policy
+
+    def available(self, endpoints: Sequence[Endpoint]) -> Sequence[Endpoint]:
+        """The endpoints not ejected now, or all of them in panic mode (``minHealthPercent``)."""
+        if endpoints is not self._seen:
+            self._track(endpoints)
+        if not self._active:
+            return endpoints
+        returned: list[Endpoint] = []
+        healthy: list[Endpoint] | None = None
+        with self._lock:
+            now = self._clock.now()
+            if now >= self._next_return:
+                returned = self._return_due(now)
+            if self._active:
+                states = self._states
+                healthy = [
+                    ep
+                    for ep in endpoints
+                    if (state := states.get((ep.host, ep.port))) is None
+                    or state.ejected_until is None
+                ]
+        if returned:
+            self._notify_returned(returned)
+        if healthy is None or len(healthy) == len(endpoints):
+            return endpoints
+        if len(healthy) * 100 < self._policy.min_health_percent * len(endpoints):
+            return endpoints
+        return tuple(healthy)
+
+    def record(
+        self, endpoint: Endpoint, status: int | None, local_origin_failure: bool = False
+    ) -> bool:
+        """Count one attempt's outcome; True when it ejected ``endpoint``.
+
+        ``status`` is the response status, or None when no response came; a local-origin
+        failure is a connect failure, reset or timeout. An attempt with neither (e.g. cancelled
+        by the caller) counts for nothing.
+        """
+        if status is None and not local_origin_failure:
+            return False
+        policy = self._policy
+        ejected = False
+        with self._lock:
+            now = self._clock.now()
+            returned = self._return_due(now) if now >= self._next_return else []
+            key = (endpoint.host, endpoint.port)
+            state = self._states.get(key)
+            if state is None:
+                state = self._states[key] = _Health(endpoint)
+            if local_origin_failure:
+                if policy.split_external_local_origin_errors:
+                    state.consecutive_local += 1
+                    tripped = state.consecutive_local == policy.consecutive_local_origin_failures
+                    if tripped:
+                        state.consecutive_local = 0
+                else:
+                    tripped = self._count_status(state, 503)
+            elif status is not None:
+                if policy.split_external_local_origin_errors:
+                    state.consecutive_local = 0  # a response: the connection worked
+                tripped = self._count_status(state, status)
+            else:
+                tripped = False
+            if tripped:
+                ejected = self._eject(state, now)
+            count = state.ejections
+        if returned:
+            self._notify_returned(returned)
+        if ejected and self._on_eject is not None:
+            self._on_eject(state.endpoint, count)
+        return ejected
+
+    def is_ejected(self, endpoint: Endpoint) -> bool:
+        """Whether ``endpoint`` is ejected now."""
+        with self._lock:
+            now = self._clock.now()
+            returned = self._return_due(now) if now >= self._next_return else []
+            state = self._states.get((endpoint.host, endpoint.port))
+            ejected = state is not None and state.ejected_until is not None
+        if returned:
+            self._notify_returned(returned)
+        return ejected
+
+    def ejections(self, endpoint: Endpoint) -> int:
+        """How many times ``endpoint`` has been ejected (0 when unknown)."""
+        with self._lock:
+            state = self._states.get((endpoint.host, endpoint.port))
+            return state.ejections if state is not None else 0
+
+    def prune(self, current: Iterable[Endpoint]) -> None:
+        """Forget the endpoints not in ``current`` (they left the registry)."""
+        keep = {(ep.host, ep.port) for ep in current}
+        with self._lock:
+            states = self._states
+            for key in [k for k in states if k not in keep]:
+                if states.pop(key).ejected_until is not None:
+                    self._active -= 1
+            self._next_return = min(
+                (s.ejected_until for s in states.values() if s.ejected_until is not None),
+                default=_NO_RETURN,
+            )
+            self._seen = None
+
+    def snapshot(self) -> tuple[OutlierStatus, ...]:
+        """Every known endpoint's state, sorted by address."""
+        with self._lock:
+            now = self._clock.now()
+            returned = self._return_due(now) if now >= self._next_return else []
+            result = tuple(
+                OutlierStatus(
+                    address=state.endpoint.address,
+                    ejected=state.ejected_until is not None,
+                    ejections=state.ejections,
+                    ejected_for=(
+                        state.ejected_until - now if state.ejected_until is not None else 0.0
+                    ),
+                    consecutive_5xx=state.consecutive_5xx,
+                    consecutive_gateway_errors=state.consecutive_gateway,
+                    consecutive_local_origin_failures=state.consecutive_local,
+                )
+                for state in sorted(self._states.values(), key=_address_of)
+            )
+        if returned:
+            self._notify_returned(returned)
+        return result
+
+    # ---- internals (callers hold the lock unless said otherwise)
+
+    def _track(self, endpoints: Sequence[Endpoint]) -> None:
+        """Know every endpoint of the pool (the denominator of ``maxEjectionPercent``)."""
+        with self._lock:
+            states = self._states
+            for ep in endpoints:
+                key = (ep.host, ep.port)
+                if key not in states:
+                    states[key] = _Health(ep)
+            self._seen = endpoints
+
+    def _count_status(self, state: _Health, status: int) -> bool:
+        """Count a response; True when a consecutive-error threshold was reached."""
+        policy = self._policy
+        codes = policy.http_error_codes
+        if codes is not None:
+            status = 500 if status in codes else 200
+        if not 500 <= status <= 599:
+            state.consecutive_5xx = 0
+            state.consecutive_gateway = 0
+            return False
+        tripped = False
+        if status in GATEWAY_ERRORS:
+            state.consecutive_gateway += 1
+            if state.consecutive_gateway == policy.consecutive_gateway_errors:
+                state.consecutive_gateway = 0
+                tripped = True
+        else:
+            state.consecutive_gateway = 0
+        state.consecutive_5xx += 1
+        if state.consecutive_5xx == policy.consecutive_5xx:
+            state.consecutive_5xx = 0
+            tripped = True
+        return tripped
+
+    def _eject(self, state: _Health, now: float) -> bool:
+        if state.ejected_until is not None:
+            return False
+        policy = self._policy
+        allowed = (self._active + 1) * 100 <= policy.max_ejection_percent * len(self._states)
+        if not allowed and not (policy.always_eject_one_host and self._active == 0):
+            return False
+        if state.returned_at is not None:
+            healthy_intervals = int((now - state.returned_at) // policy.interval)
+            state.backoff = max(0, state.backoff - healthy_intervals)
+            state.returned_at = None
+        base = policy.base_ejection_time
+        if state.backoff * base < policy.max_ejection_time + base:
+            state.backoff += 1
+        until = now + min(base * state.backoff, policy.max_ejection_time)
+        state.ejected_until = until
+        state.ejections += 1
+        self._active += 1
+        self._next_return = min(self._next_return, until)
+        return True
+
+    def _return_due(self, now: float) -> list[Endpoint]:
+        """Bring back the endpoints whose ejection time is over; returns them."""
+        returned: list[Endpoint] = []
+        next_return = _NO_RETURN
+        for state in self._states.values():
+            until = state.ejected_until
+            if until is None:
+                continue
+            if until <= now:
+                state.ejected_until = None
+                state.returned_at = until
+                state.consecutive_5xx = 0
+                state.consecutive_gateway = 0
+                state.consecutive_local = 0
+                self._active -= 1
+                returned.append(state.endpoint)
+            elif until < next_return:
+                next_return = until
+        self._next_return = next_return
+        return returned
+
+    def _notify_returned(self, returned: list[Endpoint]) -> None:
+        """Tell the listener (called without the lock held)."""
+        listener = self._on_return
+        if listener is not None:
+            for ep in returned:
+                listener(ep)
+
+
+# --------------------------------------------------------------------------- the balancer
+
+
+class Balancer:
+    """Load balancing for one destination (host and subset): ejection, then the picker."""
+
+    __slots__ = ("detector", "inflight", "picker")
+
+    def __init__(
+        self,
+        picker: Picker,
+        detector: OutlierDetector | None = None,
+        inflight: InFlight | None = None,
+    ) -> None:
+        self.picker = picker
+        self.detector = detector
+        self.inflight = inflight if inflight is not None else InFlight()
+
+    @classmethod
+    def from_policy(
+        cls,
+        policy: m.TrafficPolicy | None,
+        rng: random.Random,
+        clock: Clock,
+        inflight: InFlight | None = None,
+        on_eject: EjectListener | None = None,
+        on_return: ReturnListener | None = None,
+    ) -> Balancer:
+        """The balancer a destination's effective traffic policy asks for."""
+        inflight = inflight if inflight is not None else InFlight()
+        lb = policy.load_balancer if policy is not None else None
+        outlier = policy.outlier_detection if policy is not None else None
+        detector = (
+            OutlierDetector(outlier, clock, on_eject, on_return) if outlier is not None else None
+        )
+        return cls(make_picker(lb, rng, inflight), detector, inflight)
+
+    def choose(
+        self,
+        endpoints: Sequence[Endpoint],
+        hash_key: int | None = None,
+        avoid: Collection[Endpoint] = (),
+    ) -> Endpoint | None:
+        """The endpoint for one attempt; None when no endpoint is available."""
+        detector = self.detector
+        if detector is not None:
+            endpoints = detector.available(endpoints)
+        return self.picker.pick(endpoints, hash_key, avoid)
+
+    def report(
+        self, endpoint: Endpoint, status: int | None, local_origin_failure: bool = False
+    ) -> bool:
+        """Feed one attempt's outcome to outlier detection; True when it ejected ``endpoint``."""
+        detector = self.detector
+        if detector is None:
+            return False
+        return detector.record(endpoint, status, local_origin_failure)
