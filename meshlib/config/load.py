@@ -293,6 +293,10 @@ class _Loader:
                     )
                 )
         if errors:
+            first_seen: dict[str, int] = {}
+            for problem in errors:
+                first_seen.setdefault(problem.file, len(first_seen))
+            errors.sort(key=lambda p: (first_seen[p.file], p.line))  # file order, as documented
             raise ConfigError(errors)
         service = _service_info(self.service_docs[0] if self.service_docs else None)
         by_key: dict[tuple[str, str, str], Resource] = {}

@@ -1,0 +1,48 @@
+"""Fixtures shared by the whole test suite."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+#: Istio's Bookinfo networking samples, kept unmodified beside the repository (``../shared``).
+BOOKINFO_DIR = Path(__file__).parents[1].parent / "shared" / "istio-bookinfo"
+
+WriteYaml = Callable[[str, str], Path]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests that take ``bookinfo_file`` run once for each YAML file of the Bookinfo samples."""
+    if "bookinfo_file" in metafunc.fixturenames:
+        files = sorted(BOOKINFO_DIR.glob("*.yaml"))
+        metafunc.parametrize("bookinfo_file", files, ids=[f.name for f in files])
+
+
+@pytest.fixture(scope="session")
+def bookinfo_dir() -> Path:
+    """The directory of Istio's Bookinfo networking samples."""
+    assert BOOKINFO_DIR.is_dir(), f"Istio's Bookinfo samples are missing: {BOOKINFO_DIR}"
+    return BOOKINFO_DIR
+
+
+def dedent_yaml(text: str) -> str:
+    """Dedent ``text`` and drop the one newline after an opening triple quote, so that line 1
+    of the result is the first line written after the quote."""
+    return textwrap.dedent(text).removeprefix("\n")
+
+
+@pytest.fixture
+def write_yaml(tmp_path: Path) -> WriteYaml:
+    """``write_yaml("name.yaml", text)`` writes dedented ``text`` under ``tmp_path`` (creating
+    directories in ``name``) and returns the file's path."""
+
+    def write(name: str, text: str) -> Path:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(dedent_yaml(text), encoding="utf-8")
+        return path
+
+    return write
