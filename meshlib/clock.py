@@ -26,6 +26,10 @@ class Clock(Protocol):
         """Suspend the calling task for ``seconds``."""
         ...
 
+    def wall(self) -> float:
+        """Wall-clock seconds since the epoch (for HTTP dates such as ``Retry-After``)."""
+        ...
+
 
 class SystemClock:
     """The real clock: ``time.monotonic``, ``time.sleep`` and ``asyncio.sleep``."""

@@ -148,6 +148,7 @@ class RetryDecision:
     backoff: float = DEFAULT_BACKOFF
     retry_remote_localities: bool = False
     retry_ignore_previous_hosts: bool = True
+    allow_non_idempotent: bool = False
     source: str = "route"  # "route", "default" (mesh default) or "disabled-by-fault"
 
 
@@ -173,6 +174,16 @@ class Target:
     traffic_policy: m.TrafficPolicy | None = None
     destination_rule: str | None = None
     headers: m.Headers | None = None
+    port_policies: Mapping[int, m.TrafficPolicy | None] = field(
+        default_factory=dict, repr=False, compare=False
+    )
+
+    def policy_for(self, port: int | None) -> m.TrafficPolicy | None:
+        """The effective policy for a call to ``port`` (the destination's own port when it names
+        one): port-level settings for that port replace the rule's."""
+        if self.port is None and port is not None and self.port_policies:
+            return self.port_policies.get(port, self.traffic_policy)
+        return self.traffic_policy
 
     @property
     def name(self) -> str:
@@ -224,6 +235,7 @@ class RouteDecision:
     passthrough: bool = False
     note: str | None = None
     skipped: tuple[SkippedRoute, ...] = ()
+    uri_matches: tuple[tuple[MatchEntry, str], ...] = field(default=(), repr=False, compare=False)
 
     @property
     def traffic_policy(self) -> m.TrafficPolicy | None:
@@ -433,7 +445,12 @@ class RouteTable:
         skipped: list[SkippedRoute] = []
         for route in vhost.routes:
             if route.matches(request):
-                return replace(route.pick(rng), skipped=tuple(skipped))
+                decision = route.pick(rng)
+                target = decision.destination
+                if target is not None and target.port_policies:
+                    policy = target.policy_for(request.port)
+                    target = replace(target, traffic_policy=policy)
+                return replace(decision, destination=target, skipped=tuple(skipped))
             skipped.append(SkippedRoute(route.index, route.name, tuple(_misses(route, request))))
         return replace(vhost.no_route, skipped=tuple(skipped))
 

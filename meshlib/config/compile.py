@@ -257,12 +257,21 @@ def _percentage(percentage: m.Percent | None, percent: int | None) -> float:
     return 0.0
 
 
-def retry_decision(route: m.HTTPRoute) -> RetryDecision:
-    """Istio's ``retry.ConvertPolicy``: the mesh default when ``retries`` is absent."""
+RETRY_NON_IDEMPOTENT = "meshlib.dev/retry-non-idempotent"
+
+
+def retry_decision(route: m.HTTPRoute, allow_non_idempotent: bool = False) -> RetryDecision:
+    """Istio's ``retry.ConvertPolicy``: the mesh default when ``retries`` is absent.
+
+    ``allow_non_idempotent`` comes from the VirtualService annotation
+    ``meshlib.dev/retry-non-idempotent: "true"``: without it POST and PATCH are retried only when
+    the request provably never left (connect failure, refused stream)."""
     if route.fault is not None:
         return NO_RETRY_FAULT
     retries = route.retries
     if retries is None:
+        if allow_non_idempotent:
+            return replace(DEFAULT_RETRY, allow_non_idempotent=True)
         return DEFAULT_RETRY
     if retries.attempts <= 0:
         return RetryDecision(attempts=0, source="route")
@@ -288,6 +297,7 @@ def retry_decision(route: m.HTTPRoute) -> RetryDecision:
         backoff=retries.backoff if retries.backoff is not None else DEFAULT_BACKOFF,
         retry_remote_localities=bool(retries.retry_remote_localities),
         retry_ignore_previous_hosts=retries.retry_ignore_previous_hosts is not False,
+        allow_non_idempotent=allow_non_idempotent,
         source="route",
     )
 
@@ -346,7 +356,7 @@ class _Rule:
 class Compiler:
     """Builds a ``RouteTable`` from a ``MeshConfig``."""
 
-    def __init__(self, config: MeshConfig) -> None:
+    def __init__(self, config: MeshConfig, extra_hosts: Iterable[str] = ()) -> None:
         self.config = config
         self.service = config.service
         namespace = self.service.namespace
@@ -358,8 +368,10 @@ class Compiler:
             rule = _Rule(resource, resource.spec, host)
             if host.startswith("*"):
                 self.wild_rules.append(rule)
+            elif host in self.rules:
+                self.rules[host] = _merge_rules(self.rules[host], rule)
             else:
-                self.rules.setdefault(host, rule)
+                self.rules[host] = rule
         self.wild_rules.sort(key=lambda r: -len(r.host))
         self.delegates: dict[tuple[str, str], Resource] = {}
         for resource in config.of_kind("VirtualService"):
@@ -370,6 +382,7 @@ class Compiler:
         for resource in config.of_kind("ServiceEntry"):
             assert isinstance(resource.spec, m.ServiceEntry)
             self.known_hosts += [fqdn(h, resource.namespace) for h in resource.spec.hosts]
+        self.known_hosts += [fqdn(h, namespace) for h in extra_hosts]
 
     # -------------------------------------------------------------- destination rules
 
@@ -406,7 +419,15 @@ class Compiler:
             else:
                 labels = dict(subset.labels or {})
                 policy = merge_policy(policy, subset.traffic_policy)
-        policy = port_policy(policy, port)
+        by_port: dict[int, m.TrafficPolicy | None] = {}
+        if port is not None:
+            policy = port_policy(policy, port)
+        elif policy is not None and policy.port_level_settings:
+            by_port = {
+                level.port.number: port_policy(policy, level.port.number)
+                for level in policy.port_level_settings
+                if level.port is not None
+            }
         return Target(
             host=host,
             subset=destination.subset,
@@ -417,6 +438,7 @@ class Compiler:
             traffic_policy=policy,
             destination_rule=f"{rule.resource.namespace}/{rule.resource.name}" if rule else None,
             headers=headers,
+            port_policies=by_port,
         )
 
     # -------------------------------------------------------------- virtual services
@@ -443,10 +465,13 @@ class Compiler:
                     for name in spellings(host, namespace):
                         hosts.setdefault(name, vhost)
         for host in self.known_hosts:
-            if host in claimed or host.startswith("*"):
+            if host in claimed:
                 continue
             claimed.add(host)
             vhost = self.default_host(host)
+            if host.startswith("*"):
+                wildcards.append((host[1:] if host != "*" else "*", vhost))
+                continue
             for name in spellings(host, namespace):
                 hosts.setdefault(name, vhost)
         wildcards.sort(key=lambda item: (item[0] == "*", -len(item[0])))
@@ -477,7 +502,7 @@ class Compiler:
                 routes.append(route)
                 if route.catch_all:
                     break
-            if routes and routes[-1].catch_all:
+            if (routes and routes[-1].catch_all) or catches_all(http):
                 break  # pilot stops at the first catch-all: later routes are unreachable
         return VirtualHost(host, tuple(routes), _no_route(host, vs_name), vs_name, resource.file)
 
@@ -492,13 +517,15 @@ class Compiler:
         parent: tuple[MatchEntry, ...] | None,
     ) -> Iterable[Route]:
         entries: tuple[MatchEntry, ...] | None = None
-        if http.match is not None:
+        if http.match:  # an absent or empty `match` matches every request
             entries = tuple(
                 compile_entry(i, e, gateways, self.service, resource.namespace)
                 for i, e in enumerate(http.match)
             )
         entries = _combine(parent, entries)
         if http.delegate is not None:
+            if parent is not None:
+                return  # delegation is one level deep, as in Istio
             child = self.delegates.get(
                 (http.delegate.namespace or resource.namespace, http.delegate.name)
             )
@@ -512,6 +539,11 @@ class Compiler:
                 )
             return
         decisions = self.decisions(http, index, resource, host, vs_name)
+        if http.rewrite is not None or (
+            http.redirect is not None and http.redirect.prefix_rewrite is not None
+        ):
+            uri_matches = _uri_matches(entries, http)
+            decisions = tuple(replace(d, uri_matches=uri_matches) for d in decisions)
         weights = [float(d.destination.weight) if d.destination else 1.0 for d in decisions]
         cumulative: list[float] = []
         total = 0.0
@@ -541,7 +573,7 @@ class Compiler:
             route_name=http.name,
             fault=fault_decision(http.fault),
             timeout=route_timeout(http),
-            retry=retry_decision(http),
+            retry=retry_decision(http, _allows_non_idempotent(resource)),
             rewrite=http.rewrite,
             redirect=http.redirect,
             direct_response=http.direct_response,
@@ -550,6 +582,8 @@ class Compiler:
             cors_policy=http.cors_policy,
         )
         destinations = http.route or []
+        if not destinations:  # redirect or directResponse: answered locally, nothing to retry
+            return (replace(base, retry=NO_RETRY_LOCAL, timeout=None),)
         if len(destinations) == 1:
             only = destinations[0]
             target = self.target(only.destination, namespace, 100, only.headers)
@@ -595,6 +629,74 @@ def _combine(
     )
 
 
+NO_RETRY_LOCAL = RetryDecision(attempts=0, source="route")
+
+
+def catches_all(http: m.HTTPRoute) -> bool:
+    """A route pilot treats as a catch-all: no match, or a match entry that is only
+    ``uri: {prefix: /}`` (or regex ``.*``) — later routes of the VirtualService are dead."""
+    if not http.match:
+        return True
+    for entry in http.match:
+        uri = entry.uri
+        if uri is None or (uri.prefix != "/" and uri.regex not in (".*", "/.*")):
+            continue
+        others = entry.model_dump(exclude_none=True, exclude={"uri", "name", "ignore_uri_case"})
+        if not others:
+            return True
+    return False
+
+
+def _merge_rules(first: _Rule, later: _Rule) -> _Rule:
+    """Istio merges DestinationRules for one host: subsets are added (a name already defined
+    keeps its first definition); the first rule's traffic policy stays."""
+    names = {s.name for s in first.spec.subsets or ()}
+    added = [s for s in later.spec.subsets or () if s.name not in names]
+    if not added:
+        return first
+    merged = first.spec.model_copy(update={"subsets": [*(first.spec.subsets or ()), *added]})
+    return _Rule(first.resource, merged, first.host)
+
+
+def _allows_non_idempotent(resource: Resource) -> bool:
+    annotations = resource.document.data.get("metadata", {}).get("annotations") or {}
+    return str(annotations.get(RETRY_NON_IDEMPOTENT, "")).lower() == "true"
+
+
+def _uri_matches(
+    entries: tuple[MatchEntry, ...] | None, http: m.HTTPRoute
+) -> tuple[tuple[MatchEntry, str], ...]:
+    """For each match entry, the uri text a prefix rewrite replaces: the exact path or prefix
+    it matched on; no uri match means prefix "/" (as Istio translates it)."""
+    if entries is None:
+        return ((MatchEntry(0, None, ()), "/"),)
+    out = []
+    for entry, source in zip(entries, http.match or (), strict=False):
+        uri = source.uri
+        text = "/"
+        if uri is not None:
+            text = (
+                uri.exact if uri.exact is not None else uri.prefix if uri.prefix is not None else ""
+            )
+        out.append((entry, text))
+    return tuple(out)
+
+
+def matched_uri(decision: RouteDecision, request: RouteRequest) -> str | None:
+    """The uri text the request matched on (see ``_uri_matches``); "" means the whole path."""
+    for entry, text in decision.uri_matches:
+        if entry.matches(request):
+            return text or request.path
+    return None
+
+
+def regex_substitute(pattern: str, replacement: str, path: str) -> str:
+    """Envoy's ``regex_rewrite``: replace every RE2 ``pattern`` match; ``\\1`` names a group."""
+    options = re2.Options()
+    options.log_errors = False
+    return str(re2.compile(pattern, options=options).sub(replacement, path))
+
+
 def _no_route(host: str, vs_name: str | None) -> RouteDecision:
     return RouteDecision(
         matched=False,
@@ -606,6 +708,7 @@ def _no_route(host: str, vs_name: str | None) -> RouteDecision:
     )
 
 
-def compile_table(config: MeshConfig) -> RouteTable:
-    """Compile a validated config into the router's table."""
-    return Compiler(config).compile()
+def compile_table(config: MeshConfig, extra_hosts: Iterable[str] = ()) -> RouteTable:
+    """Compile a validated config into the router's table. ``extra_hosts`` are services known
+    from elsewhere (a registry file, say): they get Istio's default route."""
+    return Compiler(config, extra_hosts).compile()

@@ -8,7 +8,7 @@ faults that inject nothing because no percentage was given.
 from __future__ import annotations
 
 from meshlib.config import model as m
-from meshlib.config.compile import fqdn, mesh_bound
+from meshlib.config.compile import catches_all, fqdn, mesh_bound
 from meshlib.config.load import NOT_APPLICABLE, MeshConfig, Resource
 from meshlib.errors import Problem
 
@@ -19,6 +19,11 @@ def lint(config: MeshConfig) -> list[Problem]:
     subsets = _subsets(config)
     known = _known_hosts(config)
     claimed: dict[str, Resource] = {}
+    delegates = {
+        (r.namespace, r.name): r
+        for r in config.of_kind("VirtualService")
+        if isinstance(r.spec, m.VirtualService) and not r.spec.hosts
+    }
     for resource in config.resources:
         if resource.spec is None:
             group = resource.api_version.rpartition("/")[0]
@@ -35,7 +40,9 @@ def lint(config: MeshConfig) -> list[Problem]:
                 )
             continue
         if isinstance(resource.spec, m.VirtualService):
-            problems += _virtual_service(resource, resource.spec, subsets, known, claimed)
+            problems += _virtual_service(
+                resource, resource.spec, subsets, known, claimed, delegates
+            )
     problems.sort(key=lambda p: (p.file, p.line))
     return problems
 
@@ -65,6 +72,7 @@ def _virtual_service(
     subsets: dict[str, set[str]],
     known: set[str] | None,
     claimed: dict[str, Resource],
+    delegates: dict[tuple[str, str], Resource],
 ) -> list[Problem]:
     out: list[Problem] = []
     if not mesh_bound(spec.gateways):
@@ -90,20 +98,22 @@ def _virtual_service(
     for index, http in enumerate(spec.http or ()):
         at: tuple[str | int, ...] = ("http", index)
         if catch_all is not None:
+            how = "has no match and catches" if not spec.http[catch_all].match else "matches"  # type: ignore[index]
             out.append(
-                resource.problem(
-                    at,
-                    f"unreachable: route http[{catch_all}] has no match and catches every request",
-                )
+                resource.problem(at, f"unreachable: route http[{catch_all}] {how} every request")
             )
-        elif http.match is None:
+        elif catches_all(http):
             catch_all = index
+        if http.delegate is not None:
+            out += _delegate(resource, at, http.delegate, delegates)
         destinations: list[tuple[tuple[str | int, ...], m.Destination]] = [
-            (("route", j), d.destination) for j, d in enumerate(http.route or ())
+            (("route", j, "destination"), d.destination) for j, d in enumerate(http.route or ())
         ]
         if http.mirror is not None:
             destinations.append((("mirror",), http.mirror))
-        destinations += [(("mirrors", j), p.destination) for j, p in enumerate(http.mirrors or ())]
+        destinations += [
+            (("mirrors", j, "destination"), p.destination) for j, p in enumerate(http.mirrors or ())
+        ]
         for where, destination in destinations:
             out += _destination(resource, (*at, *where), destination, subsets, known)
         if http.route and len(http.route) > 1:
@@ -158,7 +168,7 @@ def _destination(
     ):
         out.append(
             resource.problem(
-                (*at, "destination", "host"),
+                (*at, "host"),
                 f"host {destination.host!r} is not in the registry: calls to it will fail",
             )
         )
@@ -171,12 +181,36 @@ def _destination(
         )
         out.append(
             resource.problem(
-                (*at, "destination", "subset"),
+                (*at, "subset"),
                 f"subset {destination.subset!r} of {destination.host!r} is not defined{hint}: "
                 "calls get 503 (NC)",
             )
         )
     return out
+
+
+def _delegate(
+    resource: Resource,
+    at: tuple[str | int, ...],
+    delegate: m.Delegate,
+    delegates: dict[tuple[str, str], Resource],
+) -> list[Problem]:
+    key = (delegate.namespace or resource.namespace, delegate.name)
+    child = delegates.get(key)
+    if child is None:
+        return [
+            resource.problem(
+                (*at, "delegate"),
+                f"no VirtualService {key[0]}/{key[1]} without hosts to delegate to: "
+                "this route matches nothing",
+            )
+        ]
+    assert isinstance(child.spec, m.VirtualService)
+    if not resource.spec or not isinstance(resource.spec, m.VirtualService):
+        return []
+    if not resource.spec.hosts:
+        return [resource.problem((*at, "delegate"), "delegation is one level deep: ignored")]
+    return []
 
 
 def _fault(

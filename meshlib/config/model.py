@@ -427,6 +427,8 @@ class HTTPRoute(Model):
             raise ValueError("directResponse cannot be combined with route, redirect or delegate")
         if "redirect" in actions and "route" in actions:
             raise ValueError("set only one of route, redirect")
+        if "delegate" in actions and len(actions) > 1:
+            raise ValueError("a delegate route cannot also have route, redirect or directResponse")
         if self.redirect is not None and self.rewrite is not None:
             raise ValueError("rewrite cannot be combined with redirect")
         if self.mirror is not None and self.mirrors:
@@ -597,6 +599,7 @@ class HTTPSettings(Model):
     h2_upgrade_policy: Literal["DEFAULT", "DO_NOT_UPGRADE", "UPGRADE"] | None = None
     use_client_protocol: bool | None = None
     max_concurrent_streams: int | None = Field(default=None, ge=0)
+    http2_keep_alive: TcpKeepalive | None = Field(default=None, alias="http2KeepAlive")
 
 
 class ConnectionPoolSettings(Model):
@@ -657,6 +660,7 @@ class ProxyProtocol(Model):
 class RetryBudget(Model):
     percent: Percent | None = None
     min_retry_concurrency: int | None = Field(default=None, ge=0)
+    budget_interval: Duration | None = None
 
 
 class PortTrafficPolicy(Model):

@@ -17,7 +17,7 @@ class Endpoint:
 
     host: str
     port: int
-    labels: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict, hash=False)
     weight: int = 1
 
     @property
