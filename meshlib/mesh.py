@@ -1,74 +1,448 @@
-"""``Mesh``: one service's mesh: its config, routing table and (later) runtime state.
+"""``Mesh``: one service's mesh — its config, routing table, registry and runtime state.
 
 Everything lives on a ``Mesh``; nothing is global. The default mesh behind ``meshlib.client`` is
-one explicit, replaceable instance.
+one explicit, replaceable instance. A config swap (``reload``/``apply``) replaces one reference:
+requests in flight finish under the config they started with, and a bad config is refused whole
+while the last good one keeps running. Runtime state — breakers, outlier detection, in-flight
+counts — is kept per destination across reloads, as long as that destination's policy is the same.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import random
+import threading
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
 
-from meshlib.config.compile import compile_table
+import httpx
+
+from meshlib.balancing import Balancer
+from meshlib.clock import SYSTEM_CLOCK, Clock
+from meshlib.config import model as m
+from meshlib.config.compile import compile_table, fqdn
 from meshlib.config.load import MeshConfig, load_config, load_texts
-from meshlib.errors import Problem
-from meshlib.routing import RouteDecision, RouteRequest, RouteTable
+from meshlib.discovery import Endpoint, Registry, RegistryChain
+from meshlib.discovery.file import FileRegistry
+from meshlib.discovery.static import StaticRegistry
+from meshlib.errors import ConfigError, Problem
+from meshlib.policies.breaker import Breaker, BreakerSettings, Lease, PoolLimits
+from meshlib.policies.retry import Outcome, RetryBudget, RetryPolicy, policy_for
+from meshlib.routing import RetryDecision, RouteDecision, RouteRequest, RouteTable, Target
+from meshlib.transport import AsyncMeshTransport, Call, MeshTransport
+
+log = logging.getLogger("meshlib")
+
+_LOCAL_ORIGIN = frozenset({"connect-failure", "reset", "refused-stream", "per-try-timeout"})
+
+
+class _NoTicket:
+    """The breaker ticket of a destination without a breaker: settles nothing."""
+
+    __slots__ = ()
+
+    def record(self, status: int | None, error_kind: str | None) -> bool:
+        return False
+
+    def abandon(self) -> None:
+        pass
+
+
+NO_TICKET = _NoTicket()
+
+
+class Cluster:
+    """Runtime state for one destination (host + subset), as an Envoy cluster has it: endpoint
+    choice and outlier detection, connection-pool limits, retry budget and breaker."""
+
+    __slots__ = (
+        "_all",
+        "_subset",
+        "balancer",
+        "breaker",
+        "budget",
+        "consistent_hash",
+        "keepalive",
+        "name",
+        "policy",
+        "pool",
+        "registry",
+        "target",
+    )
+
+    def __init__(
+        self,
+        target: Target,
+        policy: m.TrafficPolicy | None,
+        registry: Registry,
+        rng: random.Random,
+        clock: Clock,
+        breaker: Breaker | None,
+    ) -> None:
+        self.name = target.name
+        self.target = target
+        self.policy = policy
+        self.registry = registry
+        self.balancer = Balancer.from_policy(policy, rng, clock)
+        pool_settings = policy.connection_pool if policy is not None else None
+        self.pool = PoolLimits(pool_settings, destination=target.name)
+        http = pool_settings.http if pool_settings is not None else None
+        self.budget = RetryBudget.from_config(
+            policy.retry_budget if policy is not None else None,
+            max_retries=http.max_retries if http is not None else None,
+        )
+        lb = policy.load_balancer if policy is not None else None
+        self.consistent_hash = lb.consistent_hash if lb is not None else None
+        self.keepalive = self.pool.keepalive_allowed
+        self.breaker = breaker
+        self._all: tuple[Endpoint, ...] | None = None
+        self._subset: tuple[Endpoint, ...] = ()
+
+    def endpoints(self) -> tuple[Endpoint, ...]:
+        """The destination's endpoints now: the registry's, filtered by the subset's labels."""
+        found = self.registry.endpoints(self.target.host)
+        if found is not self._all:
+            labels = self.target.subset_labels
+            subset = found if not labels else tuple(e for e in found if e.selected_by(labels))
+            self._all, self._subset = found, subset
+            if self.balancer.detector is not None:
+                self.balancer.detector.prune(subset)
+        return self._subset
+
+    def has_endpoints(self) -> bool:
+        return bool(self.endpoints())
+
+    def choose(self, key: int | None, tried: Sequence[Endpoint]) -> Endpoint | None:
+        return self.balancer.choose(self.endpoints(), key, tried)
+
+    def permit(self) -> Any:
+        """A breaker ticket for one attempt; raises ``CircuitOpenError`` when open."""
+        breaker = self.breaker
+        return breaker.permit() if breaker is not None else NO_TICKET
+
+    def acquire(self, timeout: float | None) -> Lease | None:
+        return self.pool.acquire(timeout)
+
+    async def aacquire(self, timeout: float | None) -> Lease | None:
+        return await self.pool.aacquire(timeout)
+
+    def begin(self, endpoint: Endpoint | None) -> None:
+        if endpoint is not None:
+            self.balancer.inflight.begin(endpoint)
+        self.budget.request_started()
+
+    def end(self, endpoint: Endpoint | None, lease: Lease) -> None:
+        """An attempt is over (its response closed): free its slot and in-flight count."""
+        if endpoint is not None:
+            self.balancer.inflight.end(endpoint)
+        self.budget.request_finished()
+        lease.release()
+
+    def report(self, endpoint: Endpoint, outcome: Outcome) -> None:
+        self.balancer.report(endpoint, outcome.status, outcome.error in _LOCAL_ORIGIN)
+
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    """Everything a config swap replaces, in one reference."""
+
+    config: MeshConfig
+    table: RouteTable
+    registry: Registry
+    static: StaticRegistry
 
 
 class Mesh:
-    """A compiled config and the decisions made from it.
+    """A service's mesh: a compiled config and the runtime state of its destinations.
 
-    ``seed`` makes weighted choices reproducible: two meshes made with the same seed and config
-    route the same sequence of requests identically.
+    ``seed`` makes weighted choices, fault draws and jitter reproducible; ``clock`` is the time
+    source (``meshlib.testing.FakeClock`` in tests); ``transport`` and ``async_transport`` are
+    the inner httpx transports the mesh sends through (``HTTPTransport``/``AsyncHTTPTransport``
+    by default; an ``httpx.MockTransport`` or ``ASGITransport`` work too); ``extra_endpoints``
+    adds static endpoints by service short name.
     """
 
-    def __init__(self, config: MeshConfig, *, seed: int | None = None) -> None:
-        self._config = config
-        self._table = compile_table(config)
+    def __init__(
+        self,
+        config: MeshConfig,
+        *,
+        seed: int | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        transport: httpx.BaseTransport | None = None,
+        async_transport: httpx.AsyncBaseTransport | None = None,
+        extra_endpoints: Mapping[str, Sequence[Endpoint]] | None = None,
+        files: Sequence[str] = (),
+    ) -> None:
+        self.clock = clock
         self.rng = random.Random(seed)
+        self._transport = transport
+        self._async_transport = async_transport
+        self._extra = {name: tuple(eps) for name, eps in (extra_endpoints or {}).items()}
+        self._files = list(files)
+        self._lock = threading.Lock()
+        self._clusters: dict[tuple[str, int], Cluster] = {}
+        self._breakers: dict[str, tuple[BreakerSettings, Breaker]] = {}
+        self._retry_policies: dict[RetryDecision, RetryPolicy] = {}
+        self._file_registry: FileRegistry | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._snapshot = self._build(config)
 
     # ------------------------------------------------------------------ construction
 
     @classmethod
     def from_files(
-        cls, paths: Sequence[str | os.PathLike[str]], *, seed: int | None = None
+        cls, paths: Sequence[str | os.PathLike[str]], *, seed: int | None = None, **options: Any
     ) -> Mesh:
         """Load, validate and compile config files; raises ``ConfigError`` naming every problem."""
-        return cls(load_config(paths), seed=seed)
+        names = [os.fspath(p) for p in paths]
+        return cls(load_config(names), seed=seed, files=names, **options)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str], *, seed: int | None = None) -> Mesh:
-        return cls.from_files([path], seed=seed)
+    def from_file(
+        cls, path: str | os.PathLike[str], *, seed: int | None = None, **options: Any
+    ) -> Mesh:
+        return cls.from_files([path], seed=seed, **options)
 
     @classmethod
-    def from_yaml(cls, text: str, *, name: str = "<string>", seed: int | None = None) -> Mesh:
+    def from_yaml(
+        cls, text: str, *, name: str = "<string>", seed: int | None = None, **options: Any
+    ) -> Mesh:
         """Build from YAML text (handy in tests and notebooks)."""
-        return cls(load_texts([(name, text)]), seed=seed)
+        return cls(load_texts([(name, text)]), seed=seed, **options)
+
+    def _build(self, config: MeshConfig) -> _Snapshot:
+        static = StaticRegistry.from_config(config)
+        if self._extra:
+            namespace = config.service.namespace
+            merged = {h: static.endpoints(h) for h in static.hosts()}
+            for name, endpoints in self._extra.items():
+                merged.setdefault(fqdn(name, namespace), endpoints)
+            static = StaticRegistry(merged)
+        sources: list[Registry] = []
+        path = config.service.registry_file
+        if path is not None:
+            current = self._file_registry
+            if current is None or current.path != path:
+                current = FileRegistry(
+                    path,
+                    config.service.namespace,
+                    refresh=config.service.registry_refresh,
+                    clock=self.clock,
+                )
+            self._file_registry = current
+            sources.append(current)
+        sources.append(static)
+        hosts = static.hosts()
+        if path is not None and self._file_registry is not None:
+            hosts += self._file_registry.hosts()
+        table = compile_table(config, extra_hosts=hosts)
+        registry: Registry = sources[0] if len(sources) == 1 else RegistryChain(*sources)
+        return _Snapshot(config, table, registry, static)
 
     # ------------------------------------------------------------------ state
 
     @property
     def config(self) -> MeshConfig:
-        return self._config
+        return self._snapshot.config
 
     @property
     def table(self) -> RouteTable:
-        return self._table
+        return self._snapshot.table
+
+    @property
+    def registry(self) -> Registry:
+        return self._snapshot.registry
 
     @property
     def warnings(self) -> tuple[Problem, ...]:
-        return self._config.warnings
+        return self._snapshot.config.warnings
+
+    # ------------------------------------------------------------------ reload
+
+    def apply(self, config: MeshConfig) -> None:
+        """Swap in a validated config: one reference assignment; nothing half-applies."""
+        snapshot = self._build(config)
+        with self._lock:
+            self._snapshot = snapshot
+            self._clusters = {}  # rebuilt lazily; breakers and outlier state carry over by name
+
+    def reload(self, paths: Sequence[str | os.PathLike[str]] | None = None) -> None:
+        """Re-read the config files (or ``paths``). A bad config raises ``ConfigError`` and the
+        last good config keeps running."""
+        names = [os.fspath(p) for p in paths] if paths is not None else self._files
+        if not names:
+            raise ConfigError([Problem("<mesh>", 0, "", "this mesh was not built from files")])
+        try:
+            config = load_config(names)
+        except ConfigError as exc:
+            log.warning("config not applied, the last good one stays in force:\n%s", exc)
+            raise
+        self.apply(config)
+        self._files = names
 
     # ------------------------------------------------------------------ decisions
 
     def route(self, request: RouteRequest) -> RouteDecision:
         """The routing decision for one request (the data plane's entry point)."""
-        return self._table.route(request, self.rng)
+        return self._snapshot.table.route(request, self.rng)
 
     def explain(
         self, method: str, url: str, headers: Mapping[str, str] | None = None
     ) -> RouteDecision:
         """What the mesh will do with a request: route, destination, fault, timeout, retries,
         traffic policy, and why each earlier route did not match (``decision.skipped``)."""
-        return self._table.explain(RouteRequest.from_url(method, url, headers), self.rng)
+        return self._snapshot.table.explain(RouteRequest.from_url(method, url, headers), self.rng)
+
+    # ------------------------------------------------------------------ runtime state
+
+    def cluster(self, target: Target, port: int | None = None) -> Cluster:
+        """The runtime state of ``target`` (created on first use)."""
+        key = (target.name, (port or 0) if target.port_policies else 0)
+        found = self._clusters.get(key)
+        if found is not None and found.target is target:
+            return found
+        with self._lock:
+            found = self._clusters.get(key)
+            if found is None or found.target is not target:
+                policy = target.policy_for(port)
+                found = Cluster(
+                    target,
+                    policy,
+                    self._snapshot.registry,
+                    self.rng,
+                    self.clock,
+                    self._breaker(target),
+                )
+                self._clusters[key] = found
+            return found
+
+    def _breaker(self, target: Target) -> Breaker | None:
+        """The breaker for ``target``: from ``spec.circuitBreakers``; kept across reloads while
+        its settings stay the same."""
+        config = self._snapshot.config.service.circuit_breakers
+        if config is None:
+            return None
+        settings = breaker_settings(config, target, self._snapshot.config.service.namespace)
+        known = self._breakers.get(target.name)
+        if known is not None and known[0] == settings:
+            return known[1]
+        breaker = Breaker(target.name, settings, clock=self.clock)
+        self._breakers[target.name] = (settings, breaker)
+        return breaker
+
+    def breakers(self) -> dict[str, Breaker]:
+        """Every breaker made so far, by destination name."""
+        return {name: breaker for name, (_, breaker) in self._breakers.items()}
+
+    def retry_policy(self, decision: RetryDecision) -> RetryPolicy:
+        return policy_for(decision)
+
+    # ------------------------------------------------------------------ clients
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        """A stock ``httpx.Client`` whose transport is this mesh."""
+        return httpx.Client(transport=MeshTransport(self), **kwargs)
+
+    def async_client(self, **kwargs: Any) -> httpx.AsyncClient:
+        """A stock ``httpx.AsyncClient`` whose transport is this mesh."""
+        return httpx.AsyncClient(transport=AsyncMeshTransport(self), **kwargs)
+
+    def sync_inner(self) -> httpx.BaseTransport:
+        return self._transport if self._transport is not None else httpx.HTTPTransport()
+
+    def async_inner(self) -> httpx.AsyncBaseTransport:
+        if self._async_transport is not None:
+            return self._async_transport
+        if isinstance(self._transport, httpx.AsyncBaseTransport):
+            return self._transport
+        return httpx.AsyncHTTPTransport()
+
+    # ------------------------------------------------------------------ mirroring
+
+    def mirror(self, call: Call, transport: MeshTransport) -> None:
+        """Send copies of the request to the route's mirrors; never waits for them."""
+        for request in self._mirror_requests(call):
+            if self._executor is None:
+                with self._lock:
+                    if self._executor is None:
+                        self._executor = ThreadPoolExecutor(4, thread_name_prefix="meshlib-mirror")
+            self._executor.submit(_send_mirror, transport.inner, request)
+
+    def amirror(self, call: Call, transport: AsyncMeshTransport) -> None:
+        requests = self._mirror_requests(call)
+        for request in requests:
+            task = asyncio.get_running_loop().create_task(_asend_mirror(transport.inner, request))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _mirror_requests(self, call: Call) -> list[httpx.Request]:
+        mirrors = call.decision.mirrors
+        if not mirrors or not call.replayable:
+            return []
+        out = []
+        original = call.request
+        for target, percentage in mirrors:
+            if percentage < 100 and self.rng.random() * 100 >= percentage:
+                continue
+            cluster = self.cluster(target)
+            endpoint = cluster.choose(None, ())
+            url = original.url
+            if endpoint is not None:
+                url = url.copy_with(host=endpoint.host, port=endpoint.port)
+            headers = httpx.Headers(original.headers)
+            host = headers.get("host") or original.url.host
+            name, sep, port = host.partition(":")
+            headers["host"] = f"{name}-shadow{sep}{port}"
+            out.append(httpx.Request(original.method, url, headers=headers, stream=original.stream))
+        return out
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+
+
+def _send_mirror(transport: httpx.BaseTransport, request: httpx.Request) -> None:
+    try:
+        transport.handle_request(request).close()
+    except Exception as exc:  # a mirror's failure never reaches the caller
+        log.debug("mirror to %s failed: %s", request.url, exc)
+
+
+async def _asend_mirror(transport: httpx.AsyncBaseTransport, request: httpx.Request) -> None:
+    try:
+        response = await transport.handle_async_request(request)
+        await response.aclose()
+    except Exception as exc:  # a mirror's failure never reaches the caller
+        log.debug("mirror to %s failed: %s", request.url, exc)
+
+
+def breaker_settings(config: m.CircuitBreakers, target: Target, namespace: str) -> BreakerSettings:
+    """Defaults from ``spec.circuitBreakers``, then the entry for the destination (``host|subset``
+    before ``host``; host as short name or FQDN)."""
+    layers: list[m.BreakerPolicy] = [config]
+    for key, policy in (config.destinations or {}).items():
+        host, _, subset = key.partition("|")
+        if fqdn(host, namespace) != target.host:
+            continue
+        if not subset:
+            layers.insert(1, policy)
+        elif subset == target.subset:
+            layers.append(policy)
+    values: dict[str, Any] = {}
+    for layer in layers:
+        if layer.failure_threshold is not None:
+            values["failure_threshold"] = layer.failure_threshold
+        if layer.reset_timeout is not None:
+            values["reset_timeout"] = layer.reset_timeout
+        if layer.success_threshold is not None:
+            values["success_threshold"] = layer.success_threshold
+        if layer.count is not None:
+            values["count"] = frozenset(layer.count)
+    if config.redis:
+        values["redis"] = config.redis
+    return BreakerSettings(**values)

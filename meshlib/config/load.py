@@ -82,6 +82,7 @@ class ServiceInfo:
     registry_file: str | None = None
     registry_refresh: float = 1.0
     outbound_mode: str = "ALLOW_ANY"
+    circuit_breakers: m.CircuitBreakers | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,6 +349,7 @@ def _service_info(entry: tuple[Document, m.Service, m.Metadata] | None) -> Servi
         registry_file=registry_file,
         registry_refresh=(source.refresh_interval or 1.0) if source else 1.0,
         outbound_mode=outbound.mode if outbound else "ALLOW_ANY",
+        circuit_breakers=spec.circuit_breakers,
     )
 
 

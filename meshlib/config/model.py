@@ -776,6 +776,26 @@ class OutboundTrafficPolicy(Model):
     mode: Literal["ALLOW_ANY", "REGISTRY_ONLY"] = "ALLOW_ANY"
 
 
+BreakerOutcome = Literal["5xx", "gateway-error", "connect-failure", "timeout", "reset"]
+
+
+class BreakerPolicy(Model):
+    """A Hystrix-style breaker for calls to one destination (host + subset)."""
+
+    failure_threshold: int | None = Field(default=None, ge=1)
+    reset_timeout: Duration | None = None
+    success_threshold: int | None = Field(default=None, ge=1)
+    count: list[BreakerOutcome] | None = None
+
+
+class CircuitBreakers(BreakerPolicy):
+    """``spec.circuitBreakers``: defaults for every destination, overrides per destination
+    (keyed by host — short name or FQDN — or ``host|subset``), and optional shared state."""
+
+    redis: str | None = None
+    destinations: dict[str, BreakerPolicy] | None = None
+
+
 class Service(Model):
     """meshlib's own document: who this service is and where the others are."""
 
@@ -785,6 +805,7 @@ class Service(Model):
     registry: Registry | None = None
     include: list[str] | None = None
     outbound_traffic_policy: OutboundTrafficPolicy | None = None
+    circuit_breakers: CircuitBreakers | None = None
 
 
 # --------------------------------------------------------------------------- documents

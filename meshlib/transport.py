@@ -1,0 +1,679 @@
+"""``MeshTransport`` / ``AsyncMeshTransport``: the request pipeline of DESIGN.md §2.
+
+```
+context → route → fault → retry ┬ breaker → pool → balance → attempt ┐
+                                └────────── retry decision ◄─────────┘
+```
+
+The two transports are thin I/O shells around one pure core (``Call``): routing, fault draws,
+endpoint choice, outcome classification and the retry decision are shared; the shells differ only
+in ``await``, sleeping and closing. Users get stock ``httpx.Client`` / ``httpx.AsyncClient``
+objects with one of these as their transport (see ``Mesh.client``).
+
+What a caller sees, as under Envoy:
+
+* local replies are responses: no route → 404 ``NR``; subset not defined → 503 ``NC``; no
+  endpoint → 503 ``UH``; connection-pool overflow → 503 ``UO``; injected abort → its status ``FI``;
+  ``directResponse`` and ``redirect`` as configured. Each carries ``x-mesh-response-flags``.
+* an open breaker raises ``CircuitOpenError`` (``UO``), never retried; the route timeout running out
+  raises ``DeadlineExceeded`` (``UT``); an upstream that cannot be reached after the retries raises
+  ``MeshRequestError`` (``UF``, ``URX`` when retries were spent), the httpx error as its cause.
+* every response carries ``response.extensions["mesh"]``: a ``MeshInfo`` with the decision, the
+  endpoint, the number of attempts and the response flags.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from meshlib.balancing import hash_key
+from meshlib.config.compile import matched_uri, regex_substitute
+from meshlib.discovery import Endpoint
+from meshlib.errors import (
+    CircuitOpenError,
+    DeadlineExceeded,
+    MeshRequestError,
+)
+from meshlib.policies.fault import FaultAction, abort_response_parts, decide
+from meshlib.policies.retry import Outcome, RetryState
+from meshlib.routing import RouteDecision, RouteRequest, Target
+
+if TYPE_CHECKING:
+    from meshlib.mesh import Cluster, Mesh
+
+log = logging.getLogger("meshlib.transport")
+
+FLAGS_HEADER = "x-mesh-response-flags"
+TIMEOUT_OVERRIDE_HEADER = "x-envoy-upstream-rq-timeout-ms"
+RETRY_AFTER_CAP = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class MeshInfo:
+    """What the mesh did with a request (``response.extensions["mesh"]``)."""
+
+    decision: RouteDecision
+    endpoint: str | None
+    attempts: int
+    flags: str
+
+    @property
+    def route(self) -> str:
+        vs = self.decision.virtual_service or "-"
+        name = self.decision.route_name or (
+            f"http[{self.decision.route_index}]" if self.decision.route_index is not None else "-"
+        )
+        return f"{vs}:{name}"
+
+
+# --------------------------------------------------------------------------- the pure core
+
+
+def view_of(request: httpx.Request) -> RouteRequest:
+    """The router's view of an httpx request (no copies of headers: httpx.Headers is used as is)."""
+    url = request.url
+    return RouteRequest(
+        request.method,
+        url.scheme,
+        url.host,
+        url.port,
+        url.path,
+        url.query.decode("ascii", "replace"),
+        request.headers,
+        request.headers.get("host"),
+    )
+
+
+class Call:
+    """One request's way through the mesh: every decision, no I/O."""
+
+    __slots__ = (
+        "attempts",
+        "cluster",
+        "deadline",
+        "decision",
+        "endpoint",
+        "fault",
+        "flags",
+        "mesh",
+        "replayable",
+        "request",
+        "retry",
+        "tried",
+        "user_deadline",
+        "view",
+    )
+
+    def __init__(self, mesh: Mesh, request: httpx.Request) -> None:
+        self.mesh = mesh
+        self.request = request
+        self.view = view_of(request)
+        self.decision = mesh.route(self.view)
+        self.flags: list[str] = []
+        self.attempts = 0
+        self.endpoint: Endpoint | None = None
+        self.tried: list[Endpoint] = []
+        self.fault: FaultAction | None = None
+        self.cluster: Cluster | None = None
+        self.retry: RetryState | None = None
+        self.replayable = isinstance(request.stream, httpx.ByteStream)
+        now = mesh.clock.now()
+        timeout = self.decision.timeout
+        override = request.headers.get(TIMEOUT_OVERRIDE_HEADER)
+        if override is not None and override.isdigit():
+            timeout = int(override) / 1000 or None
+        self.deadline = now + timeout if timeout else None
+        user = (request.extensions.get("timeout") or {}).get("read")
+        self.user_deadline = now + user if user else None
+
+    # ------------------------------------------------------------------ before the upstream
+
+    def local_reply(self) -> httpx.Response | None:
+        """A reply the mesh gives without calling upstream, or None to go on."""
+        decision = self.decision
+        if not decision.matched:
+            if decision.virtual_service is None and decision.note:  # REGISTRY_ONLY
+                return self.reply(502, b"", "NR")
+            return self.reply(404, b"", "NR")
+        if decision.direct_response is not None:
+            direct = decision.direct_response
+            body = b""
+            if direct.body is not None:
+                body = (
+                    (direct.body.string or "").encode()
+                    if direct.body.string is not None
+                    else (_b64(direct.body.bytes or ""))
+                )
+            return self.reply(direct.status, body, "")
+        if decision.redirect is not None:
+            return self.redirect()
+        return None
+
+    def draw_fault(self) -> FaultAction | None:
+        fault = self.decision.fault
+        if not fault.active:
+            return None
+        action = decide(fault, self.mesh.rng.random)
+        if action.delay is None and not action.aborts:
+            return None
+        self.fault = action
+        if action.delay is not None:
+            self.flags.append("DI")
+        return action
+
+    def abort_reply(self, action: FaultAction) -> httpx.Response:
+        status, headers, body = abort_response_parts(action)
+        self.flags.append("FI")
+        response = httpx.Response(status, headers=list(headers), content=body)
+        return self.finish(response)
+
+    def delay_budget(self, delay: float) -> tuple[float, bool]:
+        """How long the injected delay may sleep, and whether the caller's own timeout ends it."""
+        if self.user_deadline is not None:
+            left = self.user_deadline - self.mesh.clock.now()
+            if delay >= left:
+                return max(left, 0.0), True
+        return delay, False
+
+    def user_timeout(self) -> httpx.ReadTimeout:
+        return httpx.ReadTimeout("timed out waiting for the mesh call", request=self.request)
+
+    # ------------------------------------------------------------------ attempts
+
+    def target(self) -> Target | None:
+        return self.decision.destination
+
+    def prepare_attempt(self) -> httpx.Response | None:
+        """Choose the endpoint for the next attempt. A response means: reply with it now."""
+        target = self.decision.destination
+        assert target is not None
+        if self.cluster is None:
+            self.cluster = self.mesh.cluster(target, self.view.port)
+        if not target.subset_defined:
+            return self.reply(503, b"no healthy upstream", "NC")
+        if self.decision.passthrough and not self.cluster.has_endpoints():
+            self.endpoint = None
+            return None
+        key = None
+        if self.cluster.consistent_hash is not None:
+            key = hash_key(
+                self.cluster.consistent_hash,
+                self.request.headers,
+                self.view.params,
+                None,
+            )
+        endpoint = self.cluster.choose(key, self.tried)
+        if endpoint is None:
+            return self.reply(503, b"no healthy upstream", "UH")
+        self.endpoint = endpoint
+        return None
+
+    def attempt_request(self) -> httpx.Request:
+        """The request for this attempt: the chosen endpoint, rewrites, headers, timeouts."""
+        request = self.request
+        decision = self.decision
+        url = request.url
+        headers = request.headers
+        rewrite = decision.rewrite
+        route_headers = decision.headers
+        target = decision.destination
+        dest_headers = target.headers if target is not None else None
+        changed = rewrite is not None or route_headers is not None or dest_headers is not None
+        if changed:
+            headers = httpx.Headers(headers)
+            if rewrite is not None:
+                url = _rewrite(url, self.view, decision)
+                if rewrite.authority:
+                    headers["host"] = rewrite.authority
+            for ops in (route_headers, dest_headers):
+                if ops is not None and ops.request is not None:
+                    _apply_header_ops(headers, ops.request)
+        endpoint = self.endpoint
+        if endpoint is not None:
+            url = url.copy_with(host=endpoint.host, port=endpoint.port)
+        extensions = dict(request.extensions)
+        timeout = self.attempt_timeout()
+        if timeout is not None:
+            base = extensions.get("timeout") or {}
+            extensions["timeout"] = {
+                name: timeout if base.get(name) is None else min(base[name], timeout)
+                for name in ("connect", "read", "write", "pool")
+            }
+        if self.cluster is not None and not self.cluster.keepalive:
+            if headers is request.headers:
+                headers = httpx.Headers(headers)
+            headers["connection"] = "close"
+        self.attempts += 1
+        if endpoint is not None:
+            self.tried.append(endpoint)
+        return httpx.Request(
+            request.method, url, headers=headers, stream=request.stream, extensions=extensions
+        )
+
+    def attempt_timeout(self) -> float | None:
+        """Per-try timeout, bounded by the route deadline and the caller's own timeout."""
+        limits = []
+        per_try = self.decision.retry.per_try_timeout
+        if per_try:
+            limits.append(per_try)
+        now = self.mesh.clock.now()
+        if self.deadline is not None:
+            limits.append(self.deadline - now)
+        if self.user_deadline is not None:
+            limits.append(self.user_deadline - now)
+        return max(min(limits), 0.0) if limits else None
+
+    def outcome_of_response(self, response: httpx.Response) -> Outcome:
+        return Outcome.of_response(
+            response.status_code,
+            response.headers,
+            wall=self.mesh.clock.wall,
+            retry_after_cap=RETRY_AFTER_CAP,
+        )
+
+    def outcome_of_error(self, exc: Exception) -> Outcome:
+        per_try = isinstance(exc, httpx.TimeoutException) and not isinstance(
+            exc, httpx.ConnectTimeout
+        )
+        return Outcome.of_error(exc, per_try_timeout=per_try)
+
+    def record(self, outcome: Outcome) -> None:
+        """Feed the outlier detector and the balancer with this attempt's outcome."""
+        if self.cluster is not None and self.endpoint is not None:
+            self.cluster.report(self.endpoint, outcome)
+
+    def retry_delay(self, outcome: Outcome) -> float | None:
+        """Seconds to wait before the next attempt, or None: no retry. The retry machinery is
+        built only here, when an attempt has failed: the success path never touches it."""
+        retry = self.decision.retry
+        if retry.attempts <= 0 or not self.replayable:
+            return None
+        state = self.retry
+        if state is None:
+            deadlines = [d for d in (self.deadline, self.user_deadline) if d is not None]
+            cluster = self.cluster
+            state = self.retry = RetryState(
+                self.mesh.retry_policy(retry),
+                clock=self.mesh.clock,
+                rng=self.mesh.rng,
+                deadline=min(deadlines) if deadlines else None,
+                budget=cluster.budget if cluster is not None else None,
+                method=self.request.method,
+                allow_non_idempotent=retry.allow_non_idempotent,
+                retry_after_cap=RETRY_AFTER_CAP,
+            )
+        return state.next_delay(outcome, self.attempts)
+
+    def done(self) -> None:
+        """The call is over: give back a retry-budget slot still held."""
+        if self.retry is not None:
+            self.retry.finish()
+
+    def timed_out(self) -> bool:
+        now = self.mesh.clock.now()
+        return self.deadline is not None and now >= self.deadline - 1e-9
+
+    def user_timed_out(self) -> bool:
+        now = self.mesh.clock.now()
+        return self.user_deadline is not None and now >= self.user_deadline - 1e-9
+
+    # ------------------------------------------------------------------ endings
+
+    def reply(self, status: int, body: bytes, flag: str) -> httpx.Response:
+        if flag:
+            self.flags.append(flag)
+        headers = [("content-type", "text/plain")] if body else []
+        if flag == "UO":
+            headers.append(("x-envoy-overloaded", "true"))
+        return self.finish(httpx.Response(status, headers=headers, content=body))
+
+    def redirect(self) -> httpx.Response:
+        redirect = self.decision.redirect
+        assert redirect is not None
+        url = self.request.url
+        scheme = redirect.scheme or url.scheme
+        host = redirect.authority or url.host
+        port: int | None = url.port
+        if redirect.port is not None:
+            port = redirect.port
+        elif redirect.derive_port == "FROM_PROTOCOL_DEFAULT":
+            port = None
+        path = url.path
+        if redirect.uri is not None:
+            path = redirect.uri
+        elif redirect.prefix_rewrite is not None:
+            path = _replace_prefix(path, self.decision, self.view, redirect.prefix_rewrite)
+        location = httpx.URL(scheme=scheme, host=host, port=port, path=path, query=url.query)
+        status = redirect.redirect_code or 301
+        return self.finish(httpx.Response(status, headers={"location": str(location)}))
+
+    def finish(self, response: httpx.Response) -> httpx.Response:
+        """Stamp the response with what the mesh did."""
+        decision = self.decision
+        if decision.headers is not None and decision.headers.response is not None:
+            _apply_header_ops(response.headers, decision.headers.response)
+        target = decision.destination
+        if target is not None and target.headers is not None and target.headers.response:
+            _apply_header_ops(response.headers, target.headers.response)
+        if self.retry is not None and self.retry.flag and self.retry.flag not in self.flags:
+            self.flags.append(self.retry.flag)
+        flags = ",".join(self.flags)
+        if flags:
+            response.headers[FLAGS_HEADER] = flags
+        endpoint = self.endpoint.address if self.endpoint is not None else None
+        response.extensions["mesh"] = MeshInfo(decision, endpoint, self.attempts, flags)
+        return response
+
+    def error(self, exc: Exception, outcome: Outcome | None) -> Exception:
+        """The exception for a call that ends without a response."""
+        target = self.decision.destination
+        destination = target.name if target is not None else self.decision.host
+        route = MeshInfo(self.decision, None, self.attempts, "").route
+        if self.user_timed_out() and not self.timed_out():
+            return self.user_timeout()
+        if isinstance(exc, httpx.TimeoutException) or self.timed_out():
+            self.flags.append("UT")
+            return DeadlineExceeded(
+                f"upstream request timeout after {self.attempts} attempt(s)",
+                request=self.request,
+                route=route,
+                destination=destination,
+            )
+        kind = outcome.error if outcome is not None else None
+        flag = "UF" if kind == "connect-failure" else "UC"
+        stopped = self.retry.flag if self.retry is not None else ""
+        flags = f"{flag},{stopped}" if stopped else flag
+        message = f"upstream {kind or 'failure'}: {exc}"
+        return MeshRequestError(
+            message, request=self.request, route=route, destination=destination, flag=flags
+        )
+
+    def permit(self) -> Any:
+        """The breaker's permission for an attempt; an open breaker fails the call at once."""
+        assert self.cluster is not None
+        try:
+            return self.cluster.permit()
+        except CircuitOpenError as exc:
+            target = self.decision.destination
+            error = CircuitOpenError(
+                "circuit breaker open: failing fast",
+                request=self.request,
+                route=MeshInfo(self.decision, None, self.attempts, "").route,
+                destination=target.name if target is not None else None,
+            )
+            raise error from exc
+
+    def overflow(self) -> httpx.Response:
+        """Envoy's answer to a connection-pool overflow: 503, flag UO, never retried."""
+        return self.reply(
+            503,
+            b"upstream connect error or disconnect/reset before headers. reset reason: overflow",
+            "UO",
+        )
+
+
+def _b64(text: str) -> bytes:
+    return base64.b64decode(text)
+
+
+def _apply_header_ops(headers: httpx.Headers, ops: Any) -> None:
+    for name in ops.remove or ():
+        if name in headers:
+            del headers[name]
+    for name, value in (ops.set or {}).items():
+        headers[name] = value
+    for name, value in (ops.add or {}).items():
+        if name in headers:
+            headers[name] = f"{headers[name]},{value}"
+        else:
+            headers[name] = value
+
+
+def _matched_prefix(decision: RouteDecision, view: RouteRequest) -> str | None:
+    """The uri prefix (or exact path) that matched this request, for prefix rewrites."""
+    return decision_uri_prefix(decision, view)
+
+
+def decision_uri_prefix(decision: RouteDecision, view: RouteRequest) -> str | None:
+    return matched_uri(decision, view)
+
+
+def _rewrite(url: httpx.URL, view: RouteRequest, decision: RouteDecision) -> httpx.URL:
+    rewrite = decision.rewrite
+    assert rewrite is not None
+    path = url.path
+    if rewrite.uri is not None:
+        path = _replace_prefix(path, decision, view, rewrite.uri)
+    elif rewrite.uri_regex_rewrite is not None:
+        path = regex_substitute(
+            rewrite.uri_regex_rewrite.match, rewrite.uri_regex_rewrite.rewrite, path
+        )
+    return url.copy_with(path=path)
+
+
+def _replace_prefix(path: str, decision: RouteDecision, view: RouteRequest, new: str) -> str:
+    """Envoy's prefix_rewrite: replace the matched prefix (or the whole path for an exact match)."""
+    matched = _matched_prefix(decision, view)
+    if matched is None:
+        return new
+    if path.lower().startswith(matched.lower()):
+        return new + path[len(matched) :]
+    return new
+
+
+# --------------------------------------------------------------------------- streams that release
+
+
+class _ReleasingStream(httpx.SyncByteStream):
+    """Wraps a response body; releases the attempt's pool slot and in-flight count on close."""
+
+    def __init__(self, stream: httpx.SyncByteStream, release: Any) -> None:
+        self._stream = stream
+        self._release = release
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._stream
+
+    def close(self) -> None:
+        try:
+            self._stream.close()
+        finally:
+            release, self._release = self._release, None
+            if release is not None:
+                release()
+
+
+class _AsyncReleasingStream(httpx.AsyncByteStream):
+    def __init__(self, stream: httpx.AsyncByteStream, release: Any) -> None:
+        self._stream = stream
+        self._release = release
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._stream:
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._stream.aclose()
+        finally:
+            release, self._release = self._release, None
+            if release is not None:
+                release()
+
+
+# --------------------------------------------------------------------------- the I/O shells
+
+
+class MeshTransport(httpx.BaseTransport):
+    """The mesh as a sync httpx transport: ``httpx.Client(transport=MeshTransport(mesh))``."""
+
+    def __init__(self, mesh: Mesh, inner: httpx.BaseTransport | None = None) -> None:
+        self.mesh = mesh
+        self.inner = inner if inner is not None else mesh.sync_inner()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        call = Call(self.mesh, request)
+        try:
+            return self._handle(call)
+        finally:
+            call.done()
+
+    def _handle(self, call: Call) -> httpx.Response:
+        reply = call.local_reply()
+        if reply is not None:
+            return reply
+        action = call.draw_fault()
+        if action is not None:
+            if action.delay is not None:
+                sleep, cut = call.delay_budget(action.delay)
+                self.mesh.clock.sleep(sleep)
+                if cut:
+                    raise call.user_timeout()
+            if action.aborts:
+                return call.abort_reply(action)
+        if call.decision.mirrors:
+            self.mesh.mirror(call, self)
+        while True:
+            reply = call.prepare_attempt()
+            if reply is not None:
+                return reply
+            cluster = call.cluster
+            assert cluster is not None
+            ticket = call.permit()
+            try:
+                lease = cluster.acquire(call.attempt_timeout())
+            except DeadlineExceeded:
+                ticket.abandon()
+                raise call.error(httpx.PoolTimeout("pending too long"), None) from None
+            if lease is None:
+                ticket.abandon()
+                return call.overflow()
+            attempt = call.attempt_request()
+            endpoint = call.endpoint
+            cluster.begin(endpoint)
+            try:
+                response = self.inner.handle_request(attempt)
+            except httpx.TransportError as exc:
+                cluster.end(endpoint, lease)
+                outcome = call.outcome_of_error(exc)
+                ticket.record(None, outcome.error)
+                call.record(outcome)
+                delay = call.retry_delay(outcome)
+                if delay is None:
+                    raise call.error(exc, outcome) from exc
+                self.mesh.clock.sleep(delay)
+                continue
+            except BaseException:
+                cluster.end(endpoint, lease)
+                ticket.abandon()
+                raise
+            outcome = call.outcome_of_response(response)
+            ticket.record(outcome.status, None)
+            call.record(outcome)
+            delay = call.retry_delay(outcome)
+            if delay is None:
+                response.stream = _ReleasingStream(
+                    response.stream,  # type: ignore[arg-type]
+                    _releaser(cluster, endpoint, lease),
+                )
+                return call.finish(response)
+            response.close()
+            cluster.end(endpoint, lease)
+            self.mesh.clock.sleep(delay)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class AsyncMeshTransport(httpx.AsyncBaseTransport):
+    """The mesh as an async httpx transport: ``httpx.AsyncClient(transport=...)``."""
+
+    def __init__(self, mesh: Mesh, inner: httpx.AsyncBaseTransport | None = None) -> None:
+        self.mesh = mesh
+        self.inner = inner if inner is not None else mesh.async_inner()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        call = Call(self.mesh, request)
+        try:
+            return await self._handle(call)
+        finally:
+            call.done()
+
+    async def _handle(self, call: Call) -> httpx.Response:
+        reply = call.local_reply()
+        if reply is not None:
+            return reply
+        action = call.draw_fault()
+        if action is not None:
+            if action.delay is not None:
+                sleep, cut = call.delay_budget(action.delay)
+                await self.mesh.clock.asleep(sleep)
+                if cut:
+                    raise call.user_timeout()
+            if action.aborts:
+                return call.abort_reply(action)
+        if call.decision.mirrors:
+            self.mesh.amirror(call, self)
+        while True:
+            reply = call.prepare_attempt()
+            if reply is not None:
+                return reply
+            cluster = call.cluster
+            assert cluster is not None
+            ticket = call.permit()
+            try:
+                lease = await cluster.aacquire(call.attempt_timeout())
+            except DeadlineExceeded:
+                ticket.abandon()
+                raise call.error(httpx.PoolTimeout("pending too long"), None) from None
+            except BaseException:
+                ticket.abandon()
+                raise
+            if lease is None:
+                ticket.abandon()
+                return call.overflow()
+            attempt = call.attempt_request()
+            endpoint = call.endpoint
+            cluster.begin(endpoint)
+            try:
+                response = await self.inner.handle_async_request(attempt)
+            except httpx.TransportError as exc:
+                cluster.end(endpoint, lease)
+                outcome = call.outcome_of_error(exc)
+                ticket.record(None, outcome.error)
+                call.record(outcome)
+                delay = call.retry_delay(outcome)
+                if delay is None:
+                    raise call.error(exc, outcome) from exc
+                await self.mesh.clock.asleep(delay)
+                continue
+            except BaseException:
+                cluster.end(endpoint, lease)
+                ticket.abandon()
+                raise
+            outcome = call.outcome_of_response(response)
+            ticket.record(outcome.status, None)
+            call.record(outcome)
+            delay = call.retry_delay(outcome)
+            if delay is None:
+                response.stream = _AsyncReleasingStream(
+                    response.stream,  # type: ignore[arg-type]
+                    _releaser(cluster, endpoint, lease),
+                )
+                return call.finish(response)
+            await response.aclose()
+            cluster.end(endpoint, lease)
+            await self.mesh.clock.asleep(delay)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def _releaser(cluster: Cluster, endpoint: Endpoint | None, lease: Any) -> Any:
+    return lambda: cluster.end(endpoint, lease)
