@@ -26,11 +26,15 @@ pytest: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.route_decision
+	$(BIN)/python -m bench.data_plane
+
+SHARED := ../shared/istio-bookinfo
 
 demo: $(STAMP)
-	@echo "The Bookinfo demo is not built yet: see examples/bookinfo/README.md."
-	@echo "Meanwhile, try the router on Istio's Bookinfo rules:"
-	$(BIN)/meshctl explain -c examples/bookinfo/mesh.yaml -H 'end-user: jason' GET http://reviews:9080/reviews/0
+	@echo "The Bookinfo services are not built yet; meanwhile, here is the mesh deciding"
+	@echo "Istio's request-routing step (reviews-test-v2) for jason and for everyone else:"
+	$(BIN)/meshctl explain -c $(SHARED)/destination-rule-all.yaml -c $(SHARED)/virtual-service-reviews-test-v2.yaml -H 'end-user: jason' GET http://reviews:9080/reviews/0
+	$(BIN)/meshctl explain -c $(SHARED)/destination-rule-all.yaml -c $(SHARED)/virtual-service-reviews-test-v2.yaml GET http://reviews:9080/reviews/0
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -133,9 +133,12 @@ def describe(decision: RouteDecision) -> str:
         if decision.note:
             lines.append(f"                {decision.note}")
         return "\n".join(lines) + "\n"
-    route = "default" if decision.route_index is None else f"http[{decision.route_index}]"
-    if decision.route_name:
-        route += f" ({decision.route_name})"
+    if decision.route_index is None:
+        route = decision.route_name or "default"
+    else:
+        route = f"http[{decision.route_index}]"
+        if decision.route_name:
+            route += f" ({decision.route_name})"
     lines.append(f"route:        {route}")
     target = decision.destination
     if target is not None:
