@@ -545,15 +545,17 @@ class MeshTransport(httpx.BaseTransport):
                 return reply
             cluster = call.cluster
             assert cluster is not None
-            ticket = call.permit()
             try:
                 lease = cluster.acquire(call.attempt_timeout())
             except DeadlineExceeded:
-                ticket.abandon()
                 raise call.error(httpx.PoolTimeout("pending too long"), None) from None
             if lease is None:
-                ticket.abandon()
                 return call.overflow()
+            try:
+                ticket = call.permit()
+            except CircuitOpenError:
+                lease.release()
+                raise
             attempt = call.attempt_request()
             endpoint = call.endpoint
             cluster.begin(endpoint)
@@ -626,18 +628,17 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                 return reply
             cluster = call.cluster
             assert cluster is not None
-            ticket = call.permit()
             try:
                 lease = await cluster.aacquire(call.attempt_timeout())
             except DeadlineExceeded:
-                ticket.abandon()
                 raise call.error(httpx.PoolTimeout("pending too long"), None) from None
-            except BaseException:
-                ticket.abandon()
-                raise
             if lease is None:
-                ticket.abandon()
                 return call.overflow()
+            try:
+                ticket = call.permit()
+            except CircuitOpenError:
+                lease.release()
+                raise
             attempt = call.attempt_request()
             endpoint = call.endpoint
             cluster.begin(endpoint)
