@@ -433,17 +433,12 @@ def test_redis_url_without_the_redis_package_is_a_config_error(
     assert isinstance(err.value.__cause__, ImportError)
 
 
-def test_shared_state_through_redis() -> None:
-    fakeredis = pytest.importorskip("fakeredis")
-    if not pybreaker.HAS_REDIS_SUPPORT:
-        pytest.skip("pybreaker was imported without redis")
-    server = fakeredis.FakeServer()
+def test_shared_state_through_a_real_redis_server(redis_url: str) -> None:
+    assert pybreaker.HAS_REDIS_SUPPORT
     clock = FakeClock()
 
     def process_breaker(destination: str) -> Breaker:
-        settings = BreakerSettings(
-            failure_threshold=2, reset_timeout=5.0, redis=fakeredis.FakeRedis(server=server)
-        )
+        settings = BreakerSettings(failure_threshold=2, reset_timeout=5.0, redis=redis_url)
         return Breaker(destination, settings, clock=clock)
 
     one, two, other = process_breaker("ratings"), process_breaker("ratings"), process_breaker("x")
