@@ -139,7 +139,8 @@ class Call:
         decision = self.decision
         if not decision.matched:
             if decision.virtual_service is None and decision.note:  # REGISTRY_ONLY
-                return self.reply(502, b"", "NR")
+                text = f"{decision.host}: {decision.note}"
+                return self.reply(502, text.encode(), "NR")
             return self.reply(404, b"", "NR")
         if decision.direct_response is not None:
             direct = decision.direct_response
