@@ -75,8 +75,23 @@ class MeshInfo:
 # --------------------------------------------------------------------------- the pure core
 
 
-def view_of(request: httpx.Request) -> RouteRequest:
-    """The router's view of an httpx request (no copies of headers: httpx.Headers is used as is)."""
+def header_map(headers: httpx.Headers) -> dict[str, str]:
+    """Request headers as a plain dict with lowercase names, values of repeated headers joined
+    with ", " as httpx and Envoy join them. One pass, so that each later lookup — every header
+    match of every route, the timeout override — costs a dict probe, not a scan of the list."""
+    try:
+        raw = headers._list
+        encoding = headers.encoding
+        found = {key.decode("latin-1"): value.decode(encoding) for _, key, value in raw}
+    except AttributeError:  # pragma: no cover - another httpx layout: take the public way
+        return dict(headers.items())
+    if len(found) != len(raw):
+        return dict(headers.items())
+    return found
+
+
+def view_of(request: httpx.Request, headers: dict[str, str]) -> RouteRequest:
+    """The router's view of an httpx request."""
     url = request.url
     return RouteRequest(
         request.method,
@@ -85,8 +100,8 @@ def view_of(request: httpx.Request) -> RouteRequest:
         url.port,
         url.path,
         url.query.decode("ascii", "replace"),
-        request.headers,
-        request.headers.get("host"),
+        headers,
+        headers.get("host"),
     )
 
 
@@ -99,13 +114,16 @@ class Call:
         "deadline",
         "decision",
         "endpoint",
+        "extensions",
         "fault",
         "flags",
         "mesh",
+        "original_url",
         "replayable",
         "request",
         "retry",
         "tried",
+        "url",
         "user_deadline",
         "view",
     )
@@ -113,7 +131,8 @@ class Call:
     def __init__(self, mesh: Mesh, request: httpx.Request) -> None:
         self.mesh = mesh
         self.request = request
-        self.view = view_of(request)
+        headers = header_map(request.headers)
+        self.view = view_of(request, headers)
         self.decision = mesh.route(self.view)
         self.flags: list[str] = []
         self.attempts = 0
@@ -123,9 +142,11 @@ class Call:
         self.cluster: Cluster | None = None
         self.retry: RetryState | None = None
         self.replayable = isinstance(request.stream, httpx.ByteStream)
+        self.original_url = self.url = request.url
+        self.extensions = request.extensions
         now = mesh.clock.now()
         timeout = self.decision.timeout
-        override = request.headers.get(TIMEOUT_OVERRIDE_HEADER)
+        override = headers.get(TIMEOUT_OVERRIDE_HEADER)
         if override is not None and override.isdigit():
             timeout = int(override) / 1000 or None
         self.deadline = now + timeout if timeout else None
@@ -216,46 +237,52 @@ class Call:
         return None
 
     def attempt_request(self) -> httpx.Request:
-        """The request for this attempt: the chosen endpoint, rewrites, headers, timeouts."""
+        """Point the request at this attempt's endpoint, with rewrites, headers and timeouts.
+
+        The caller's request object is reused, not copied per attempt: rewrites and header
+        operations are applied to it once, the endpoint and the timeouts on every attempt, and
+        ``finish``/``error`` put the caller's URL back before the result is handed over."""
         request = self.request
-        decision = self.decision
-        url = request.url
-        headers = request.headers
-        rewrite = decision.rewrite
-        route_headers = decision.headers
-        target = decision.destination
-        dest_headers = target.headers if target is not None else None
-        changed = rewrite is not None or route_headers is not None or dest_headers is not None
-        if changed:
-            headers = httpx.Headers(headers)
-            if rewrite is not None:
-                url = _rewrite(url, self.view, decision)
-                if rewrite.authority:
-                    headers["host"] = rewrite.authority
-            for ops in (route_headers, dest_headers):
-                if ops is not None and ops.request is not None:
-                    _apply_header_ops(headers, ops.request)
+        if self.attempts == 0:
+            self._edit_request()
         endpoint = self.endpoint
-        if endpoint is not None:
-            url = url.copy_with(host=endpoint.host, port=endpoint.port)
-        extensions = dict(request.extensions)
+        request.url = with_endpoint(self.url, endpoint) if endpoint is not None else self.url
         timeout = self.attempt_timeout()
         if timeout is not None:
+            extensions = dict(self.extensions)
             base = extensions.get("timeout") or {}
             extensions["timeout"] = {
                 name: timeout if base.get(name) is None else min(base[name], timeout)
                 for name in ("connect", "read", "write", "pool")
             }
-        if self.cluster is not None and not self.cluster.keepalive:
-            if headers is request.headers:
-                headers = httpx.Headers(headers)
-            headers["connection"] = "close"
+            request.extensions = extensions
         self.attempts += 1
         if endpoint is not None:
             self.tried.append(endpoint)
-        return httpx.Request(
-            request.method, url, headers=headers, stream=request.stream, extensions=extensions
-        )
+        return request
+
+    def _edit_request(self) -> None:
+        """The route's request edits, once per call: rewrite, header operations, keep-alive."""
+        request = self.request
+        decision = self.decision
+        headers = request.headers
+        rewrite = decision.rewrite
+        if rewrite is not None:
+            self.url = _rewrite(self.url, self.view, decision)
+            if rewrite.authority:
+                headers["host"] = rewrite.authority
+        target = decision.destination
+        for ops in (decision.headers, target.headers if target is not None else None):
+            if ops is not None and ops.request is not None:
+                _apply_header_ops(headers, ops.request)
+        if self.cluster is not None and not self.cluster.keepalive:
+            headers["connection"] = "close"
+
+    def restore(self) -> None:
+        """Give the caller back its request as it sent it (URL and extensions)."""
+        request = self.request
+        request.url = self.original_url
+        request.extensions = self.extensions
 
     def attempt_timeout(self) -> float | None:
         """Per-try timeout, bounded by the route deadline and the caller's own timeout."""
@@ -271,6 +298,10 @@ class Call:
         return max(min(limits), 0.0) if limits else None
 
     def outcome_of_response(self, response: httpx.Response) -> Outcome:
+        status = response.status_code
+        retry = self.decision.retry
+        if not self.mesh.retry_policy(retry).may_retry_response(status, response.headers):
+            return _status_outcome(status)
         return Outcome.of_response(
             response.status_code,
             response.headers,
@@ -356,6 +387,7 @@ class Call:
 
     def finish(self, response: httpx.Response) -> httpx.Response:
         """Stamp the response with what the mesh did."""
+        self.restore()
         decision = self.decision
         if decision.headers is not None and decision.headers.response is not None:
             _apply_header_ops(response.headers, decision.headers.response)
@@ -373,6 +405,7 @@ class Call:
 
     def error(self, exc: Exception, outcome: Outcome | None) -> Exception:
         """The exception for a call that ends without a response."""
+        self.restore()
         target = self.decision.destination
         destination = target.name if target is not None else self.decision.host
         route = MeshInfo(self.decision, None, self.attempts, "").route
@@ -417,6 +450,29 @@ class Call:
             b"upstream connect error or disconnect/reset before headers. reset reason: overflow",
             "UO",
         )
+
+
+_STATUS_OUTCOMES: dict[int, Outcome] = {}
+
+
+def _status_outcome(status: int) -> Outcome:
+    """The shared outcome of a response no retry condition looks further into."""
+    found = _STATUS_OUTCOMES.get(status)
+    if found is None:
+        found = _STATUS_OUTCOMES.setdefault(status, Outcome(status=status))
+    return found
+
+
+def with_endpoint(url: httpx.URL, endpoint: Endpoint) -> httpx.URL:
+    """``url`` sent to ``endpoint``: host and port replaced without parsing the URL again (httpx
+    keeps a parsed URL as a named tuple; replacing two fields of it is all this takes)."""
+    try:
+        reference = url._uri_reference._replace(host=endpoint.host, port=endpoint.port)
+    except AttributeError:  # pragma: no cover - another httpx layout: take the public way
+        return url.copy_with(host=endpoint.host, port=endpoint.port)
+    result = httpx.URL.__new__(httpx.URL)
+    result._uri_reference = reference
+    return result
 
 
 def _b64(text: str) -> bytes:
@@ -581,10 +637,13 @@ class MeshTransport(httpx.BaseTransport):
             call.record(outcome)
             delay = call.retry_delay(outcome)
             if delay is None:
-                response.stream = _ReleasingStream(
-                    response.stream,  # type: ignore[arg-type]
-                    _releaser(cluster, endpoint, lease),
-                )
+                if response.is_closed:  # read whole already (an in-memory response)
+                    cluster.end(endpoint, lease)
+                else:
+                    response.stream = _ReleasingStream(
+                        response.stream,  # type: ignore[arg-type]
+                        _releaser(cluster, endpoint, lease),
+                    )
                 return call.finish(response)
             response.close()
             cluster.end(endpoint, lease)
@@ -664,10 +723,13 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             call.record(outcome)
             delay = call.retry_delay(outcome)
             if delay is None:
-                response.stream = _AsyncReleasingStream(
-                    response.stream,  # type: ignore[arg-type]
-                    _releaser(cluster, endpoint, lease),
-                )
+                if response.is_closed:  # read whole already (an in-memory response)
+                    cluster.end(endpoint, lease)
+                else:
+                    response.stream = _AsyncReleasingStream(
+                        response.stream,  # type: ignore[arg-type]
+                        _releaser(cluster, endpoint, lease),
+                    )
                 return call.finish(response)
             await response.aclose()
             cluster.end(endpoint, lease)
