@@ -175,8 +175,17 @@ class Upstreams:
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         address = f"{request.url.host}:{request.url.port or 80}"
+        # The mesh reuses the caller's request object across attempts, so keep a snapshot of
+        # what this upstream received.
+        seen = httpx.Request(
+            request.method,
+            request.url,
+            headers=request.headers.copy(),
+            content=request.read(),
+            extensions=dict(request.extensions),
+        )
         with self._lock:
-            self._calls.append(Call(address, request))
+            self._calls.append(Call(address, seen))
             queue = self._scripts.get(address)
             reply = queue.popleft() if queue else self.default
         if reply.delay:
