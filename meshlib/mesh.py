@@ -93,7 +93,8 @@ class Cluster:
         http = pool_settings.http if pool_settings is not None else None
         self.budget = RetryBudget.from_config(
             policy.retry_budget if policy is not None else None,
-            max_retries=http.max_retries if http is not None else None,
+            # 0 is unset, as for every pool threshold (pilot applies maxRetries only when > 0)
+            max_retries=(http.max_retries or None) if http is not None else None,
         )
         lb = policy.load_balancer if policy is not None else None
         self.consistent_hash = lb.consistent_hash if lb is not None else None
@@ -304,11 +305,11 @@ class Mesh:
         """The runtime state of ``target`` (created on first use)."""
         key = (target.name, (port or 0) if target.port_policies else 0)
         found = self._clusters.get(key)
-        if found is not None and found.target is target:
+        if found is not None and _same_cluster(found.target, target):
             return found
         with self._lock:
             found = self._clusters.get(key)
-            if found is None or found.target is not target:
+            if found is None or not _same_cluster(found.target, target):
                 policy = target.policy_for(port)
                 found = Cluster(
                     target,
@@ -404,6 +405,21 @@ class Mesh:
     def close(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=False)
+
+
+def _same_cluster(known: Target, target: Target) -> bool:
+    """Whether ``target`` is the destination ``known`` was made for. Routes to one destination
+    have targets of their own (weights and headers differ), but one cluster: one pool, one
+    outlier detector, one balancer."""
+    return known is target or (
+        known.host == target.host
+        and known.subset == target.subset
+        and known.port == target.port
+        and known.subset_defined == target.subset_defined
+        and known.subset_labels == target.subset_labels
+        and known.traffic_policy == target.traffic_policy
+        and known.port_policies == target.port_policies
+    )
 
 
 def _send_mirror(transport: httpx.BaseTransport, request: httpx.Request) -> None:

@@ -118,6 +118,7 @@ class Call:
         "fault",
         "flags",
         "mesh",
+        "original_headers",
         "original_url",
         "replayable",
         "request",
@@ -143,6 +144,7 @@ class Call:
         self.retry: RetryState | None = None
         self.replayable = isinstance(request.stream, httpx.ByteStream)
         self.original_url = self.url = request.url
+        self.original_headers = request.headers
         self.extensions = request.extensions
         now = mesh.clock.now()
         timeout = self.decision.timeout
@@ -265,23 +267,32 @@ class Call:
         """The route's request edits, once per call: rewrite, header operations, keep-alive."""
         request = self.request
         decision = self.decision
-        headers = request.headers
         rewrite = decision.rewrite
+        target = decision.destination
+        operations = [
+            ops.request
+            for ops in (decision.headers, target.headers if target is not None else None)
+            if ops is not None and ops.request is not None
+        ]
+        close = self.cluster is not None and not self.cluster.keepalive
+        if rewrite is None and not operations and not close:
+            return
+        # the edits go to a copy: the caller's headers stay as sent (``restore`` puts them back)
+        headers = request.headers = request.headers.copy()
         if rewrite is not None:
             self.url = _rewrite(self.url, self.view, decision)
             if rewrite.authority:
                 headers["host"] = rewrite.authority
-        target = decision.destination
-        for ops in (decision.headers, target.headers if target is not None else None):
-            if ops is not None and ops.request is not None:
-                _apply_header_ops(headers, ops.request)
-        if self.cluster is not None and not self.cluster.keepalive:
+        for operation in operations:
+            _apply_header_ops(headers, operation)
+        if close:
             headers["connection"] = "close"
 
     def restore(self) -> None:
-        """Give the caller back its request as it sent it (URL and extensions)."""
+        """Give the caller back its request as it sent it (URL, headers and extensions)."""
         request = self.request
         request.url = self.original_url
+        request.headers = self.original_headers
         request.extensions = self.extensions
 
     def attempt_timeout(self) -> float | None:
@@ -343,7 +354,9 @@ class Call:
         return state.next_delay(outcome, self.attempts)
 
     def done(self) -> None:
-        """The call is over: give back a retry-budget slot still held."""
+        """The call is over, however it ended: give back a retry-budget slot still held, and the
+        caller its request as sent."""
+        self.restore()
         if self.retry is not None:
             self.retry.finish()
 
@@ -370,10 +383,15 @@ class Call:
         assert redirect is not None
         url = self.request.url
         scheme = redirect.scheme or url.scheme
-        host = redirect.authority or url.host
+        host = url.host
         port: int | None = url.port
+        if redirect.authority:  # Envoy's host_redirect replaces the whole authority, port too
+            name, _, number = redirect.authority.rpartition(":")
+            host, port = (name, int(number)) if number.isdigit() else (redirect.authority, None)
         if redirect.port is not None:
             port = redirect.port
+        elif redirect.derive_port == "FROM_REQUEST_PORT":
+            port = url.port
         elif redirect.derive_port == "FROM_PROTOCOL_DEFAULT":
             port = None
         path = url.path
@@ -381,7 +399,8 @@ class Call:
             path = redirect.uri
         elif redirect.prefix_rewrite is not None:
             path = _replace_prefix(path, self.decision, self.view, redirect.prefix_rewrite)
-        location = httpx.URL(scheme=scheme, host=host, port=port, path=path, query=url.query)
+        query = url.query or None  # no query: no stray "?"
+        location = httpx.URL(scheme=scheme, host=host, port=port, path=path, query=query)
         status = redirect.redirect_code or 301
         return self.finish(httpx.Response(status, headers={"location": str(location)}))
 
