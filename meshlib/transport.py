@@ -275,7 +275,8 @@ class Call:
             if ops is not None and ops.request is not None
         ]
         close = self.cluster is not None and not self.cluster.keepalive
-        if rewrite is None and not operations and not close:
+        override = TIMEOUT_OVERRIDE_HEADER in self.view.headers
+        if rewrite is None and not operations and not close and not override:
             return
         # the edits go to a copy: the caller's headers stay as sent (``restore`` puts them back)
         headers = request.headers = request.headers.copy()
@@ -287,6 +288,8 @@ class Call:
             _apply_header_ops(headers, operation)
         if close:
             headers["connection"] = "close"
+        if override:  # meant for the mesh, not the upstream: Envoy removes it too
+            del headers[TIMEOUT_OVERRIDE_HEADER]
 
     def restore(self) -> None:
         """Give the caller back its request as it sent it (URL, headers and extensions)."""
