@@ -33,6 +33,13 @@ from meshlib.errors import ConfigError, Problem
 from meshlib.policies.breaker import Breaker, BreakerSettings, Lease, PoolLimits
 from meshlib.policies.retry import Outcome, RetryBudget, RetryPolicy, policy_for
 from meshlib.routing import RetryDecision, RouteDecision, RouteRequest, RouteTable, Target
+from meshlib.telemetry import (
+    BreakerTransition,
+    ConfigReloaded,
+    EndpointEjected,
+    EndpointReturned,
+    Telemetry,
+)
 from meshlib.transport import AsyncMeshTransport, Call, MeshTransport
 
 log = logging.getLogger("meshlib")
@@ -82,12 +89,25 @@ class Cluster:
         rng: random.Random,
         clock: Clock,
         breaker: Breaker | None,
+        telemetry: Telemetry,
     ) -> None:
         self.name = target.name
         self.target = target
         self.policy = policy
         self.registry = registry
-        self.balancer = Balancer.from_policy(policy, rng, clock)
+        self.balancer = Balancer.from_policy(
+            policy,
+            rng,
+            clock,
+            on_eject=lambda endpoint, count: (
+                telemetry.emit(EndpointEjected(self.name, endpoint, count))
+                if telemetry.active
+                else None
+            ),
+            on_return=lambda endpoint: (
+                telemetry.emit(EndpointReturned(self.name, endpoint)) if telemetry.active else None
+            ),
+        )
         pool_settings = policy.connection_pool if policy is not None else None
         self.pool = PoolLimits(pool_settings, destination=target.name)
         http = pool_settings.http if pool_settings is not None else None
@@ -177,8 +197,10 @@ class Mesh:
         async_transport: httpx.AsyncBaseTransport | None = None,
         extra_endpoints: Mapping[str, Sequence[Endpoint]] | None = None,
         files: Sequence[str] = (),
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.clock = clock
+        self.telemetry = telemetry if telemetry is not None else Telemetry()
         self.rng = random.Random(seed)
         self._transport = transport
         self._async_transport = async_transport
@@ -282,9 +304,11 @@ class Mesh:
             config = load_config(names)
         except ConfigError as exc:
             log.warning("config not applied, the last good one stays in force:\n%s", exc)
+            self.telemetry.emit(ConfigReloaded(False, exc))
             raise
         self.apply(config)
         self._files = names
+        self.telemetry.emit(ConfigReloaded(True, None))
 
     # ------------------------------------------------------------------ decisions
 
@@ -318,6 +342,7 @@ class Mesh:
                     self.rng,
                     self.clock,
                     self._breaker(target),
+                    self.telemetry,
                 )
                 self._clusters[key] = found
             return found
@@ -332,7 +357,13 @@ class Mesh:
         known = self._breakers.get(target.name)
         if known is not None and known[0] == settings:
             return known[1]
-        breaker = Breaker(target.name, settings, clock=self.clock)
+        telemetry = self.telemetry
+        breaker = Breaker(
+            target.name,
+            settings,
+            clock=self.clock,
+            on_transition=lambda old, new: telemetry.emit(BreakerTransition(target.name, old, new)),
+        )
         self._breakers[target.name] = (settings, breaker)
         return breaker
 

@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from meshlib import context
 from meshlib.balancing import hash_key
 from meshlib.config.compile import matched_uri, regex_substitute
 from meshlib.discovery import Endpoint
@@ -43,6 +44,14 @@ from meshlib.errors import (
 from meshlib.policies.fault import FaultAction, abort_response_parts, decide
 from meshlib.policies.retry import Outcome, RetryState
 from meshlib.routing import RouteDecision, RouteRequest, Target
+from meshlib.telemetry import (
+    AttemptEnded,
+    AttemptStarted,
+    FaultInjected,
+    RequestFinished,
+    RequestInfo,
+    RetryScheduled,
+)
 
 if TYPE_CHECKING:
     from meshlib.mesh import Cluster, Mesh
@@ -117,12 +126,15 @@ class Call:
         "extensions",
         "fault",
         "flags",
+        "info",
         "mesh",
         "original_headers",
         "original_url",
         "replayable",
         "request",
         "retry",
+        "started",
+        "telemetry",
         "tried",
         "url",
         "user_deadline",
@@ -132,6 +144,10 @@ class Call:
     def __init__(self, mesh: Mesh, request: httpx.Request) -> None:
         self.mesh = mesh
         self.request = request
+        self.original_headers = request.headers
+        inbound = context.current()
+        if inbound is not None and inbound.headers:
+            _carry(request, inbound.headers)
         headers = header_map(request.headers)
         self.view = view_of(request, headers)
         self.decision = mesh.route(self.view)
@@ -144,9 +160,10 @@ class Call:
         self.retry: RetryState | None = None
         self.replayable = isinstance(request.stream, httpx.ByteStream)
         self.original_url = self.url = request.url
-        self.original_headers = request.headers
         self.extensions = request.extensions
-        now = mesh.clock.now()
+        self.telemetry = mesh.telemetry
+        self.info: RequestInfo | None = None
+        self.started = now = mesh.clock.now()
         timeout = self.decision.timeout
         override = headers.get(TIMEOUT_OVERRIDE_HEADER)
         if override is not None and override.isdigit():
@@ -189,6 +206,12 @@ class Call:
         self.fault = action
         if action.delay is not None:
             self.flags.append("DI")
+        if self.telemetry.active:
+            self.telemetry.emit(
+                FaultInjected(
+                    self.request_info(), action.delay, action.abort_status, action.abort_grpc_status
+                )
+            )
         return action
 
     def abort_reply(self, action: FaultAction) -> httpx.Response:
@@ -407,6 +430,65 @@ class Call:
         status = redirect.redirect_code or 301
         return self.finish(httpx.Response(status, headers={"location": str(location)}))
 
+    # ------------------------------------------------------------------ telemetry
+
+    def request_info(self) -> RequestInfo:
+        info = self.info
+        if info is None:
+            request_id = self.view.headers.get(context.REQUEST_ID)
+            info = self.info = RequestInfo(
+                self.request.method, self.original_url, self.decision, request_id, self.started
+            )
+        return info
+
+    def attempt_started(self, attempt: httpx.Request) -> tuple[Any, float] | None:
+        """Tell telemetry an attempt goes out (a tracer may add its headers to it)."""
+        if not self.telemetry.active:
+            return None
+        event = AttemptStarted(self.request_info(), self.attempts, self.endpoint)
+        return self.telemetry.attempt_started(event, attempt), self.mesh.clock.now()
+
+    def attempt_ended(self, token: tuple[Any, float] | None, outcome: Outcome) -> None:
+        if token is None:
+            return
+        span, began = token
+        event = AttemptEnded(
+            self.request_info(),
+            self.attempts,
+            self.endpoint,
+            outcome.status,
+            outcome.error,
+            self.mesh.clock.now() - began,
+        )
+        self.telemetry.attempt_ended(span, event, ",".join(self.flags))
+
+    def retry_scheduled(self, delay: float) -> None:
+        if self.telemetry.active:
+            self.telemetry.emit(RetryScheduled(self.request_info(), self.attempts, delay))
+
+    def finished(self, response: httpx.Response | None, error: BaseException | None) -> None:
+        """Tell telemetry the request is over (metrics, access log)."""
+        if not self.telemetry.active:
+            return
+        status = response.status_code if response is not None else None
+        if status is None and isinstance(error, DeadlineExceeded):
+            status = 504
+        sent = self.request.headers.get("content-length")
+        received = response.headers.get("content-length") if response is not None else None
+        self.telemetry.emit(
+            RequestFinished(
+                self.request_info(),
+                status,
+                ",".join(self.flags),
+                self.attempts,
+                self.endpoint,
+                self.mesh.clock.now() - self.started,
+                int(sent) if sent is not None and sent.isdigit() else None,
+                int(received) if received is not None and received.isdigit() else None,
+                error,
+            )
+        )
+
     def finish(self, response: httpx.Response) -> httpx.Response:
         """Stamp the response with what the mesh did."""
         self.restore()
@@ -599,9 +681,14 @@ class MeshTransport(httpx.BaseTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         call = Call(self.mesh, request)
         try:
-            return self._handle(call)
+            response = self._handle(call)
+        except BaseException as exc:
+            call.finished(None, exc)
+            raise
         finally:
             call.done()
+        call.finished(response, None)
+        return response
 
     def _handle(self, call: Call) -> httpx.Response:
         reply = call.local_reply()
@@ -638,16 +725,19 @@ class MeshTransport(httpx.BaseTransport):
             attempt = call.attempt_request()
             endpoint = call.endpoint
             cluster.begin(endpoint)
+            token = call.attempt_started(attempt)
             try:
                 response = self.inner.handle_request(attempt)
             except httpx.TransportError as exc:
                 cluster.end(endpoint, lease)
                 outcome = call.outcome_of_error(exc)
+                call.attempt_ended(token, outcome)
                 ticket.record(None, outcome.error)
                 call.record(outcome)
                 delay = call.retry_delay(outcome)
                 if delay is None:
                     raise call.error(exc, outcome) from exc
+                call.retry_scheduled(delay)
                 self.mesh.clock.sleep(delay)
                 continue
             except BaseException:
@@ -655,6 +745,7 @@ class MeshTransport(httpx.BaseTransport):
                 ticket.abandon()
                 raise
             outcome = call.outcome_of_response(response)
+            call.attempt_ended(token, outcome)
             ticket.record(outcome.status, None)
             call.record(outcome)
             delay = call.retry_delay(outcome)
@@ -669,6 +760,7 @@ class MeshTransport(httpx.BaseTransport):
                 return call.finish(response)
             response.close()
             cluster.end(endpoint, lease)
+            call.retry_scheduled(delay)
             self.mesh.clock.sleep(delay)
 
     def close(self) -> None:
@@ -685,9 +777,14 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         call = Call(self.mesh, request)
         try:
-            return await self._handle(call)
+            response = await self._handle(call)
+        except BaseException as exc:
+            call.finished(None, exc)
+            raise
         finally:
             call.done()
+        call.finished(response, None)
+        return response
 
     async def _handle(self, call: Call) -> httpx.Response:
         reply = call.local_reply()
@@ -724,16 +821,19 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             attempt = call.attempt_request()
             endpoint = call.endpoint
             cluster.begin(endpoint)
+            token = call.attempt_started(attempt)
             try:
                 response = await self.inner.handle_async_request(attempt)
             except httpx.TransportError as exc:
                 cluster.end(endpoint, lease)
                 outcome = call.outcome_of_error(exc)
+                call.attempt_ended(token, outcome)
                 ticket.record(None, outcome.error)
                 call.record(outcome)
                 delay = call.retry_delay(outcome)
                 if delay is None:
                     raise call.error(exc, outcome) from exc
+                call.retry_scheduled(delay)
                 await self.mesh.clock.asleep(delay)
                 continue
             except BaseException:
@@ -741,6 +841,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                 ticket.abandon()
                 raise
             outcome = call.outcome_of_response(response)
+            call.attempt_ended(token, outcome)
             ticket.record(outcome.status, None)
             call.record(outcome)
             delay = call.retry_delay(outcome)
@@ -755,10 +856,22 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                 return call.finish(response)
             await response.aclose()
             cluster.end(endpoint, lease)
+            call.retry_scheduled(delay)
             await self.mesh.clock.asleep(delay)
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+def _carry(request: httpx.Request, carried: Mapping[str, str]) -> None:
+    """Add the inbound request's context headers the caller did not set itself (on a copy of
+    the caller's headers: ``Call.restore`` puts the caller's own back)."""
+    headers = request.headers
+    missing = [name for name in carried if name not in headers]
+    if missing:
+        headers = request.headers = headers.copy()
+        for name in missing:
+            headers[name] = carried[name]
 
 
 def _releaser(cluster: Cluster, endpoint: Endpoint | None, lease: Any) -> Any:

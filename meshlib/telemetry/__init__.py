@@ -1,0 +1,219 @@
+"""Telemetry: what the data plane reports, and to whom.
+
+The request pipeline reports to one ``Telemetry`` hub per mesh at fixed points (request started,
+attempt started/ended, retry scheduled, fault injected, request finished) and the runtime state
+reports its changes (breaker transitions, ejections, config reloads). The hub fans each event out
+to its listeners — the metrics recorder, the access log, users' own sinks — and runs the attempt
+tracer, which may add trace headers to each attempt.
+
+When nothing listens and no tracer is set, ``Telemetry.active`` is False and the pipeline does not
+build a single event: telemetry that is off costs nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import httpx
+
+if TYPE_CHECKING:
+    from meshlib.discovery import Endpoint
+    from meshlib.errors import ConfigError
+    from meshlib.routing import RouteDecision
+
+log = logging.getLogger("meshlib.telemetry")
+
+
+# --------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class RequestInfo:
+    """An outbound request as the mesh saw it (shared by the events of one request)."""
+
+    method: str
+    url: httpx.URL
+    decision: RouteDecision
+    request_id: str | None
+    started: float  # on the mesh clock
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptStarted:
+    request: RequestInfo
+    attempt: int  # 1-based
+    endpoint: Endpoint | None
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptEnded:
+    request: RequestInfo
+    attempt: int
+    endpoint: Endpoint | None
+    status: int | None
+    error: str | None  # the failure kind when no response came
+    duration: float
+
+
+@dataclass(frozen=True, slots=True)
+class RetryScheduled:
+    request: RequestInfo
+    attempt: int  # the attempt that failed
+    delay: float
+
+
+@dataclass(frozen=True, slots=True)
+class FaultInjected:
+    request: RequestInfo
+    delay: float | None
+    abort_status: int | None
+    abort_grpc_status: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFinished:
+    """An outbound request is over: the response the caller gets, or the error it gets."""
+
+    request: RequestInfo
+    status: int | None
+    flags: str
+    attempts: int
+    endpoint: Endpoint | None
+    duration: float  # seconds, request start to response headers (or error)
+    request_bytes: int | None
+    response_bytes: int | None
+    error: BaseException | None
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerTransition:
+    destination: str
+    old: str
+    new: str
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointEjected:
+    destination: str
+    endpoint: Endpoint
+    ejections: int
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointReturned:
+    destination: str
+    endpoint: Endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigReloaded:
+    ok: bool
+    error: ConfigError | None
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetExhausted:
+    request: RequestInfo
+    attempt: int
+
+
+# --------------------------------------------------------------------------- listeners
+
+
+@runtime_checkable
+class MeshListener(Protocol):
+    """A sink for mesh events. Implement ``on_event``; dispatch on the event's type.
+
+    Listeners run inline on the request path: keep them quick and never raise (an exception is
+    logged and dropped — it never reaches the app).
+    """
+
+    def on_event(self, event: Any) -> None: ...
+
+
+class AttemptTracer(Protocol):
+    """Traces outbound attempts: ``start`` may add headers to the attempt and returns a token
+    handed back to ``end``."""
+
+    def start(self, event: AttemptStarted, request: httpx.Request) -> Any: ...
+
+    def end(self, token: Any, event: AttemptEnded, flags: str) -> None: ...
+
+
+class Telemetry:
+    """The hub one mesh reports to."""
+
+    __slots__ = ("_listeners", "active", "tracer")
+
+    def __init__(
+        self, listeners: Sequence[MeshListener] = (), tracer: AttemptTracer | None = None
+    ) -> None:
+        self._listeners: tuple[MeshListener, ...] = tuple(listeners)
+        self.tracer = tracer
+        self.active = bool(self._listeners) or tracer is not None
+
+    @property
+    def listeners(self) -> tuple[MeshListener, ...]:
+        return self._listeners
+
+    def add_listener(self, listener: MeshListener) -> None:
+        self._listeners = (*self._listeners, listener)
+        self.active = True
+
+    def remove_listener(self, listener: MeshListener) -> None:
+        self._listeners = tuple(x for x in self._listeners if x is not listener)
+        self.active = bool(self._listeners) or self.tracer is not None
+
+    def set_tracer(self, tracer: AttemptTracer | None) -> None:
+        self.tracer = tracer
+        self.active = bool(self._listeners) or tracer is not None
+
+    def emit(self, event: Any) -> None:
+        for listener in self._listeners:
+            try:
+                listener.on_event(event)
+            except Exception:  # a sink's failure never reaches the app
+                log.exception("mesh listener %r failed on %s", listener, type(event).__name__)
+
+    # ------------------------------------------------------------------ attempts
+
+    def attempt_started(self, event: AttemptStarted, request: httpx.Request) -> Any:
+        token = None
+        tracer = self.tracer
+        if tracer is not None:
+            try:
+                token = tracer.start(event, request)
+            except Exception:
+                log.exception("attempt tracer failed to start a span")
+        self.emit(event)
+        return token
+
+    def attempt_ended(self, token: Any, event: AttemptEnded, flags: str) -> None:
+        tracer = self.tracer
+        if tracer is not None and token is not None:
+            try:
+                tracer.end(token, event, flags)
+            except Exception:
+                log.exception("attempt tracer failed to end a span")
+        self.emit(event)
+
+
+__all__ = [
+    "AttemptEnded",
+    "AttemptStarted",
+    "AttemptTracer",
+    "BreakerTransition",
+    "BudgetExhausted",
+    "ConfigReloaded",
+    "EndpointEjected",
+    "EndpointReturned",
+    "FaultInjected",
+    "MeshListener",
+    "RequestFinished",
+    "RequestInfo",
+    "RetryScheduled",
+    "Telemetry",
+]
