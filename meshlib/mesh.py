@@ -40,6 +40,7 @@ from meshlib.telemetry import (
     EndpointReturned,
     Telemetry,
 )
+from meshlib.telemetry.setup import build as build_telemetry
 from meshlib.transport import AsyncMeshTransport, Call, MeshTransport
 
 log = logging.getLogger("meshlib")
@@ -200,7 +201,9 @@ class Mesh:
         telemetry: Telemetry | None = None,
     ) -> None:
         self.clock = clock
-        self.telemetry = telemetry if telemetry is not None else Telemetry()
+        self.telemetry = (
+            telemetry if telemetry is not None else build_telemetry(config.service, clock)
+        )
         self.rng = random.Random(seed)
         self._transport = transport
         self._async_transport = async_transport

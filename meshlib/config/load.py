@@ -83,6 +83,7 @@ class ServiceInfo:
     registry_refresh: float = 1.0
     outbound_mode: str = "ALLOW_ANY"
     circuit_breakers: m.CircuitBreakers | None = None
+    telemetry: m.TelemetrySettings | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,6 +351,7 @@ def _service_info(entry: tuple[Document, m.Service, m.Metadata] | None) -> Servi
         registry_refresh=(source.refresh_interval or 1.0) if source else 1.0,
         outbound_mode=outbound.mode if outbound else "ALLOW_ANY",
         circuit_breakers=spec.circuit_breakers,
+        telemetry=spec.telemetry,
     )
 
 

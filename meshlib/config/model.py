@@ -796,6 +796,40 @@ class CircuitBreakers(BreakerPolicy):
     destinations: dict[str, BreakerPolicy] | None = None
 
 
+Propagation = Literal["tracecontext", "baggage", "b3", "b3multi"]
+
+
+class TracingSettings(Model):
+    """``spec.telemetry.tracing``: spans for inbound requests and outbound attempts."""
+
+    enabled: bool | None = None
+    sampling: Annotated[float, AfterValidator(_check_percent)] | None = None
+    propagation: list[Propagation] | None = None
+
+
+class MetricsSettings(Model):
+    """``spec.telemetry.metrics``: Istio-standard metrics, and where Prometheus scrapes them."""
+
+    enabled: bool | None = None
+    port: int | None = Field(default=None, ge=0, le=65535)
+    host: str | None = None
+    path: str | None = None
+
+
+class AccessLogSettings(Model):
+    """``spec.telemetry.accessLog``: one line per inbound and outbound request."""
+
+    enabled: bool | None = None
+    format: str | None = None
+    logger: str | None = None
+
+
+class TelemetrySettings(Model):
+    tracing: TracingSettings | None = None
+    metrics: MetricsSettings | None = None
+    access_log: AccessLogSettings | None = None
+
+
 class Service(Model):
     """meshlib's own document: who this service is and where the others are."""
 
@@ -806,6 +840,7 @@ class Service(Model):
     include: list[str] | None = None
     outbound_traffic_policy: OutboundTrafficPolicy | None = None
     circuit_breakers: CircuitBreakers | None = None
+    telemetry: TelemetrySettings | None = None
 
 
 # --------------------------------------------------------------------------- documents

@@ -89,6 +89,23 @@ class RequestFinished:
 
 
 @dataclass(frozen=True, slots=True)
+class InboundFinished:
+    """An inbound request served by this service (reported by ``meshlib.server``)."""
+
+    method: str
+    path: str
+    status: int
+    duration: float  # seconds
+    request_bytes: int | None
+    response_bytes: int | None
+    request_id: str | None
+    trace_id: str | None
+    source: str | None  # the calling workload, when known
+    protocol: str = "http"
+    flags: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class BreakerTransition:
     destination: str
     old: str
@@ -211,6 +228,7 @@ __all__ = [
     "EndpointEjected",
     "EndpointReturned",
     "FaultInjected",
+    "InboundFinished",
     "MeshListener",
     "RequestFinished",
     "RequestInfo",
