@@ -9,13 +9,11 @@ from __future__ import annotations
 
 from meshlib.clock import Clock
 from meshlib.config.load import ServiceInfo
-from meshlib.telemetry import MeshListener, Telemetry
+from meshlib.telemetry import MeshListener, Telemetry, accesslog, metrics, tracing
 
 
 def build(service: ServiceInfo, clock: Clock) -> Telemetry:
     """The telemetry hub for ``service``'s settings."""
-    from meshlib.telemetry import accesslog, metrics, tracing  # noqa: PLC0415 - optional parts
-
     settings = service.telemetry
     listeners: list[MeshListener] = []
     recorder = metrics.recorder_from_settings(settings.metrics if settings else None, service)
