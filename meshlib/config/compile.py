@@ -649,13 +649,18 @@ def catches_all(http: m.HTTPRoute) -> bool:
 
 def _merge_rules(first: _Rule, later: _Rule) -> _Rule:
     """Istio merges DestinationRules for one host: subsets are added (a name already defined
-    keeps its first definition); the first rule's traffic policy stays."""
+    keeps its first definition); the first rule's traffic policy stays, or, when it has none,
+    the later rule's is taken (pilot ``mergeDestinationRule``)."""
     names = {s.name for s in first.spec.subsets or ()}
     added = [s for s in later.spec.subsets or () if s.name not in names]
-    if not added:
+    update: dict[str, object] = {}
+    if added:
+        update["subsets"] = [*(first.spec.subsets or ()), *added]
+    if first.spec.traffic_policy is None and later.spec.traffic_policy is not None:
+        update["traffic_policy"] = later.spec.traffic_policy
+    if not update:
         return first
-    merged = first.spec.model_copy(update={"subsets": [*(first.spec.subsets or ()), *added]})
-    return _Rule(first.resource, merged, first.host)
+    return _Rule(first.resource, first.spec.model_copy(update=update), first.host)
 
 
 def _allows_non_idempotent(resource: Resource) -> bool:

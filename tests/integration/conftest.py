@@ -1,0 +1,176 @@
+"""Integration fixtures: real upstream processes on 127.0.0.1, and meshes that call them.
+
+Each upstream is ``tests/integration/upstream.py`` in a process of its own. Every scenario runs
+through both a stock ``httpx.Client`` and a stock ``httpx.AsyncClient`` (the ``caller`` fixture:
+one object that drives either from plain test code; the async client runs on an event loop of
+its own, its concurrent calls with ``asyncio.gather``, the sync client's in threads).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from meshlib import Mesh
+
+from .upstream import Upstream
+
+#: Istio's Bookinfo networking samples, kept unmodified beside the repository.
+BOOKINFO = Path(__file__).resolve().parents[2] / ".." / "shared" / "istio-bookinfo"
+
+Result = httpx.Response | Exception
+
+
+def mesh_yaml(
+    registry: Mapping[str, Iterable[Upstream]],
+    *,
+    include: Iterable[str] = (),
+    circuit_breakers: Mapping[str, Any] | None = None,
+    docs: str = "",
+) -> str:
+    """A config: the Service document (``registry.static`` has each upstream's address, labelled
+    ``version: <its version>``), Bookinfo files to ``include`` by name, and more ``docs``."""
+    lines = [
+        "apiVersion: meshlib.dev/v1",
+        "kind: Service",
+        "metadata: {name: productpage}",
+        "spec:",
+        "  registry:",
+        "    static:",
+    ]
+    for service, upstreams in registry.items():
+        lines.append(f"      {service}:")
+        lines.extend(
+            f"        - {{address: {u.address}, labels: {{version: {u.version}}}}}"
+            for u in upstreams
+        )
+    files = [str((BOOKINFO / name).resolve()) for name in include]
+    if files:
+        lines.append(f"  include: {json.dumps(files)}")
+    if circuit_breakers is not None:
+        lines.append(f"  circuitBreakers: {json.dumps(circuit_breakers)}")
+    text = "\n".join(lines) + "\n"
+    if docs.strip():
+        text += "---\n" + docs
+    return text
+
+
+class Caller:
+    """One mesh client — ``httpx.Client`` (``kind="sync"``) or ``httpx.AsyncClient``
+    (``"async"``) — driven from synchronous test code."""
+
+    def __init__(self, mesh: Mesh, kind: str) -> None:
+        self.mesh = mesh
+        self.kind = kind
+        self._client: httpx.Client | None = None
+        self._aclient: httpx.AsyncClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        if kind == "sync":
+            self._client = mesh.client()
+        else:
+            self._loop = asyncio.new_event_loop()
+            self._aclient = mesh.async_client()
+
+    def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        if self._client is not None:
+            return self._client.request(method, url, **kwargs)
+        assert self._loop is not None
+        assert self._aclient is not None
+        return self._loop.run_until_complete(self._aclient.request(method, url, **kwargs))
+
+    def get(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("GET", url, **kwargs)
+
+    def post(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("POST", url, **kwargs)
+
+    def concurrently(self, n: int, method: str, url: str, **kwargs: Any) -> list[Result]:
+        """``n`` calls at once (threads released together, or ``asyncio.gather``); each
+        response or exception, in order."""
+        if self._client is not None:
+            client = self._client
+            start = threading.Barrier(n)
+
+            def one() -> Result:
+                start.wait(timeout=10)
+                try:
+                    return client.request(method, url, **kwargs)
+                except Exception as exc:
+                    return exc
+
+            with ThreadPoolExecutor(n) as pool:
+                return list(pool.map(lambda _: one(), range(n)))
+        assert self._loop is not None
+        aclient = self._aclient
+        assert aclient is not None
+
+        async def all_at_once() -> list[Result]:
+            calls = [aclient.request(method, url, **kwargs) for _ in range(n)]
+            return list(await asyncio.gather(*calls, return_exceptions=True))  # type: ignore[arg-type]
+
+        return self._loop.run_until_complete(all_at_once())
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+        if self._loop is not None:
+            assert self._aclient is not None
+            self._loop.run_until_complete(self._aclient.aclose())
+            self._loop.close()
+
+
+@pytest.fixture(scope="session")
+def upstreams() -> Iterator[dict[str, Upstream]]:
+    """Three upstream processes for the whole run, labelled v1, v2 and v3."""
+    assert BOOKINFO.is_dir(), f"Istio's Bookinfo samples are missing: {BOOKINFO}"
+    started = Upstream.start_many(["v1", "v2", "v3"])
+    try:
+        yield {u.version: u for u in started}
+    finally:
+        for upstream in started:
+            upstream.stop()
+
+
+@pytest.fixture
+def upstream_pair() -> Iterator[tuple[Upstream, Upstream]]:
+    """Two upstream processes of this test's own, both labelled v1 (it may stop one)."""
+    first, second = Upstream.start_many(["v1", "v1"])
+    try:
+        yield first, second
+    finally:
+        first.stop()
+        second.stop()
+
+
+@pytest.fixture(params=["sync", "async"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def connect(kind: str) -> Iterator[Callable[[Mesh], Caller]]:
+    """``connect(mesh)``: a ``Caller`` of this test's kind, closed at the end of the test."""
+    made: list[Caller] = []
+
+    def make(mesh: Mesh) -> Caller:
+        caller = Caller(mesh, kind)
+        made.append(caller)
+        return caller
+
+    yield make
+    for caller in made:
+        caller.close()
+
+
+@pytest.fixture
+def base_path(request: pytest.FixtureRequest, kind: str) -> str:
+    """A path of this test's own (upstreams count hits per path)."""
+    return f"/{request.function.__name__}/{kind}"
