@@ -1,5 +1,6 @@
 """meshlib: an in-process service mesh for Python, speaking Istio's resource language."""
 
+from meshlib.client import configure
 from meshlib.errors import (
     CircuitOpenError,
     ConfigError,
@@ -12,6 +13,7 @@ from meshlib.errors import (
 )
 from meshlib.mesh import Mesh
 from meshlib.routing import RouteDecision, RouteRequest, RouteTable
+from meshlib.transport import MeshInfo, raise_for_mesh
 
 __version__ = "0.1.0"
 
@@ -21,6 +23,7 @@ __all__ = [
     "DeadlineExceeded",
     "Mesh",
     "MeshError",
+    "MeshInfo",
     "MeshRequestError",
     "NoHealthyUpstream",
     "NoRouteError",
@@ -29,4 +32,6 @@ __all__ = [
     "RouteRequest",
     "RouteTable",
     "__version__",
+    "configure",
+    "raise_for_mesh",
 ]

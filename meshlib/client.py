@@ -13,7 +13,8 @@ async with client.AsyncClient() as http:                      # a stock httpx.As
 ```
 
 The default mesh is built on first use from ``$MESH_CONFIG``, else ``./mesh.yaml``; with neither,
-it is an empty mesh that passes every call through unchanged. ``meshlib.configure(...)`` replaces
+it is an empty mesh that passes every call through to the host named (with Istio's default
+retries on connect failures and 503s). ``meshlib.configure(...)`` replaces
 it (a path, several paths, or a ``Mesh``).
 """
 
@@ -58,7 +59,7 @@ def _load_default() -> Mesh:
         return Mesh.from_files([p for p in path.split(os.pathsep) if p])
     if os.path.exists(DEFAULT_CONFIG):
         return Mesh.from_file(DEFAULT_CONFIG)
-    log.info("no %s and no $%s: meshlib passes calls through unchanged", DEFAULT_CONFIG, CONFIG_ENV)
+    log.info("no %s and no $%s: meshlib passes calls through", DEFAULT_CONFIG, CONFIG_ENV)
     return Mesh.from_yaml("", name="<empty>")
 
 

@@ -6,9 +6,14 @@ MeshError
  └─ MeshRequestError       (also httpx.TransportError)  a call the mesh could not complete
      ├─ NoRouteError                           no route matched (flag NR)
      ├─ NoHealthyUpstream                      no endpoint to send to (flags UH / NC)
-     ├─ CircuitOpenError                       breaker open or pool overflow (flag UO)
+     ├─ CircuitOpenError                       breaker open (flag UO)
      └─ DeadlineExceeded   (also httpx.TimeoutException)  route timeout spent (flag UT)
 ```
+
+As under Envoy, the mesh answers some calls itself with a response rather than an exception: no
+route (404 ``NR``), no endpoint (503 ``UH``/``NC``), connection-pool overflow (503 ``UO``).
+``meshlib.raise_for_mesh(response)`` turns those into ``NoRouteError``, ``NoHealthyUpstream`` and
+``CircuitOpenError`` for code that prefers exceptions. An open breaker always raises.
 
 No exception of pybreaker, tenacity, PyYAML or pydantic escapes meshlib: each is wrapped in one of
 these, with the original kept as ``__cause__``.
@@ -105,7 +110,8 @@ class NoHealthyUpstream(MeshRequestError):  # noqa: N818 - the Envoy term
 
 
 class CircuitOpenError(MeshRequestError):
-    """A breaker is open or a connection-pool limit overflowed (flag UO); never retried."""
+    """A breaker is open (flag UO): the call fails fast and is never retried. A connection-pool
+    overflow is a 503 ``UO`` response instead, as Envoy answers it (see ``raise_for_mesh``)."""
 
     flag = "UO"
 

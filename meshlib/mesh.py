@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import random
+import socket
 import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,10 +35,12 @@ from meshlib.policies.breaker import Breaker, BreakerSettings, Lease, PoolLimits
 from meshlib.policies.retry import Outcome, RetryBudget, RetryPolicy, policy_for
 from meshlib.routing import RetryDecision, RouteDecision, RouteRequest, RouteTable, Target
 from meshlib.telemetry import (
+    BreakerCreated,
     BreakerTransition,
     ConfigReloaded,
     EndpointEjected,
     EndpointReturned,
+    MeshListener,
     Telemetry,
 )
 from meshlib.telemetry.setup import build as build_telemetry
@@ -135,6 +138,11 @@ class Cluster:
                 self.balancer.detector.prune(subset)
         return self._subset
 
+    def use_registry(self, registry: Registry) -> None:
+        """Read endpoints from ``registry`` from now on (after a config swap)."""
+        self.registry = registry
+        self._all = None
+
     def has_endpoints(self) -> bool:
         return bool(self.endpoints())
 
@@ -176,6 +184,7 @@ class _Snapshot:
     table: RouteTable
     registry: Registry
     static: StaticRegistry
+    dns_hosts: frozenset[str]  # ServiceEntry hosts without endpoints: sent to the named host
 
 
 class Mesh:
@@ -205,6 +214,9 @@ class Mesh:
             telemetry if telemetry is not None else build_telemetry(config.service, clock)
         )
         self.rng = random.Random(seed)
+        #: What ``consistentHash.useSourceIp`` hashes: in-process the source is this service
+        #: instance, so (as for a pod behind a sidecar) all its calls stick to one endpoint.
+        self.source_address = f"{socket.gethostname()}:{os.getpid()}"
         self._transport = transport
         self._async_transport = async_transport
         self._extra = {name: tuple(eps) for name, eps in (extra_endpoints or {}).items()}
@@ -268,7 +280,7 @@ class Mesh:
             hosts += self._file_registry.hosts()
         table = compile_table(config, extra_hosts=hosts)
         registry: Registry = sources[0] if len(sources) == 1 else RegistryChain(*sources)
-        return _Snapshot(config, table, registry, static)
+        return _Snapshot(config, table, registry, static, _dns_hosts(config))
 
     # ------------------------------------------------------------------ state
 
@@ -295,7 +307,8 @@ class Mesh:
         snapshot = self._build(config)
         with self._lock:
             self._snapshot = snapshot
-            self._clusters = {}  # rebuilt lazily; breakers and outlier state carry over by name
+            for cluster in self._clusters.values():
+                cluster.use_registry(snapshot.registry)  # the state of unchanged destinations stays
 
     def reload(self, paths: Sequence[str | os.PathLike[str]] | None = None) -> None:
         """Re-read the config files (or ``paths``). A bad config raises ``ConfigError`` and the
@@ -314,6 +327,16 @@ class Mesh:
         self.telemetry.emit(ConfigReloaded(True, None))
 
     # ------------------------------------------------------------------ decisions
+
+    def resolves_by_dns(self, host: str) -> bool:
+        """Whether calls to ``host`` go to the host name itself: a ServiceEntry without
+        endpoints (``resolution: DNS``/``NONE``), as Envoy resolves it by DNS."""
+        names = self._snapshot.dns_hosts
+        if not names:
+            return False
+        if host in names:
+            return True
+        return any(n.startswith("*") and host.endswith(n[1:]) for n in names)
 
     def route(self, request: RouteRequest) -> RouteDecision:
         """The routing decision for one request (the data plane's entry point)."""
@@ -357,6 +380,8 @@ class Mesh:
         if config is None:
             return None
         settings = breaker_settings(config, target, self._snapshot.config.service.namespace)
+        if settings is None:
+            return None
         known = self._breakers.get(target.name)
         if known is not None and known[0] == settings:
             return known[1]
@@ -368,11 +393,22 @@ class Mesh:
             on_transition=lambda old, new: telemetry.emit(BreakerTransition(target.name, old, new)),
         )
         self._breakers[target.name] = (settings, breaker)
+        telemetry.emit(BreakerCreated(target.name, breaker.state))
         return breaker
 
     def breakers(self) -> dict[str, Breaker]:
         """Every breaker made so far, by destination name."""
         return {name: breaker for name, (_, breaker) in self._breakers.items()}
+
+    # ------------------------------------------------------------------ telemetry
+
+    def add_listener(self, listener: MeshListener) -> None:
+        """Send this mesh's events to ``listener`` too (its ``on_event(event)``; see
+        ``meshlib.telemetry``). It runs inline on the request path: keep it quick."""
+        self.telemetry.add_listener(listener)
+
+    def remove_listener(self, listener: MeshListener) -> None:
+        self.telemetry.remove_listener(listener)
 
     def retry_policy(self, decision: RetryDecision) -> RetryPolicy:
         return policy_for(decision)
@@ -437,8 +473,21 @@ class Mesh:
         return out
 
     def close(self) -> None:
+        """Stop what the mesh runs in the background: mirror threads, the metrics scrape
+        server, telemetry exporters."""
         if self._executor is not None:
             self._executor.shutdown(wait=False)
+        self.telemetry.close()
+
+
+def _dns_hosts(config: MeshConfig) -> frozenset[str]:
+    names: set[str] = set()
+    for resource in config.of_kind("ServiceEntry"):
+        spec = resource.spec
+        assert isinstance(spec, m.ServiceEntry)
+        if not spec.endpoints and spec.resolution != "STATIC":
+            names.update(fqdn(h, resource.namespace) for h in spec.hosts)
+    return frozenset(names)
 
 
 def _same_cluster(known: Target, target: Target) -> bool:
@@ -471,7 +520,9 @@ async def _asend_mirror(transport: httpx.AsyncBaseTransport, request: httpx.Requ
         log.debug("mirror to %s failed: %s", request.url, exc)
 
 
-def breaker_settings(config: m.CircuitBreakers, target: Target, namespace: str) -> BreakerSettings:
+def breaker_settings(
+    config: m.CircuitBreakers, target: Target, namespace: str
+) -> BreakerSettings | None:
     """Defaults from ``spec.circuitBreakers``, then the entry for the destination (``host|subset``
     before ``host``; host as short name or FQDN)."""
     layers: list[m.BreakerPolicy] = [config]
@@ -484,7 +535,10 @@ def breaker_settings(config: m.CircuitBreakers, target: Target, namespace: str) 
         elif subset == target.subset:
             layers.append(policy)
     values: dict[str, Any] = {}
+    enabled = True
     for layer in layers:
+        if layer.enabled is not None:
+            enabled = layer.enabled
         if layer.failure_threshold is not None:
             values["failure_threshold"] = layer.failure_threshold
         if layer.reset_timeout is not None:
@@ -495,4 +549,6 @@ def breaker_settings(config: m.CircuitBreakers, target: Target, namespace: str) 
             values["count"] = frozenset(layer.count)
     if config.redis:
         values["redis"] = config.redis
+    if not enabled:
+        return None
     return BreakerSettings(**values)

@@ -40,6 +40,8 @@ from meshlib.errors import (
     CircuitOpenError,
     DeadlineExceeded,
     MeshRequestError,
+    NoHealthyUpstream,
+    NoRouteError,
 )
 from meshlib.policies.fault import FaultAction, abort_response_parts, decide
 from meshlib.policies.retry import Outcome, RetryState
@@ -47,6 +49,7 @@ from meshlib.routing import RouteDecision, RouteRequest, Target
 from meshlib.telemetry import (
     AttemptEnded,
     AttemptStarted,
+    BudgetExhausted,
     FaultInjected,
     RequestFinished,
     RequestInfo,
@@ -71,6 +74,7 @@ class MeshInfo:
     endpoint: str | None
     attempts: int
     flags: str
+    local_reply: bool = False  # the mesh answered without a response from upstream
 
     @property
     def route(self) -> str:
@@ -244,8 +248,10 @@ class Call:
             self.cluster = self.mesh.cluster(target, self.view.port)
         if not target.subset_defined:
             return self.reply(503, b"no healthy upstream", "NC")
-        if self.decision.passthrough and not self.cluster.has_endpoints():
-            self.endpoint = None
+        if not self.cluster.has_endpoints() and (
+            self.decision.passthrough or self.mesh.resolves_by_dns(target.host)
+        ):
+            self.endpoint = None  # sent to the host as the caller named it
             return None
         key = None
         if self.cluster.consistent_hash is not None:
@@ -253,7 +259,7 @@ class Call:
                 self.cluster.consistent_hash,
                 self.request.headers,
                 self.view.params,
-                None,
+                self.mesh.source_address,
             )
         endpoint = self.cluster.choose(key, self.tried)
         if endpoint is None:
@@ -377,7 +383,10 @@ class Call:
                 allow_non_idempotent=retry.allow_non_idempotent,
                 retry_after_cap=RETRY_AFTER_CAP,
             )
-        return state.next_delay(outcome, self.attempts)
+        delay = state.next_delay(outcome, self.attempts)
+        if delay is None and state.stopped_by == "overflow" and self.telemetry.active:
+            self.telemetry.emit(BudgetExhausted(self.request_info(), self.attempts))
+        return delay
 
     def done(self) -> None:
         """The call is over, however it ended: give back a retry-budget slot still held, and the
@@ -402,7 +411,7 @@ class Call:
         headers = [("content-type", "text/plain")] if body else []
         if flag == "UO":
             headers.append(("x-envoy-overloaded", "true"))
-        return self.finish(httpx.Response(status, headers=headers, content=body))
+        return self.finish(httpx.Response(status, headers=headers, content=body), local=True)
 
     def redirect(self) -> httpx.Response:
         redirect = self.decision.redirect
@@ -471,8 +480,9 @@ class Call:
         if not self.telemetry.active:
             return
         status = response.status_code if response is not None else None
-        if status is None and isinstance(error, DeadlineExceeded):
-            status = 504
+        if status is None and isinstance(error, MeshRequestError):
+            # the status of Envoy's local reply for the same failure
+            status = 504 if isinstance(error, DeadlineExceeded) else 503
         sent = self.request.headers.get("content-length")
         received = response.headers.get("content-length") if response is not None else None
         self.telemetry.emit(
@@ -489,7 +499,7 @@ class Call:
             )
         )
 
-    def finish(self, response: httpx.Response) -> httpx.Response:
+    def finish(self, response: httpx.Response, local: bool = False) -> httpx.Response:
         """Stamp the response with what the mesh did."""
         self.restore()
         decision = self.decision
@@ -504,7 +514,7 @@ class Call:
         if flags:
             response.headers[FLAGS_HEADER] = flags
         endpoint = self.endpoint.address if self.endpoint is not None else None
-        response.extensions["mesh"] = MeshInfo(decision, endpoint, self.attempts, flags)
+        response.extensions["mesh"] = MeshInfo(decision, endpoint, self.attempts, flags, local)
         return response
 
     def error(self, exc: Exception, outcome: Outcome | None) -> Exception:
@@ -515,7 +525,10 @@ class Call:
         route = MeshInfo(self.decision, None, self.attempts, "").route
         if self.user_timed_out() and not self.timed_out():
             return self.user_timeout()
-        if isinstance(exc, httpx.TimeoutException) or self.timed_out():
+        timeout = isinstance(exc, httpx.TimeoutException) and not isinstance(
+            exc, httpx.ConnectTimeout
+        )
+        if timeout or self.timed_out():
             self.flags.append("UT")
             return DeadlineExceeded(
                 f"upstream request timeout after {self.attempts} attempt(s)",
@@ -527,6 +540,7 @@ class Call:
         flag = "UF" if kind == "connect-failure" else "UC"
         stopped = self.retry.flag if self.retry is not None else ""
         flags = f"{flag},{stopped}" if stopped else flag
+        self.flags.extend(flags.split(","))
         message = f"upstream {kind or 'failure'}: {exc}"
         return MeshRequestError(
             message, request=self.request, route=route, destination=destination, flag=flags
@@ -538,6 +552,7 @@ class Call:
         try:
             return self.cluster.permit()
         except CircuitOpenError as exc:
+            self.flags.append("UO")
             target = self.decision.destination
             error = CircuitOpenError(
                 "circuit breaker open: failing fast",
@@ -577,6 +592,35 @@ def with_endpoint(url: httpx.URL, endpoint: Endpoint) -> httpx.URL:
     result = httpx.URL.__new__(httpx.URL)
     result._uri_reference = reference
     return result
+
+
+_LOCAL_ERRORS: dict[str, type[MeshRequestError]] = {
+    "NR": NoRouteError,
+    "UH": NoHealthyUpstream,
+    "NC": NoHealthyUpstream,
+    "UO": CircuitOpenError,
+}
+
+
+def raise_for_mesh(response: httpx.Response) -> httpx.Response:
+    """Raise the matching exception if the mesh answered this call itself: no route
+    (``NoRouteError``), no endpoint (``NoHealthyUpstream``), pool overflow
+    (``CircuitOpenError``). Returns the response otherwise, for chaining."""
+    info = response.extensions.get("mesh")
+    if not isinstance(info, MeshInfo) or not info.local_reply:
+        return response
+    for flag in info.flags.split(","):
+        error = _LOCAL_ERRORS.get(flag)
+        if error is not None:
+            target = info.decision.destination
+            raise error(
+                f"the mesh answered {response.status_code} itself",
+                request=response.request,
+                route=info.route,
+                destination=target.name if target is not None else info.decision.host,
+                flag=flag,
+            )
+    return response
 
 
 def _b64(text: str) -> bytes:

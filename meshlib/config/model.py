@@ -782,6 +782,7 @@ BreakerOutcome = Literal["5xx", "gateway-error", "connect-failure", "timeout", "
 class BreakerPolicy(Model):
     """A Hystrix-style breaker for calls to one destination (host + subset)."""
 
+    enabled: bool | None = None
     failure_threshold: int | None = Field(default=None, ge=1)
     reset_timeout: Duration | None = None
     success_threshold: int | None = Field(default=None, ge=1)

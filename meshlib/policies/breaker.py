@@ -1,7 +1,9 @@
 """Circuit breaking, twice: a Hystrix-style breaker on pybreaker, and Envoy's pool limits.
 
 meshlib has two things that Istio users call "circuit breaking"; both end a request at once with
-response flag ``UO`` (``meshlib.errors.CircuitOpenError``), which is never retried.
+response flag ``UO`` and are never retried: an open breaker raises
+``meshlib.errors.CircuitOpenError``; a pool overflow is answered with a 503 ``UO`` response, as
+Envoy answers it.
 
 ``Breaker`` — one per destination and subset
     The classic closed / open / half-open breaker (Nygard's *Release It!*, Hystrix). Istio has no

@@ -113,6 +113,14 @@ class BreakerTransition:
 
 
 @dataclass(frozen=True, slots=True)
+class BreakerCreated:
+    """A breaker for ``destination`` (``host|subset``) came into use, in ``state``."""
+
+    destination: str
+    state: str
+
+
+@dataclass(frozen=True, slots=True)
 class EndpointEjected:
     destination: str
     endpoint: Endpoint
@@ -188,6 +196,18 @@ class Telemetry:
         self.tracer = tracer
         self.active = bool(self._listeners) or tracer is not None
 
+    def close(self) -> None:
+        """Release what the listeners and the tracer hold (a scrape server, exporters): each
+        one's ``close()``, if it has one. ``Mesh.close`` calls this."""
+        for part in (*self._listeners, self.tracer):
+            close = getattr(part, "close", None)
+            if close is None:
+                continue
+            try:
+                close()
+            except Exception:
+                log.exception("closing %r failed", part)
+
     def emit(self, event: Any) -> None:
         for listener in self._listeners:
             try:
@@ -222,6 +242,7 @@ __all__ = [
     "AttemptEnded",
     "AttemptStarted",
     "AttemptTracer",
+    "BreakerCreated",
     "BreakerTransition",
     "BudgetExhausted",
     "ConfigReloaded",
