@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml constraints.txt
 test: $(STAMP) lint typecheck pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check meshlib tests bench
-	$(BIN)/ruff format --check meshlib tests bench
+	$(BIN)/ruff check meshlib tests bench examples
+	$(BIN)/ruff format --check meshlib tests bench examples
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -10,7 +10,7 @@ from __future__ import annotations
 from meshlib.config import model as m
 from meshlib.config.compile import catches_all, fqdn, mesh_bound
 from meshlib.config.load import NOT_APPLICABLE, MeshConfig, Resource
-from meshlib.errors import Problem
+from meshlib.errors import ConfigError, Problem
 
 
 def lint(config: MeshConfig) -> list[Problem]:
@@ -63,6 +63,13 @@ def _known_hosts(config: MeshConfig) -> set[str] | None:
     for resource in config.of_kind("ServiceEntry"):
         assert isinstance(resource.spec, m.ServiceEntry)
         hosts.update(fqdn(h, resource.namespace) for h in resource.spec.hosts)
+    if config.service.registry_file is not None:
+        from meshlib.discovery.file import FileRegistry  # noqa: PLC0415 - discovery needs config
+
+        try:
+            hosts.update(FileRegistry(config.service.registry_file, namespace).hosts())
+        except ConfigError:
+            return None  # the registry file's own errors are reported when the mesh loads it
     return hosts or None
 
 
