@@ -27,6 +27,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from meshlib.telemetry.accesslog import check_format
+
 # --------------------------------------------------------------------------- scalar types
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
@@ -821,7 +823,7 @@ class AccessLogSettings(Model):
     """``spec.telemetry.accessLog``: one line per inbound and outbound request."""
 
     enabled: bool | None = None
-    format: str | None = None
+    format: Annotated[str, AfterValidator(check_format)] | None = None  # json, text, or %OPERATOR%s
     logger: str | None = None
 
 

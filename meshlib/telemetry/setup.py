@@ -19,7 +19,9 @@ def build(service: ServiceInfo, clock: Clock) -> Telemetry:
     recorder = metrics.recorder_from_settings(settings.metrics if settings else None, service)
     if recorder is not None:
         listeners.append(recorder)
-    logger = accesslog.logger_from_settings(settings.access_log if settings else None, service)
+    logger = accesslog.logger_from_settings(
+        settings.access_log if settings else None, service, clock
+    )
     if logger is not None:
         listeners.append(logger)
     tracer = tracing.tracer_from_settings(settings.tracing if settings else None, service, clock)
