@@ -13,6 +13,7 @@ from meshlib.errors import (
 )
 from meshlib.mesh import Mesh
 from meshlib.routing import RouteDecision, RouteRequest, RouteTable
+from meshlib.server import handler
 from meshlib.transport import MeshInfo, raise_for_mesh
 
 __version__ = "0.1.0"
@@ -33,5 +34,6 @@ __all__ = [
     "RouteTable",
     "__version__",
     "configure",
+    "handler",
     "raise_for_mesh",
 ]

@@ -57,6 +57,15 @@ def current() -> RequestContext | None:
     return _current.get()
 
 
+def set_current(context: RequestContext | None) -> contextvars.Token[RequestContext | None]:
+    """Make ``context`` current; ``reset_current(token)`` puts the previous one back."""
+    return _current.set(context)
+
+
+def reset_current(token: contextvars.Token[RequestContext | None]) -> None:
+    _current.reset(token)
+
+
 @contextmanager
 def use(context: RequestContext | None) -> Iterator[RequestContext | None]:
     """Make ``context`` current for the block (servers do this around each handler call)."""
@@ -96,6 +105,8 @@ __all__ = [
     "ContextExecutor",
     "RequestContext",
     "current",
+    "reset_current",
+    "set_current",
     "start_thread",
     "use",
     "wrap",

@@ -1,14 +1,528 @@
-"""Tracing: SERVER spans for inbound requests, CLIENT spans for outbound attempts."""
+"""Tracing: a SERVER span for each inbound request, a CLIENT span for each outbound attempt.
+
+meshlib speaks the OpenTelemetry API. Spans go to a ``TracerProvider``: the one the app installed
+(``opentelemetry.trace.set_tracer_provider``), or one meshlib builds from the standard ``OTEL_*``
+environment variables (``provider_from_environment``) when the config turns tracing on and the
+app installed none.
+
+When tracing is on (``tracer_from_settings``):
+
+* ``spec.telemetry.tracing.enabled: true`` — on; with the app's provider if it installed one,
+  else with one built from the environment.
+* ``enabled: false`` — off, whatever the app installed.
+* ``enabled`` unset — on exactly when the app installed a provider before the mesh was built.
+
+Off, there is no tracer: the data plane builds no event and touches no OpenTelemetry object.
+
+Inbound, every trace format is read — W3C ``traceparent``/``tracestate``, ``baggage``, B3 single
+(``b3``) and multi (``x-b3-*``) headers; when both W3C and B3 are present, W3C wins. Outbound,
+each attempt carries the formats ``propagation`` names (default: ``tracecontext`` and
+``baggage``; ``$OTEL_PROPAGATORS`` when the config names none), for that attempt's own CLIENT
+span; trace headers carried from the inbound request are replaced, never sent twice.
+
+Sampling: ``sampling`` (a percentage, as Istio's ``randomSamplingPercentage``) decides for new
+traces only — a request that arrives with a sampling decision keeps it, as at Envoy. The draw
+hashes ``x-request-id`` when there is one, so every service of a call chain decides alike. Unset,
+meshlib draws nothing and the provider's sampler decides (the SDK's default samples every trace,
+or what ``$OTEL_TRACES_SAMPLER`` says); Istio's own default is 1 %: write ``sampling: 1`` for it.
+"""
 
 from __future__ import annotations
 
-from meshlib.clock import Clock
+import logging
+import os
+import random
+import sys
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import httpx
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.propagators.b3 import B3MultiFormat, B3SingleFormat
+from opentelemetry.propagators.textmap import TextMapPropagator
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+)
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+import meshlib
+from meshlib.clock import SYSTEM_CLOCK, Clock
 from meshlib.config import model as m
 from meshlib.config.load import ServiceInfo
-from meshlib.telemetry import AttemptTracer
+from meshlib.errors import ConfigError
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from meshlib.telemetry import AttemptEnded, AttemptStarted
+
+log = logging.getLogger("meshlib.telemetry")
+
+#: Every trace header meshlib reads inbound and carries on (lowercase), in the order of
+#: precedence: a ``traceparent`` wins over B3 headers.
+TRACE_HEADERS: tuple[str, ...] = (
+    "traceparent",
+    "tracestate",
+    "baggage",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+)
+#: The headers that name a span: an attempt's own replace the carried ones (baggage is not one).
+SPAN_HEADERS = frozenset(TRACE_HEADERS) - {"baggage"}
+_SPAN_HEADER_BYTES = frozenset(name.encode() for name in SPAN_HEADERS)
+
+DEFAULT_PROPAGATION: tuple[str, ...] = ("tracecontext", "baggage")
+PROPAGATORS: dict[str, type[TextMapPropagator]] = {
+    "tracecontext": TraceContextTextMapPropagator,
+    "baggage": W3CBaggagePropagator,
+    "b3": B3SingleFormat,
+    "b3multi": B3MultiFormat,
+}
+#: Inbound: B3 first, then W3C, so that W3C wins when both are there.
+_EXTRACTORS: tuple[TextMapPropagator, ...] = (
+    B3MultiFormat(),  # reads the single ``b3`` header too
+    TraceContextTextMapPropagator(),
+    W3CBaggagePropagator(),
+)
+EXPORTERS = ("console", "otlp", "none")
+_OTLP_MODULES = {
+    "http/protobuf": ("opentelemetry.exporter.otlp.proto.http.trace_exporter", "http"),
+    "grpc": ("opentelemetry.exporter.otlp.proto.grpc.trace_exporter", "grpc"),
+}
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+# --------------------------------------------------------------------------- spans in flight
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSpan:
+    """The SERVER span of one inbound request, and the OpenTelemetry context it is current in."""
+
+    span: Span
+    context: otel_context.Context
+    start_ns: int
+    method: str
+
+    @property
+    def trace_id(self) -> str:
+        return trace.format_trace_id(self.span.get_span_context().trace_id)
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptSpan:
+    """The CLIENT span of one outbound attempt (``Telemetry.attempt_started``'s token)."""
+
+    span: Span
+    start_ns: int
+
+
+# --------------------------------------------------------------------------- the tracer
+
+
+class MeshTracer:
+    """Makes meshlib's spans on one ``TracerProvider``; the mesh's ``AttemptTracer``.
+
+    ``provider``: where spans go (default: the global one). ``sampling``: percentage of new
+    traces to sample, None to leave it to the provider's sampler. ``propagation``: the formats
+    written on each attempt (``tracecontext``, ``baggage``, ``b3``, ``b3multi``). ``clock``: the
+    mesh clock; span times are its wall time, so spans agree with the mesh's own durations.
+    """
+
+    __slots__ = ("_clock", "_inject", "_random", "_tracer", "propagation", "sampling", "service")
+
+    def __init__(
+        self,
+        provider: trace.TracerProvider | None = None,
+        *,
+        service: str = "unknown",
+        clock: Clock = SYSTEM_CLOCK,
+        sampling: float | None = None,
+        propagation: Sequence[str] | None = None,
+    ) -> None:
+        provider = provider if provider is not None else trace.get_tracer_provider()
+        self._tracer = provider.get_tracer("meshlib", getattr(meshlib, "__version__", None))
+        self._clock = clock
+        self._random = random.Random()
+        self.service = service
+        self.sampling = sampling
+        names = tuple(propagation) if propagation is not None else DEFAULT_PROPAGATION
+        unknown = [name for name in names if name not in PROPAGATORS]
+        if unknown:
+            raise ValueError(f"unknown propagation format(s) {unknown}: use {list(PROPAGATORS)}")
+        self.propagation = names
+        self._inject = tuple(PROPAGATORS[name]() for name in dict.fromkeys(names))
+
+    # ------------------------------------------------------------------ inbound
+
+    def start_server(
+        self,
+        method: str,
+        path: str,
+        trace_headers: Mapping[str, str],
+        request_id: str | None,
+        scheme: str | None = None,
+    ) -> ServerSpan:
+        """Start the SERVER span of an inbound request, child of the trace context it carries
+        (``trace_headers``: the inbound trace headers, lowercase names); without one, child of
+        the current span if there is one (an outer instrumentation's), else a new trace."""
+        parent = extract(trace_headers) if trace_headers else otel_context.get_current()
+        start_ns = self._now_ns()
+        attributes: dict[str, Any] = {"http.request.method": method, "url.path": path}
+        if scheme:
+            attributes["url.scheme"] = scheme
+        span = self._start(method, parent, SpanKind.SERVER, attributes, start_ns, request_id)
+        return ServerSpan(span, trace.set_span_in_context(span, parent), start_ns, method)
+
+    def end_server(
+        self,
+        server: ServerSpan,
+        status: int,
+        duration: float,
+        route: str | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        span = server.span
+        if span.is_recording():
+            span.set_attribute("http.response.status_code", status)
+            if route:
+                span.set_attribute("http.route", route)
+                span.update_name(f"{server.method} {route}")
+            if error is not None:
+                span.set_attribute("error.type", type(error).__qualname__)
+                span.record_exception(error)
+                span.set_status(Status(StatusCode.ERROR, str(error) or None))
+            elif status >= 500:
+                span.set_attribute("error.type", str(status))
+                span.set_status(Status(StatusCode.ERROR))
+        span.end(end_time=server.start_ns + int(duration * 1e9))
+
+    # ------------------------------------------------------------------ outbound attempts
+
+    def start(self, event: AttemptStarted, request: httpx.Request) -> AttemptSpan:
+        """Start the CLIENT span of an attempt and write its trace headers on the attempt.
+
+        The parent is the current span (the inbound request's SERVER span, or the app's own
+        span inside it); with none, the trace headers already on the request (carried from the
+        inbound request, or set by the app); with none either, the attempt starts a trace."""
+        parent = otel_context.get_current()
+        if not trace.get_current_span(parent).get_span_context().is_valid:
+            parent = extract(request.headers)
+        info = event.request
+        url = info.url
+        port = url.port or _DEFAULT_PORTS.get(url.scheme)
+        decision = info.decision
+        attributes: dict[str, Any] = {
+            "http.request.method": info.method,
+            "url.full": _full_url(url),
+            "server.address": url.host,
+        }
+        if port is not None:
+            attributes["server.port"] = port
+        if event.attempt > 1:
+            attributes["http.request.resend_count"] = event.attempt - 1
+        endpoint = event.endpoint
+        if endpoint is not None:
+            attributes["meshlib.endpoint"] = endpoint.address
+            attributes["network.peer.address"] = endpoint.host
+            attributes["network.peer.port"] = endpoint.port
+        if decision.virtual_service is not None:
+            attributes["meshlib.virtual_service"] = decision.virtual_service
+        if decision.route_name is not None:
+            attributes["meshlib.route.name"] = decision.route_name
+        if decision.route_index is not None:
+            attributes["meshlib.route.index"] = decision.route_index
+        target = decision.destination
+        if target is not None:
+            attributes["meshlib.destination"] = target.host
+            if target.subset is not None:
+                attributes["meshlib.destination.subset"] = target.subset
+        start_ns = self._now_ns()
+        span = self._start(
+            info.method, parent, SpanKind.CLIENT, attributes, start_ns, info.request_id
+        )
+        headers = httpx.Headers(
+            [(k, v) for k, v in request.headers.raw if k.lower() not in _SPAN_HEADER_BYTES],
+            encoding=request.headers.encoding,
+        )
+        current = trace.set_span_in_context(span, parent)
+        for propagator in self._inject:
+            propagator.inject(headers, current)
+        request.headers = headers
+        return AttemptSpan(span, start_ns)
+
+    def end(self, token: Any, event: AttemptEnded, flags: str) -> None:
+        attempt: AttemptSpan = token
+        span = attempt.span
+        if span.is_recording():
+            if event.status is not None:
+                span.set_attribute("http.response.status_code", event.status)
+            if event.error is not None:
+                span.set_attribute("error.type", event.error)
+                span.set_status(Status(StatusCode.ERROR, event.error))
+            elif event.status is not None and event.status >= 400:
+                span.set_attribute("error.type", str(event.status))
+                span.set_status(Status(StatusCode.ERROR))
+            if flags:
+                span.set_attribute("meshlib.response_flags", flags)
+                if "DI" in flags.split(","):
+                    span.set_attribute("meshlib.fault", "delay")
+        span.end(end_time=attempt.start_ns + int(event.duration * 1e9))
+
+    # ------------------------------------------------------------------ shared
+
+    def _now_ns(self) -> int:
+        return int(self._clock.wall() * 1e9)
+
+    def _start(
+        self,
+        method: str,
+        parent: otel_context.Context,
+        kind: SpanKind,
+        attributes: dict[str, Any],
+        start_ns: int,
+        request_id: str | None,
+    ) -> Span:
+        if (
+            self.sampling is not None
+            and not trace.get_current_span(parent).get_span_context().is_valid
+            and not self.sample(request_id)
+        ):
+            # a new trace meshlib decided not to sample: ids for the headers, nothing recorded
+            return NonRecordingSpan(
+                SpanContext(
+                    trace_id=self._random.getrandbits(128) or 1,
+                    span_id=self._random.getrandbits(64) or 1,
+                    is_remote=False,
+                    trace_flags=TraceFlags(TraceFlags.DEFAULT),
+                )
+            )
+        return self._tracer.start_span(
+            method, parent, kind, attributes=attributes, start_time=start_ns
+        )
+
+    def sample(self, request_id: str | None) -> bool:
+        """Whether a new trace is sampled: ``sampling`` percent of request ids (or of draws)."""
+        percent = self.sampling
+        if percent is None or percent >= 100:
+            return True
+        if percent <= 0:
+            return False
+        key = zlib.crc32(request_id.encode()) if request_id else self._random.getrandbits(32)
+        return key % 10_000 < percent * 100
+
+
+def extract(headers: Any) -> otel_context.Context:
+    """The trace context that ``headers`` (any mapping with ``get``) carry, in any format."""
+    found = otel_context.Context()
+    for propagator in _EXTRACTORS:
+        found = propagator.extract(headers, found)
+    return found
+
+
+def _full_url(url: httpx.URL) -> str:
+    if url.userinfo:
+        url = url.copy_with(username=None, password=None)
+    return str(url)
+
+
+# --------------------------------------------------------------------------- building one
+
+
+def installed_provider() -> trace.TracerProvider | None:
+    """The tracer provider the app installed globally, or None (the API's default stand-in)."""
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)):
+        return None
+    return provider
 
 
 def tracer_from_settings(
-    settings: m.TracingSettings | None, service: ServiceInfo, clock: Clock
-) -> AttemptTracer | None:
-    return None
+    settings: m.TracingSettings | None,
+    service: ServiceInfo,
+    clock: Clock,
+    *,
+    provider: trace.TracerProvider | None = None,
+) -> MeshTracer | None:
+    """The mesh's tracer for ``spec.telemetry.tracing``, or None when tracing is off.
+
+    ``provider`` overrides where spans go (tests pass one with an in-memory exporter)."""
+    enabled = settings.enabled if settings is not None else None
+    if enabled is False:
+        return None
+    if provider is None:
+        provider = installed_provider()
+    if provider is None:
+        if not enabled:
+            return None
+        provider = provider_from_environment(service)
+    propagation = settings.propagation if settings is not None else None
+    return MeshTracer(
+        provider,
+        service=service.name,
+        clock=clock,
+        sampling=settings.sampling if settings is not None else None,
+        propagation=propagation if propagation is not None else propagation_from_environment(),
+    )
+
+
+def propagation_from_environment() -> tuple[str, ...] | None:
+    """``$OTEL_PROPAGATORS`` as propagation formats meshlib writes; None when unset."""
+    value = os.environ.get("OTEL_PROPAGATORS", "").strip()
+    if not value:
+        return None
+    names = [name.strip().lower() for name in value.split(",") if name.strip()]
+    if names == ["none"]:
+        return ()
+    known = tuple(name for name in names if name in PROPAGATORS)
+    for name in names:
+        if name not in PROPAGATORS:
+            log.warning("OTEL_PROPAGATORS: %r is not a format meshlib writes; ignored", name)
+    return known
+
+
+def provider_from_environment(
+    service: ServiceInfo, environ: Mapping[str, str] | None = None
+) -> SdkTracerProvider:
+    """An SDK ``TracerProvider`` set up from the standard environment variables.
+
+    ``OTEL_SERVICE_NAME`` (default: the Service document's name), ``OTEL_RESOURCE_ATTRIBUTES``,
+    ``OTEL_TRACES_SAMPLER``/``_ARG`` (read by the SDK) and ``OTEL_TRACES_EXPORTER``: a comma
+    list of ``console`` (stdout, each span as it ends), ``otlp`` (batched; needs
+    ``opentelemetry-exporter-otlp-proto-http``, or ``-grpc`` with
+    ``OTEL_EXPORTER_OTLP_PROTOCOL=grpc``) and ``none``. Unset, it is ``otlp`` when that package
+    is installed and ``none`` otherwise (spans are made and propagated, not exported: a warning
+    says so). meshlib keeps this provider to itself; it does not become the global one.
+    """
+    # the SDK is imported only where meshlib sets a provider up itself
+    from opentelemetry.sdk.resources import Resource  # noqa: PLC0415
+    from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
+    from opentelemetry.sdk.trace.export import (  # noqa: PLC0415
+        BatchSpanProcessor,
+        ConsoleSpanExporter,
+        SimpleSpanProcessor,
+    )
+
+    env = os.environ if environ is None else environ
+    attributes: dict[str, str] = {"service.namespace": service.namespace}
+    if not env.get("OTEL_SERVICE_NAME"):
+        attributes["service.name"] = service.name
+    if service.version:
+        attributes["service.version"] = service.version
+    provider = TracerProvider(resource=Resource.create(attributes))
+    wanted = env.get("OTEL_TRACES_EXPORTER", "").strip()
+    if wanted:
+        names = [name.strip().lower() for name in wanted.split(",") if name.strip()]
+    else:
+        names = ["otlp"] if _otlp_exporter(env, required=False) is not None else ["none"]
+        if names == ["none"]:
+            log.warning(
+                "tracing is on for %s but no span exporter is set up: set OTEL_TRACES_EXPORTER "
+                "(console, otlp) or install a TracerProvider before the mesh is built",
+                service.name,
+            )
+    for name in names:
+        if name == "console":
+            provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter(out=sys.stdout)))
+        elif name == "otlp":
+            exporter = _otlp_exporter(env, required=True)
+            provider.add_span_processor(BatchSpanProcessor(exporter))
+        elif name != "none":
+            raise ConfigError.single(
+                "$OTEL_TRACES_EXPORTER",
+                0,
+                "",
+                f"unknown span exporter {name!r}: meshlib sets up {', '.join(EXPORTERS)}",
+            )
+    return provider
+
+
+def _otlp_exporter(env: Mapping[str, str], *, required: bool) -> Any:
+    protocol = (
+        env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "http/protobuf"
+    ).strip()
+    if protocol not in _OTLP_MODULES:
+        raise ConfigError.single(
+            "$OTEL_EXPORTER_OTLP_PROTOCOL",
+            0,
+            "",
+            f"unknown OTLP protocol {protocol!r}: use {' or '.join(_OTLP_MODULES)}",
+        )
+    module, flavour = _OTLP_MODULES[protocol]
+    try:
+        found = __import__(module, fromlist=["OTLPSpanExporter"])
+    except ImportError:
+        if not required:
+            return None
+        raise ConfigError.single(
+            "$OTEL_TRACES_EXPORTER",
+            0,
+            "",
+            f"otlp ({protocol}) needs the package opentelemetry-exporter-otlp-proto-{flavour}: "
+            f"pip install opentelemetry-exporter-otlp-proto-{flavour}",
+        ) from None
+    return found.OTLPSpanExporter()
+
+
+def memory_tracer(
+    service: str = "test",
+    *,
+    clock: Clock = SYSTEM_CLOCK,
+    sampling: float | None = None,
+    propagation: Sequence[str] | None = None,
+) -> tuple[MeshTracer, InMemorySpanExporter]:
+    """A tracer whose spans are kept in memory, for tests::
+
+    tracer, spans = memory_tracer()
+    mesh = Mesh.from_yaml(config, telemetry=Telemetry(tracer=tracer))
+    ...
+    [span.name for span in spans.get_finished_spans()]
+    """
+    from opentelemetry.sdk.resources import Resource  # noqa: PLC0415
+    from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: PLC0415
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: PLC0415
+        InMemorySpanExporter,
+    )
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = MeshTracer(
+        provider, service=service, clock=clock, sampling=sampling, propagation=propagation
+    )
+    return tracer, exporter
+
+
+__all__ = [
+    "DEFAULT_PROPAGATION",
+    "PROPAGATORS",
+    "SPAN_HEADERS",
+    "TRACE_HEADERS",
+    "AttemptSpan",
+    "MeshTracer",
+    "ServerSpan",
+    "extract",
+    "installed_provider",
+    "memory_tracer",
+    "propagation_from_environment",
+    "provider_from_environment",
+    "tracer_from_settings",
+]

@@ -1,0 +1,212 @@
+"""The inbound side's core, shared by the ASGI and WSGI middleware and ``@handler``.
+
+For each inbound request, ``Inbound.begin`` reads the request's headers once and makes:
+
+* its request id: ``x-request-id`` as received, or a new uuid4 (as Envoy makes one);
+* the ``RequestContext`` that outbound calls carry: ``x-request-id``, the app headers of
+  ``spec.propagateHeaders`` and the trace headers as received (so the trace goes on through this
+  service even with tracing off; with tracing on, each attempt replaces them with its own);
+* its deadline, when the caller sent ``x-envoy-expected-rq-timeout-ms``;
+* the SERVER span, when the mesh traces.
+
+``Served.attach`` makes the context (and the span) current; ``Served.finish`` ends the span and
+reports ``InboundFinished`` to the mesh's telemetry hub.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from opentelemetry import context as otel_context
+
+from meshlib import context
+from meshlib.context import REQUEST_ID, RequestContext
+from meshlib.telemetry import InboundFinished
+from meshlib.telemetry.tracing import TRACE_HEADERS, MeshTracer, ServerSpan
+
+if TYPE_CHECKING:
+    from meshlib.mesh import Mesh
+
+#: Sent by Envoy to tell the upstream how long the caller waits (milliseconds).
+DEADLINE_HEADER = "x-envoy-expected-rq-timeout-ms"
+CONTENT_LENGTH = "content-length"
+
+
+class HeaderSource(Protocol):
+    """Where the request's headers are read from: ``get`` by lowercase name."""
+
+    def get(self, key: str, /) -> str | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Attached:
+    """What ``Served.attach`` set, for ``Served.detach`` to undo."""
+
+    request: contextvars.Token[RequestContext | None]
+    trace: contextvars.Token[otel_context.Context] | None
+
+
+class Inbound:
+    """The inbound side of one mesh — or of the default mesh (``mesh=None``), found at the
+    first request, so that an app may configure it after building its middleware."""
+
+    __slots__ = ("_mesh", "_wanted")
+
+    def __init__(self, mesh: Mesh | None = None) -> None:
+        self._mesh = mesh
+        self._wanted: tuple[tuple[str, ...], frozenset[bytes]] | None = None
+
+    @property
+    def mesh(self) -> Mesh:
+        mesh = self._mesh
+        if mesh is None:
+            from meshlib.client import default_mesh  # noqa: PLC0415 - client builds on server
+
+            return default_mesh()
+        return mesh
+
+    def wanted(self, mesh: Mesh) -> frozenset[bytes]:
+        """The header names ``begin`` reads (lowercase, as bytes), for one-pass ASGI scans."""
+        propagate = mesh.config.service.propagate_headers
+        known = self._wanted
+        if known is None or known[0] is not propagate:
+            names = {REQUEST_ID, DEADLINE_HEADER, CONTENT_LENGTH, *TRACE_HEADERS, *propagate}
+            known = self._wanted = (propagate, frozenset(n.encode("latin-1") for n in names))
+        return known[1]
+
+    def begin(
+        self,
+        method: str,
+        path: str,
+        headers: HeaderSource,
+        *,
+        mesh: Mesh | None = None,
+        scheme: str | None = None,
+    ) -> Served:
+        """An inbound request starts: its context and span, not yet current."""
+        mesh = mesh if mesh is not None else self.mesh
+        service = mesh.config.service
+        started = mesh.clock.now()
+        request_id = headers.get(REQUEST_ID) or str(uuid.uuid4())
+        carried = {REQUEST_ID: request_id}
+        for name in service.propagate_headers:
+            value = headers.get(name)
+            if value is not None:
+                carried[name] = value
+        trace: dict[str, str] = {}
+        for name in TRACE_HEADERS:
+            value = headers.get(name)
+            if value is not None:
+                trace[name] = value
+        carried.update(trace)
+        deadline = None
+        timeout = headers.get(DEADLINE_HEADER)
+        if timeout is not None and timeout.isdigit() and int(timeout) > 0:
+            deadline = started + int(timeout) / 1000
+        length = headers.get(CONTENT_LENGTH)
+        found = mesh.telemetry.tracer
+        tracer = found if isinstance(found, MeshTracer) else None
+        span = None
+        if tracer is not None:
+            span = tracer.start_server(method, path, trace, request_id, scheme)
+        return Served(
+            mesh,
+            RequestContext(carried, deadline, service.name),
+            method,
+            path,
+            started,
+            int(length) if length is not None and length.isdigit() else None,
+            trace,
+            tracer if span is not None else None,
+            span,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """One inbound request being served."""
+
+    mesh: Mesh
+    context: RequestContext
+    method: str
+    path: str
+    started: float  # on the mesh clock
+    request_bytes: int | None
+    trace_headers: dict[str, str]
+    tracer: MeshTracer | None
+    span: ServerSpan | None
+
+    @property
+    def request_id(self) -> str:
+        return self.context.headers[REQUEST_ID]
+
+    def attach(self) -> Attached:
+        """Make this request's context (and its span) current until ``detach``."""
+        token = context.set_current(self.context)
+        span = self.span
+        return Attached(token, otel_context.attach(span.context) if span is not None else None)
+
+    def detach(self, attached: Attached) -> None:
+        if attached.trace is not None:
+            otel_context.detach(attached.trace)
+        context.reset_current(attached.request)
+
+    def enter(self) -> None:
+        """Make the context current for good — inside a context copy of the request's own
+        (``contextvars.copy_context().run``), which is dropped afterwards."""
+        context.set_current(self.context)
+        if self.span is not None:
+            otel_context.attach(self.span.context)
+
+    def finish(
+        self,
+        status: int,
+        response_bytes: int | None = None,
+        *,
+        route: str | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        """The request is over: end its span, report it."""
+        duration = self.mesh.clock.now() - self.started
+        if self.tracer is not None and self.span is not None:
+            self.tracer.end_server(self.span, status, duration, route, error)
+        hub = self.mesh.telemetry
+        if hub.active:
+            hub.emit(
+                InboundFinished(
+                    self.method,
+                    self.path,
+                    status,
+                    duration,
+                    self.request_bytes,
+                    response_bytes,
+                    self.request_id,
+                    self.trace_id(),
+                    None,
+                )
+            )
+
+    def trace_id(self) -> str | None:
+        """The request's trace id (32 hex digits): its span's, else the one it arrived with."""
+        if self.span is not None:
+            return self.span.trace_id
+        return trace_id_of(self.trace_headers)
+
+
+def trace_id_of(headers: dict[str, str]) -> str | None:
+    """The trace id in W3C or B3 trace headers, without parsing more than that."""
+    parent = headers.get("traceparent")
+    if parent is not None and len(parent) >= 35 and parent[2] == "-":
+        return parent[3:35].lower()
+    single = headers.get("b3")
+    found = single.split("-", 1)[0] if single is not None and "-" in single else None
+    found = found or headers.get("x-b3-traceid")
+    if found is None or len(found) not in (16, 32):
+        return None
+    return found.lower().rjust(32, "0")
+
+
+__all__ = ["DEADLINE_HEADER", "Attached", "HeaderSource", "Inbound", "Served", "trace_id_of"]
