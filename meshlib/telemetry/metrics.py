@@ -480,10 +480,16 @@ class MetricsRecorder:
         self._observe(found[0], event.duration, event.request_bytes, event.response_bytes)
 
     def _inbound(self, event: InboundFinished) -> None:
-        labels = inbound_labels(self.source, self.service, event)
-        self._observe(
-            self._series_for(labels), event.duration, event.request_bytes, event.response_bytes
-        )
+        key = ("inbound", event.source, event.status, event.flags, event.protocol)
+        found = self._routes.get(key)
+        if found is None:
+            labels = inbound_labels(self.source, self.service, event)
+            found = (self._series_for(labels), None, None)
+            routes = self._routes
+            if len(routes) >= _CACHE_LIMIT:
+                routes.clear()
+            routes[key] = found
+        self._observe(found[0], event.duration, event.request_bytes, event.response_bytes)
 
     def _observe(
         self, series: _Series, duration: float, sent: int | None, received: int | None
