@@ -224,7 +224,7 @@ class Mesh:
         self._lock = threading.Lock()
         self._clusters: dict[tuple[str, int], Cluster] = {}
         self._breakers: dict[str, tuple[BreakerSettings, Breaker]] = {}
-        self._retry_policies: dict[RetryDecision, RetryPolicy] = {}
+        self._retry_policies: dict[int, tuple[RetryDecision, RetryPolicy]] = {}
         self._file_registry: FileRegistry | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -411,7 +411,16 @@ class Mesh:
         self.telemetry.remove_listener(listener)
 
     def retry_policy(self, decision: RetryDecision) -> RetryPolicy:
-        return policy_for(decision)
+        """The compiled retry policy of a decision's retry settings (cached by identity: the
+        router hands out the same settings object for every request of a route)."""
+        found = self._retry_policies.get(id(decision))
+        if found is not None and found[0] is decision:
+            return found[1]
+        policy = policy_for(decision)
+        if len(self._retry_policies) > 4096:
+            self._retry_policies.clear()
+        self._retry_policies[id(decision)] = (decision, policy)
+        return policy
 
     # ------------------------------------------------------------------ clients
 

@@ -267,7 +267,7 @@ class Call:
         self.endpoint = endpoint
         return None
 
-    def attempt_request(self) -> httpx.Request:
+    def attempt_request(self, timeout: float | None) -> httpx.Request:
         """Point the request at this attempt's endpoint, with rewrites, headers and timeouts.
 
         The caller's request object is reused, not copied per attempt: rewrites and header
@@ -278,7 +278,6 @@ class Call:
             self._edit_request()
         endpoint = self.endpoint
         request.url = with_endpoint(self.url, endpoint) if endpoint is not None else self.url
-        timeout = self.attempt_timeout()
         if timeout is not None:
             extensions = dict(self.extensions)
             base = extensions.get("timeout") or {}
@@ -369,6 +368,8 @@ class Call:
         retry = self.decision.retry
         if retry.attempts <= 0 or not self.replayable:
             return None
+        if outcome.error is None and outcome is _STATUS_OUTCOMES.get(outcome.status or 0):
+            return None  # a response no retry condition looks at (see outcome_of_response)
         state = self.retry
         if state is None:
             deadlines = [d for d in (self.deadline, self.user_deadline) if d is not None]
@@ -755,8 +756,9 @@ class MeshTransport(httpx.BaseTransport):
                 return reply
             cluster = call.cluster
             assert cluster is not None
+            timeout = call.attempt_timeout()
             try:
-                lease = cluster.acquire(call.attempt_timeout())
+                lease = cluster.acquire(timeout)
             except DeadlineExceeded:
                 raise call.error(httpx.PoolTimeout("pending too long"), None) from None
             if lease is None:
@@ -766,7 +768,7 @@ class MeshTransport(httpx.BaseTransport):
             except CircuitOpenError:
                 lease.release()
                 raise
-            attempt = call.attempt_request()
+            attempt = call.attempt_request(timeout)
             endpoint = call.endpoint
             cluster.begin(endpoint)
             token = call.attempt_started(attempt)
@@ -851,8 +853,9 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                 return reply
             cluster = call.cluster
             assert cluster is not None
+            timeout = call.attempt_timeout()
             try:
-                lease = await cluster.aacquire(call.attempt_timeout())
+                lease = await cluster.aacquire(timeout)
             except DeadlineExceeded:
                 raise call.error(httpx.PoolTimeout("pending too long"), None) from None
             if lease is None:
@@ -862,7 +865,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             except CircuitOpenError:
                 lease.release()
                 raise
-            attempt = call.attempt_request()
+            attempt = call.attempt_request(timeout)
             endpoint = call.endpoint
             cluster.begin(endpoint)
             token = call.attempt_started(attempt)
