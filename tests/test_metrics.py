@@ -597,3 +597,26 @@ def test_flask_mounts_the_wsgi_app_as_the_docs_say(upstreams: Upstreams, meshes:
 
     assert response.status_code == 200
     assert "istio_requests_total{" in response.text
+
+
+async def test_requests_served_through_the_asgi_middleware_are_reported_by_the_destination(
+    upstreams: Upstreams, meshes: Any
+) -> None:
+    server = pytest.importorskip("meshlib.server")
+    mesh = meshes(docs(), upstreams)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": b"hello"})
+
+    wrapped = server.MeshMiddleware(app, mesh)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=wrapped), base_url="http://productpage"
+    ) as client:
+        assert (await client.post("/productpage", content=b"abc")).status_code == 201
+
+    [(labels, value)] = samples(mesh, "istio_requests_total")
+    assert value == 1
+    assert (labels["reporter"], labels["response_code"]) == ("destination", "201")
+    assert labels["destination_workload"] == "productpage-v1"
+    assert samples(mesh, "istio_response_bytes_sum")[0][1] == 5
