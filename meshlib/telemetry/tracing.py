@@ -179,9 +179,24 @@ class MeshTracer:
         scheme: str | None = None,
     ) -> ServerSpan:
         """Start the SERVER span of an inbound request, child of the trace context it carries
-        (``trace_headers``: the inbound trace headers, lowercase names); without one, child of
-        the current span if there is one (an outer instrumentation's), else a new trace."""
-        parent = extract(trace_headers) if trace_headers else otel_context.get_current()
+        (``trace_headers``: the inbound trace headers, lowercase names).
+
+        An instrumentation outside meshlib's (FastAPI's own, OpenTelemetry's ASGI or WSGI
+        middleware) may have started a span for this request already: when the current span is
+        a local one that is the child of the incoming context — or there is no incoming context
+        — the SERVER span is the child of that span, so that the two nest, not fork."""
+        current = otel_context.get_current()
+        parent = extract(trace_headers) if trace_headers else current
+        if parent is not current:
+            outer = trace.get_current_span(current).get_span_context()
+            if outer.is_valid and not outer.is_remote:
+                incoming = trace.get_current_span(parent).get_span_context()
+                outer_parent = getattr(trace.get_current_span(current), "parent", None)
+                if not incoming.is_valid or (
+                    isinstance(outer_parent, SpanContext)
+                    and outer_parent.span_id == incoming.span_id
+                ):
+                    parent = current
         start_ns = self._now_ns()
         attributes: dict[str, Any] = {"http.request.method": method, "url.path": path}
         if scheme:
@@ -396,9 +411,7 @@ def propagation_from_environment() -> tuple[str, ...] | None:
     return known
 
 
-def provider_from_environment(
-    service: ServiceInfo, environ: Mapping[str, str] | None = None
-) -> SdkTracerProvider:
+def provider_from_environment(service: ServiceInfo) -> SdkTracerProvider:
     """An SDK ``TracerProvider`` set up from the standard environment variables.
 
     ``OTEL_SERVICE_NAME`` (default: the Service document's name), ``OTEL_RESOURCE_ATTRIBUTES``,
@@ -418,7 +431,7 @@ def provider_from_environment(
         SimpleSpanProcessor,
     )
 
-    env = os.environ if environ is None else environ
+    env = os.environ
     attributes: dict[str, str] = {"service.namespace": service.namespace}
     if not env.get("OTEL_SERVICE_NAME"):
         attributes["service.name"] = service.name

@@ -301,3 +301,58 @@ def test_mesh_none_is_the_default_mesh_found_at_the_first_request(
 
 def test_every_shape_is_tested() -> None:
     assert set(KINDS) == set(ASGI_KINDS) | set(WSGI_KINDS) == set(SYNC_ROUTE)
+
+
+@pytest.mark.parametrize("traceparent", [TRACEPARENT, None])
+def test_fastapis_own_server_span_and_meshlibs_nest(traceparent: str | None) -> None:
+    """FastAPI makes spans of its own when it has a tracer provider: meshlib's SERVER span is
+    the child of FastAPI's, never its sibling, with or without an incoming trace."""
+    from fastapi import FastAPI
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from meshlib.telemetry.tracing import MeshTracer
+    from meshlib.testing import Upstreams, in_memory_mesh
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    upstreams = Upstreams()
+    upstreams.endpoint("reviews")
+    mesh = in_memory_mesh("", upstreams)
+    mesh.telemetry.set_tracer(MeshTracer(provider, clock=mesh.clock))
+    app = FastAPI(telemetry={"tracer_provider": provider, "metrics": False, "logs": False})
+    app.add_middleware(MeshMiddleware, mesh=mesh)
+
+    @app.get("/page")
+    async def page() -> dict[str, object]:
+        return await call_async(mesh)
+
+    async def go() -> None:
+        transport = httpx.ASGITransport(app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as c:
+            headers = {"traceparent": traceparent} if traceparent else {}
+            assert (await c.get("/page", headers=headers)).status_code == 200
+
+    asyncio.run(go())
+    spans = {s.context.span_id: s for s in exporter.get_finished_spans() if s.context}
+    servers = [s for s in spans.values() if s.kind is SpanKind.SERVER]
+    ours = next(s for s in servers if s.instrumentation_scope.name == "meshlib")
+    theirs = next(s for s in servers if s is not ours)
+    assert ours.parent is not None
+    assert theirs.context is not None
+    assert ours.parent.span_id == theirs.context.span_id
+    if traceparent:
+        assert theirs.parent is not None
+        assert f"{theirs.parent.span_id:016x}" == PARENT
+    else:
+        assert theirs.parent is None
+    (attempt,) = [s for s in spans.values() if s.kind is SpanKind.CLIENT]
+    ancestors = []
+    parent = attempt.parent
+    while parent is not None and parent.span_id in spans:
+        ancestors.append(parent.span_id)
+        parent = spans[parent.span_id].parent
+    assert ours.context is not None
+    assert ours.context.span_id in ancestors
