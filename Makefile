@@ -27,6 +27,7 @@ pytest: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.route_decision
 	$(BIN)/python -m bench.data_plane
+	$(BIN)/python -m bench.tracing
 
 SHARED := ../shared/istio-bookinfo
 

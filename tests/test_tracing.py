@@ -454,3 +454,24 @@ def test_a_mesh_given_a_telemetry_hub_with_a_memory_tracer() -> None:
     with mesh.client() as http:
         http.get("http://reviews/r")
     assert len(spans.get_finished_spans()) == 1
+
+
+def test_the_tracing_benchmark_runs() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-m", "bench.tracing", "--calls", "5", "--rounds", "1", "--json"]
+    done = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=60, check=True)
+    result = json.loads(done.stdout)
+    assert set(result["us_per_call"]) == {
+        "bare",
+        "bare + otel",
+        "mesh",
+        "mesh traced",
+        "mesh traced, 0 %",
+        "served",
+        "served traced",
+    }
+    assert all(isinstance(value, float) for value in result["ratios"].values())

@@ -144,7 +144,16 @@ class MeshTracer:
     mesh clock; span times are its wall time, so spans agree with the mesh's own durations.
     """
 
-    __slots__ = ("_clock", "_inject", "_random", "_tracer", "propagation", "sampling", "service")
+    __slots__ = (
+        "_clock",
+        "_inject",
+        "_random",
+        "_tracer",
+        "_w3c",
+        "propagation",
+        "sampling",
+        "service",
+    )
 
     def __init__(
         self,
@@ -166,7 +175,10 @@ class MeshTracer:
         if unknown:
             raise ValueError(f"unknown propagation format(s) {unknown}: use {list(PROPAGATORS)}")
         self.propagation = names
-        self._inject = tuple(PROPAGATORS[name]() for name in dict.fromkeys(names))
+        self._w3c = "tracecontext" in names
+        self._inject = tuple(
+            PROPAGATORS[name]() for name in dict.fromkeys(names) if name != "tracecontext"
+        )
 
     # ------------------------------------------------------------------ inbound
 
@@ -235,9 +247,17 @@ class MeshTracer:
         The parent is the current span (the inbound request's SERVER span, or the app's own
         span inside it); with none, the trace headers already on the request (carried from the
         inbound request, or set by the app); with none either, the attempt starts a trace."""
+        kept: list[tuple[bytes, bytes]] = []
+        carried: dict[str, str] = {}
+        for key, value in request.headers.raw:  # one pass: the span headers out, the rest kept
+            lower = key.lower()
+            if lower in _SPAN_HEADER_BYTES:
+                carried[lower.decode("latin-1")] = value.decode("latin-1")
+            else:
+                kept.append((key, value))
         parent = otel_context.get_current()
-        if not trace.get_current_span(parent).get_span_context().is_valid:
-            parent = extract(request.headers)
+        if carried and not trace.get_current_span(parent).get_span_context().is_valid:
+            parent = extract(carried)
         info = event.request
         url = info.url
         port = url.port or _DEFAULT_PORTS.get(url.scheme)
@@ -271,13 +291,21 @@ class MeshTracer:
         span = self._start(
             info.method, parent, SpanKind.CLIENT, attributes, start_ns, info.request_id
         )
-        headers = httpx.Headers(
-            [(k, v) for k, v in request.headers.raw if k.lower() not in _SPAN_HEADER_BYTES],
-            encoding=request.headers.encoding,
-        )
-        current = trace.set_span_in_context(span, parent)
-        for propagator in self._inject:
-            propagator.inject(headers, current)
+        own = span.get_span_context()
+        if self._w3c and own.is_valid:  # TraceContextTextMapPropagator's output, made directly
+            kept.append(
+                (
+                    b"traceparent",
+                    f"00-{own.trace_id:032x}-{own.span_id:016x}-{own.trace_flags:02x}".encode(),
+                )
+            )
+            if own.trace_state:
+                kept.append((b"tracestate", own.trace_state.to_header().encode("latin-1")))
+        headers = httpx.Headers(kept, encoding=request.headers.encoding)
+        if self._inject:
+            current = trace.set_span_in_context(span, parent)
+            for propagator in self._inject:
+                propagator.inject(headers, current)
         request.headers = headers
         return AttemptSpan(span, start_ns)
 
