@@ -118,9 +118,15 @@ def settings(**fields: Any) -> m.TracingSettings:
     return m.TracingSettings(**fields)
 
 
-def test_off_without_settings_and_without_an_installed_provider() -> None:
+def test_off_without_a_section_and_without_an_installed_provider() -> None:
     assert tracer_from_settings(None, SERVICE, FakeClock()) is None
-    assert tracer_from_settings(settings(sampling=10), SERVICE, FakeClock()) is None
+
+
+def test_a_section_turns_it_on_unless_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
+    for section in (settings(), settings(sampling=10), settings(enabled=True)):
+        assert isinstance(tracer_from_settings(section, SERVICE, FakeClock()), MeshTracer)
+    assert tracer_from_settings(settings(enabled=False), SERVICE, FakeClock()) is None
 
 
 def test_an_installed_provider_turns_it_on_unless_disabled(

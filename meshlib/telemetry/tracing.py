@@ -7,10 +7,10 @@ app installed none.
 
 When tracing is on (``tracer_from_settings``):
 
-* ``spec.telemetry.tracing.enabled: true`` — on; with the app's provider if it installed one,
-  else with one built from the environment.
-* ``enabled: false`` — off, whatever the app installed.
-* ``enabled`` unset — on exactly when the app installed a provider before the mesh was built.
+* a ``spec.telemetry.tracing`` section (``tracing: {}`` will do) — on; with the app's provider
+  if it installed one, else with one built from the environment;
+* ``enabled: false`` in it — off, whatever the app installed;
+* no section — on exactly when the app installed a provider before the mesh was built.
 
 Off, there is no tracer: the data plane builds no event and touches no OpenTelemetry object.
 
@@ -405,7 +405,7 @@ def tracer_from_settings(
     """The mesh's tracer for ``spec.telemetry.tracing``, or None when tracing is off.
 
     ``provider`` overrides where spans go (tests pass one with an in-memory exporter)."""
-    enabled = settings.enabled if settings is not None else None
+    enabled = None if settings is None else settings.enabled is not False
     if enabled is False:
         return None
     if provider is None:

@@ -85,7 +85,7 @@ def front_app(shape: str, name: str, next_url: str) -> Any:
     if shape == "fastapi":
         from fastapi import FastAPI
 
-        app = FastAPI(telemetry={"tracing": False})  # FastAPI's own spans: see test_server
+        app = FastAPI(telemetry={"tracing": False})  # FastAPI's own spans: tests/server
         app.add_middleware(MeshMiddleware)
 
         @app.get("/sync")
