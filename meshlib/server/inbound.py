@@ -16,6 +16,7 @@ reports ``InboundFinished`` to the mesh's telemetry hub.
 from __future__ import annotations
 
 import contextvars
+import logging
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -29,6 +30,8 @@ from meshlib.telemetry.tracing import TRACE_HEADERS, MeshTracer, ServerSpan
 
 if TYPE_CHECKING:
     from meshlib.mesh import Mesh
+
+log = logging.getLogger("meshlib.server")
 
 #: Sent by Envoy to tell the upstream how long the caller waits (milliseconds).
 DEADLINE_HEADER = "x-envoy-expected-rq-timeout-ms"
@@ -111,7 +114,10 @@ class Inbound:
         tracer = found if isinstance(found, MeshTracer) else None
         span = None
         if tracer is not None:
-            span = tracer.start_server(method, path, trace, request_id, scheme)
+            try:
+                span = tracer.start_server(method, path, trace, request_id, scheme)
+            except Exception:  # tracing's failure never reaches the app
+                log.exception("tracer failed to start the server span")
         return Served(
             mesh,
             RequestContext(carried, deadline, service.name),
@@ -172,7 +178,10 @@ class Served:
         """The request is over: end its span, report it."""
         duration = self.mesh.clock.now() - self.started
         if self.tracer is not None and self.span is not None:
-            self.tracer.end_server(self.span, status, duration, route, error)
+            try:
+                self.tracer.end_server(self.span, status, duration, route, error)
+            except Exception:  # tracing's failure never reaches the app
+                log.exception("tracer failed to end the server span")
         hub = self.mesh.telemetry
         if hub.active:
             hub.emit(

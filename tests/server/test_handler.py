@@ -335,3 +335,27 @@ def test_decorated_handlers_served_for_real(
 
 
 TP = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def test_a_failing_tracer_never_fails_the_request(
+    service: Service, caplog: pytest.LogCaptureFixture
+) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from meshlib.telemetry.tracing import MeshTracer
+
+    class Broken(MeshTracer):
+        def start_server(self, *args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("tracer down")
+
+    service.mesh.telemetry.set_tracer(Broken(TracerProvider()))
+
+    @handler(mesh=service.mesh)
+    def served(headers: dict[str, str]) -> str:
+        call_sync(service.mesh)
+        return "ok"
+
+    assert served({"x-request-id": "t-1"}) == "ok"
+    assert "tracer failed to start the server span" in caplog.text
+    assert only_call(service)["x-request-id"] == "t-1"
+    assert service.recorder.inbound()[0].status == 200
