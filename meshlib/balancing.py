@@ -717,6 +717,18 @@ class OutlierDetector:
         if status is None and not local_origin_failure:
             return False
         policy = self._policy
+        if (
+            not local_origin_failure
+            and status is not None
+            and status < 500
+            and policy.http_error_codes is None
+        ):
+            # A success on an endpoint with nothing counted changes nothing: no lock needed.
+            state = self._states.get((endpoint.host, endpoint.port))
+            if state is None or not (
+                state.consecutive_5xx or state.consecutive_gateway or state.consecutive_local
+            ):
+                return False
         ejected = False
         with self._lock:
             now = self._clock.now()

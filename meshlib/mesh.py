@@ -18,11 +18,11 @@ import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from meshlib.balancing import Balancer
+from meshlib.balancing import Balancer, LeastRequest
 from meshlib.clock import SYSTEM_CLOCK, Clock
 from meshlib.config import model as m
 from meshlib.config.compile import compile_table, fqdn
@@ -31,7 +31,7 @@ from meshlib.discovery import Endpoint, Registry, RegistryChain
 from meshlib.discovery.file import FileRegistry
 from meshlib.discovery.static import StaticRegistry
 from meshlib.errors import ConfigError, Problem
-from meshlib.policies.breaker import Breaker, BreakerSettings, Lease, PoolLimits
+from meshlib.policies.breaker import UNLIMITED, Breaker, BreakerSettings, Lease, PoolLimits
 from meshlib.policies.retry import Outcome, RetryBudget, RetryPolicy, policy_for
 from meshlib.routing import RetryDecision, RouteDecision, RouteRequest, RouteTable, Target
 from meshlib.telemetry import (
@@ -44,7 +44,10 @@ from meshlib.telemetry import (
     Telemetry,
 )
 from meshlib.telemetry.setup import build as build_telemetry
-from meshlib.transport import AsyncMeshTransport, Call, MeshTransport
+from meshlib.transport import FREE_LEASE, AsyncMeshTransport, Call, FreeLease, MeshTransport
+
+if TYPE_CHECKING:
+    from meshlib.config.watch import ConfigWatcher
 
 log = logging.getLogger("meshlib")
 
@@ -65,6 +68,9 @@ class _NoTicket:
 
 NO_TICKET = _NoTicket()
 
+_INFLIGHT = 1
+_BUDGET = 2
+
 
 class Cluster:
     """Runtime state for one destination (host + subset), as an Envoy cluster has it: endpoint
@@ -76,11 +82,14 @@ class Cluster:
         "balancer",
         "breaker",
         "budget",
+        "budget_counts",
         "consistent_hash",
         "keepalive",
+        "least_request",
         "name",
         "policy",
         "pool",
+        "pool_limited",
         "registry",
         "target",
     )
@@ -124,6 +133,21 @@ class Cluster:
         self.consistent_hash = lb.consistent_hash if lb is not None else None
         self.keepalive = self.pool.keepalive_allowed
         self.breaker = breaker
+        pool = self.pool
+        #: Bookkeeping only where a configured policy reads it: pool slots when a limit is set,
+        #: the budget's count of active requests when a percentage budget is set, in-flight
+        #: counts when least-request picks among several endpoints.
+        self.pool_limited = (
+            pool.max_connections,
+            pool.max_pending_requests,
+            pool.max_requests,
+        ) != (
+            UNLIMITED,
+            UNLIMITED,
+            UNLIMITED,
+        )
+        self.budget_counts = self.budget.uses_budget
+        self.least_request = isinstance(self.balancer.picker, LeastRequest)
         self._all: tuple[Endpoint, ...] | None = None
         self._subset: tuple[Endpoint, ...] = ()
 
@@ -154,22 +178,30 @@ class Cluster:
         breaker = self.breaker
         return breaker.permit() if breaker is not None else NO_TICKET
 
-    def acquire(self, timeout: float | None) -> Lease | None:
-        return self.pool.acquire(timeout)
+    def acquire(self, timeout: float | None) -> Lease | FreeLease | None:
+        return self.pool.acquire(timeout) if self.pool_limited else FREE_LEASE
 
-    async def aacquire(self, timeout: float | None) -> Lease | None:
-        return await self.pool.aacquire(timeout)
+    async def aacquire(self, timeout: float | None) -> Lease | FreeLease | None:
+        return await self.pool.aacquire(timeout) if self.pool_limited else FREE_LEASE
 
-    def begin(self, endpoint: Endpoint | None) -> None:
-        if endpoint is not None:
+    def begin(self, endpoint: Endpoint | None) -> int:
+        """An attempt starts. Returns what was counted (for ``end``): 0 when nothing was, so
+        that nothing needs releasing when its response closes."""
+        counted = 0
+        if endpoint is not None and self.least_request and len(self._subset) > 1:
             self.balancer.inflight.begin(endpoint)
-        self.budget.request_started()
+            counted |= _INFLIGHT
+        if self.budget_counts:
+            self.budget.request_started()
+            counted |= _BUDGET
+        return counted
 
-    def end(self, endpoint: Endpoint | None, lease: Lease) -> None:
-        """An attempt is over (its response closed): free its slot and in-flight count."""
-        if endpoint is not None:
+    def end(self, endpoint: Endpoint | None, lease: Lease | FreeLease, counted: int) -> None:
+        """An attempt is over (its response closed): free its slot and what ``begin`` counted."""
+        if counted & _INFLIGHT and endpoint is not None:
             self.balancer.inflight.end(endpoint)
-        self.budget.request_finished()
+        if counted & _BUDGET:
+            self.budget.request_finished()
         lease.release()
 
     def report(self, endpoint: Endpoint, outcome: Outcome) -> None:
@@ -228,6 +260,7 @@ class Mesh:
         self._file_registry: FileRegistry | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.watcher: ConfigWatcher | None = None  # set by watch()
         self._snapshot = self._build(config)
 
     # ------------------------------------------------------------------ construction
@@ -325,6 +358,19 @@ class Mesh:
         self.apply(config)
         self._files = names
         self.telemetry.emit(ConfigReloaded(True, None))
+
+    def watch(self, interval: float = 0.5) -> ConfigWatcher:
+        """Reload whenever a config file (main or included) changes, checked every ``interval``
+        seconds by a daemon thread (``meshlib.config.watch``); a bad file keeps the last good
+        config and is logged. Returns the running watcher; a second call returns the same one."""
+        if not self._files:
+            raise ConfigError([Problem("<mesh>", 0, "", "this mesh was not built from files")])
+        with self._lock:
+            if self.watcher is None:
+                from meshlib.config.watch import ConfigWatcher  # noqa: PLC0415 - watch needs Mesh
+
+                self.watcher = ConfigWatcher(self, interval=interval)
+        return self.watcher.start()
 
     # ------------------------------------------------------------------ decisions
 
@@ -486,6 +532,8 @@ class Mesh:
         server, telemetry exporters."""
         if self._executor is not None:
             self._executor.shutdown(wait=False)
+        if self.watcher is not None:
+            self.watcher.stop()
         self.telemetry.close()
 
 

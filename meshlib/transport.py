@@ -572,6 +572,17 @@ class Call:
         )
 
 
+class FreeLease:
+    """The pool slot of a destination without pool limits: nothing to hold or give back."""
+
+    __slots__ = ()
+
+    def release(self) -> None:
+        pass
+
+
+FREE_LEASE = FreeLease()
+
 _STATUS_OUTCOMES: dict[int, Outcome] = {}
 
 
@@ -770,12 +781,12 @@ class MeshTransport(httpx.BaseTransport):
                 raise
             attempt = call.attempt_request(timeout)
             endpoint = call.endpoint
-            cluster.begin(endpoint)
+            counted = cluster.begin(endpoint)
             token = call.attempt_started(attempt)
             try:
                 response = self.inner.handle_request(attempt)
             except httpx.TransportError as exc:
-                cluster.end(endpoint, lease)
+                cluster.end(endpoint, lease, counted)
                 outcome = call.outcome_of_error(exc)
                 call.attempt_ended(token, outcome)
                 ticket.record(None, outcome.error)
@@ -787,7 +798,7 @@ class MeshTransport(httpx.BaseTransport):
                 self.mesh.clock.sleep(delay)
                 continue
             except BaseException:
-                cluster.end(endpoint, lease)
+                cluster.end(endpoint, lease, counted)
                 ticket.abandon()
                 raise
             outcome = call.outcome_of_response(response)
@@ -796,16 +807,16 @@ class MeshTransport(httpx.BaseTransport):
             call.record(outcome)
             delay = call.retry_delay(outcome)
             if delay is None:
-                if response.is_closed:  # read whole already (an in-memory response)
-                    cluster.end(endpoint, lease)
+                if response.is_closed or (lease is FREE_LEASE and not counted):
+                    cluster.end(endpoint, lease, counted)  # nothing held until the body is read
                 else:
                     response.stream = _ReleasingStream(
                         response.stream,  # type: ignore[arg-type]
-                        _releaser(cluster, endpoint, lease),
+                        _releaser(cluster, endpoint, lease, counted),
                     )
                 return call.finish(response)
             response.close()
-            cluster.end(endpoint, lease)
+            cluster.end(endpoint, lease, counted)
             call.retry_scheduled(delay)
             self.mesh.clock.sleep(delay)
 
@@ -867,12 +878,12 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                 raise
             attempt = call.attempt_request(timeout)
             endpoint = call.endpoint
-            cluster.begin(endpoint)
+            counted = cluster.begin(endpoint)
             token = call.attempt_started(attempt)
             try:
                 response = await self.inner.handle_async_request(attempt)
             except httpx.TransportError as exc:
-                cluster.end(endpoint, lease)
+                cluster.end(endpoint, lease, counted)
                 outcome = call.outcome_of_error(exc)
                 call.attempt_ended(token, outcome)
                 ticket.record(None, outcome.error)
@@ -884,7 +895,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                 await self.mesh.clock.asleep(delay)
                 continue
             except BaseException:
-                cluster.end(endpoint, lease)
+                cluster.end(endpoint, lease, counted)
                 ticket.abandon()
                 raise
             outcome = call.outcome_of_response(response)
@@ -893,16 +904,16 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             call.record(outcome)
             delay = call.retry_delay(outcome)
             if delay is None:
-                if response.is_closed:  # read whole already (an in-memory response)
-                    cluster.end(endpoint, lease)
+                if response.is_closed or (lease is FREE_LEASE and not counted):
+                    cluster.end(endpoint, lease, counted)  # nothing held until the body is read
                 else:
                     response.stream = _AsyncReleasingStream(
                         response.stream,  # type: ignore[arg-type]
-                        _releaser(cluster, endpoint, lease),
+                        _releaser(cluster, endpoint, lease, counted),
                     )
                 return call.finish(response)
             await response.aclose()
-            cluster.end(endpoint, lease)
+            cluster.end(endpoint, lease, counted)
             call.retry_scheduled(delay)
             await self.mesh.clock.asleep(delay)
 
@@ -921,5 +932,5 @@ def _carry(request: httpx.Request, carried: Mapping[str, str]) -> None:
             headers[name] = carried[name]
 
 
-def _releaser(cluster: Cluster, endpoint: Endpoint | None, lease: Any) -> Any:
-    return lambda: cluster.end(endpoint, lease)
+def _releaser(cluster: Cluster, endpoint: Endpoint | None, lease: Any, counted: int) -> Any:
+    return lambda: cluster.end(endpoint, lease, counted)

@@ -396,6 +396,7 @@ class Breaker:
         "_cb",
         "_clock",
         "_lock",
+        "_memory",
         "_on_transition",
         "_storage",
         "_trial",
@@ -428,6 +429,9 @@ class Breaker:
         else:
             storage = _redis_storage(destination, settings.redis, clock)
         self._storage: _OpenClock = storage
+        self._memory: _ClockedMemoryStorage | None = (
+            storage if isinstance(storage, _ClockedMemoryStorage) else None
+        )
         self._cb = pybreaker.CircuitBreaker(
             fail_max=settings.failure_threshold,
             reset_timeout=settings.reset_timeout,
@@ -467,6 +471,9 @@ class Breaker:
     def permit(self) -> Ticket:
         """Permission for one call, or ``CircuitOpenError`` (flag ``UO``) when the circuit is
         open or a half-open trial is already in flight. Settle the ticket with the outcome."""
+        memory = self._memory
+        if memory is not None and memory.state == pybreaker.STATE_CLOSED:
+            return Ticket(self)  # closed, in this process's memory: nothing to decide
         with self._lock:
             state = self._cb.state
             name = state.name
@@ -506,6 +513,16 @@ class Breaker:
         return CircuitOpenError(reason, destination=self.destination)
 
     def _settle(self, ticket: Ticket, outcome: int, error: BaseException | None) -> None:
+        memory = self._memory
+        if (
+            outcome == _SUCCESS
+            and memory is not None
+            and ticket is not self._trial
+            and memory.counter == 0
+            and memory.state == pybreaker.STATE_CLOSED
+        ):
+            ticket._settled = True  # a success with no failure counted: nothing to reset
+            return
         with self._lock:
             if ticket._settled:
                 return
