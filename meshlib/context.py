@@ -8,8 +8,9 @@ made while that context is active — no app code.
 
 ``contextvars`` flow by themselves into ``asyncio`` tasks (``create_task``, ``gather``) and
 ``asyncio.to_thread``. They do not flow into threads an app starts itself nor into
-``concurrent.futures`` executors: use ``meshlib.context.wrap``/``run``, ``start_thread`` or
-``ContextExecutor`` there (or ``contextvars.copy_context().run``).
+``concurrent.futures`` executors: use ``meshlib.context.wrap``, ``start_thread`` or
+``ContextExecutor`` there (or ``contextvars.copy_context().run``). docs/propagation.md has the
+whole table.
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ class RequestContext:
     """What an inbound request hands on to the outbound calls made while serving it.
 
     ``headers``: lowercase name → value, added to each outbound call that does not set them
-    itself — ``x-request-id``, the app headers of ``propagateHeaders`` (``end-user``, …) and, when
-    no tracer is installed, the inbound trace headers as received. ``deadline``: the inbound
-    request's own deadline on the mesh clock, if it has one. ``service``: who serves it.
+    itself — ``x-request-id``, the app headers of ``propagateHeaders`` (``end-user``, …) and the
+    inbound trace headers as received (a mesh that traces replaces these on each attempt with
+    its own span's). ``deadline``: the inbound request's own deadline on the mesh clock, if it
+    has one. ``service``: who serves it.
     """
 
     headers: Mapping[str, str] = field(default_factory=dict)
