@@ -2,7 +2,8 @@
 
 * ``MeshMiddleware(app, mesh=None)`` — for any ASGI app (Starlette, FastAPI, …);
 * ``MeshWSGIMiddleware(app, mesh=None)`` — for any WSGI app (Flask, Django, …);
-* ``handler`` — a decorator for one sync or async handler function, in any framework.
+* ``handler`` — a decorator for one sync or async handler function, in any framework;
+* ``MeshAdmin`` / ``MeshWSGIAdmin`` — ``GET /_mesh/config``: the config in force (``admin``).
 
 Each makes, per inbound request, the request context its outbound calls carry (``x-request-id``,
 ``spec.propagateHeaders``, the trace), the SERVER span when the mesh traces, and the
@@ -10,6 +11,7 @@ Each makes, per inbound request, the request context its outbound calls carry (`
 default mesh behind ``meshlib.client``, found at the first request.
 """
 
+from meshlib.server.admin import MeshAdmin, MeshWSGIAdmin
 from meshlib.server.asgi import MeshMiddleware
 from meshlib.server.decorator import handler
 from meshlib.server.inbound import DEADLINE_HEADER, Inbound, Served
@@ -18,7 +20,9 @@ from meshlib.server.wsgi import MeshWSGIMiddleware
 __all__ = [
     "DEADLINE_HEADER",
     "Inbound",
+    "MeshAdmin",
     "MeshMiddleware",
+    "MeshWSGIAdmin",
     "MeshWSGIMiddleware",
     "Served",
     "handler",
