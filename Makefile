@@ -4,12 +4,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck pytest bench clean
+.PHONY: test demo screenshots lint typecheck pytest bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,demo]'
 	touch $(STAMP)
 
 test: $(STAMP) lint typecheck pytest
@@ -32,10 +32,10 @@ bench: $(STAMP)
 SHARED := ../shared/istio-bookinfo
 
 demo: $(STAMP)
-	@echo "The Bookinfo services are not built yet; meanwhile, here is the mesh deciding"
-	@echo "Istio's request-routing step (reviews-test-v2) for jason and for everyone else:"
-	$(BIN)/meshctl explain -c $(SHARED)/destination-rule-all.yaml -c $(SHARED)/virtual-service-reviews-test-v2.yaml -H 'end-user: jason' GET http://reviews:9080/reviews/0
-	$(BIN)/meshctl explain -c $(SHARED)/destination-rule-all.yaml -c $(SHARED)/virtual-service-reviews-test-v2.yaml GET http://reviews:9080/reviews/0
+	$(BIN)/python -m examples.bookinfo --samples $(SHARED)
+
+screenshots: $(STAMP)
+	BOOKINFO_SCREENSHOTS=docs/images $(BIN)/pytest -q tests/e2e/test_bookinfo_browser.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,17 +1,20 @@
 """``meshctl``: check configs and see what the mesh will do with a request.
 
-meshctl validate FILE...                       every problem as file:line: path: message
+meshctl validate [-s SERVICE.yaml]... FILE...  every problem as file:line: path: message
 meshctl explain -c FILE [-H 'name: value'] METHOD URL [--json]
+meshctl bookinfo apply|delete|reset|routes     the running Bookinfo demo's rules (bookinfo.py)
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import sys
 from collections.abc import Sequence
 from typing import TextIO
 
+from meshlib import bookinfo
 from meshlib.config.lint import lint
 from meshlib.config.load import load_config
 from meshlib.errors import ConfigError
@@ -43,6 +46,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("files", nargs="+", metavar="FILE")
     validate.add_argument("-q", "--quiet", action="store_true", help="print errors only")
+    validate.add_argument(
+        "-s",
+        "--service",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="another service's config (a glob pattern is fine; repeatable): its declared app "
+        "timeouts (spec.appTimeouts) and route timeouts join the check of injected delays",
+    )
     validate.set_defaults(run=_validate)
 
     explain = commands.add_parser(
@@ -72,6 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("method", metavar="METHOD")
     explain.add_argument("url", metavar="URL")
     explain.set_defaults(run=_explain)
+
+    bookinfo.add_parser(commands)
     return parser
 
 
@@ -83,7 +97,17 @@ def _validate(args: argparse.Namespace, out: TextIO) -> int:
             print(problem, file=out)
         print(f"{len(exc.problems)} error(s)", file=out)
         return 1
-    warnings = lint(config)
+    services = []
+    for pattern in args.service:
+        for name in sorted(glob.glob(pattern)) or [pattern]:
+            try:
+                services.append(load_config([name]))
+            except ConfigError as exc:
+                for problem in exc.problems:
+                    print(problem, file=out)
+                print(f"{len(exc.problems)} error(s) in the service config {name}", file=out)
+                return 1
+    warnings = lint(config, services)
     if not args.quiet:
         for problem in warnings:
             print(problem, file=out)

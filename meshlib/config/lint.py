@@ -1,11 +1,17 @@
 """Warnings about configs that are valid but do not do what their authors think.
 
 Each is a trap Istio users fall into: unreachable routes, subsets that do not exist, faults that
-silently turn off retries, weights that do not add up, retries cut short by the route timeout, and
-faults that inject nothing because no percentage was given.
+silently turn off retries, weights that do not add up, retries cut short by the route timeout,
+faults that inject nothing because no percentage was given, and delays that outlast a caller's
+timeout somewhere up the call chain (Bookinfo's 7s ratings delay against productpage's 3s × 2
+timeout on reviews) — the caller's timeouts come from route ``timeout``s and from the
+``spec.appTimeouts`` each service declares for the timeouts its own code sets.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from meshlib.config import model as m
 from meshlib.config.compile import catches_all, fqdn, mesh_bound
@@ -13,8 +19,10 @@ from meshlib.config.load import NOT_APPLICABLE, MeshConfig, Resource
 from meshlib.errors import ConfigError, Problem
 
 
-def lint(config: MeshConfig) -> list[Problem]:
-    """Every warning for ``config``, in file order (load warnings included)."""
+def lint(config: MeshConfig, services: Sequence[MeshConfig] = ()) -> list[Problem]:
+    """Every warning for ``config``, in file order (load warnings included). ``services``: the
+    configs of the other services of the mesh, whose ``spec.appTimeouts`` and route timeouts
+    join the check of injected delays against the callers' timeouts."""
     problems: list[Problem] = list(config.warnings)
     subsets = _subsets(config)
     known = _known_hosts(config)
@@ -43,6 +51,7 @@ def lint(config: MeshConfig) -> list[Problem]:
             problems += _virtual_service(
                 resource, resource.spec, subsets, known, claimed, delegates
             )
+    problems += _delays_against_timeouts(config, services)
     problems.sort(key=lambda p: (p.file, p.line))
     return problems
 
@@ -242,3 +251,147 @@ def _fault(
             )
         )
     return out
+
+
+# --------------------------------------------------------------------------- delays and timeouts
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """A known timeout on calls to ``host``: a service's declared app timeout, or a route's."""
+
+    caller: str  # "productpage v1", or "the 0.5s timeout of VirtualService default/reviews http[0]"
+    caller_host: str | None  # the caller's own host, to go on up the chain; None for a route
+    host: str
+    timeout: float
+    attempts: int
+
+
+def _service_calls(config: MeshConfig) -> list[_Call]:
+    out = []
+    for resource in config.of_kind("Service"):
+        spec = resource.spec
+        if not isinstance(spec, m.Service) or not spec.app_timeouts:
+            continue
+        namespace = resource.namespace
+        who = f"{resource.name} {spec.version}" if spec.version else resource.name
+        for name, declared in spec.app_timeouts.items():
+            out.append(
+                _Call(
+                    who,
+                    fqdn(resource.name, namespace),
+                    fqdn(name, namespace),
+                    declared.timeout,
+                    declared.attempts,
+                )
+            )
+    return out
+
+
+def _route_calls(resources: Sequence[Resource]) -> list[_Call]:
+    out = []
+    for resource in resources:
+        spec = resource.spec
+        if not isinstance(spec, m.VirtualService) or not mesh_bound(spec.gateways):
+            continue
+        for index, http in enumerate(spec.http or ()):
+            if not http.timeout or http.fault is not None:  # a fault route has no timeout
+                continue
+            who = (
+                f"the {http.timeout:g}s timeout of VirtualService "
+                f"{resource.namespace}/{resource.name} http[{index}]"
+            )
+            for host in spec.hosts or ():
+                out.append(_Call(who, None, fqdn(host, resource.namespace), http.timeout, 1))
+    return out
+
+
+def _delays_against_timeouts(config: MeshConfig, services: Sequence[MeshConfig]) -> list[Problem]:
+    """A fault delay that is at least a known timeout of a call on its way: the caller gives up
+    (and, up the chain, so may the callers of the caller)."""
+    calls = _service_calls(config)
+    for other in services:
+        calls += _service_calls(other)
+    # route timeouts: the config's own VirtualServices, then those of the other services'
+    # configs that it does not replace
+    own = config.of_kind("VirtualService")
+    keys = {r.key for r in own}
+    routes = list(own)
+    for other in services:
+        for resource in other.of_kind("VirtualService"):
+            if resource.key not in keys:
+                keys.add(resource.key)
+                routes.append(resource)
+    calls += _route_calls(routes)
+    if not calls:
+        return []
+    by_host: dict[str, list[_Call]] = {}
+    for call in calls:
+        by_host.setdefault(call.host, []).append(call)
+    out: list[Problem] = []
+    for resource in own:
+        spec = resource.spec
+        assert isinstance(spec, m.VirtualService)
+        if not mesh_bound(spec.gateways):
+            continue
+        for index, http in enumerate(spec.http or ()):
+            delay = http.fault.delay if http.fault is not None else None
+            if delay is None or delay.fixed_delay is None or _percentage(delay) <= 0:
+                continue
+            at = ("http", index, "fault", "delay", "fixedDelay")
+            for host in spec.hosts or ():
+                target = fqdn(host, resource.namespace)
+                for message in _outlasted(target, delay.fixed_delay, by_host):
+                    out.append(resource.problem(at, message))
+    return out
+
+
+def _percentage(delay: m.Delay) -> float:
+    if delay.percentage is not None:
+        return delay.percentage.value
+    return float(delay.percent or 0)
+
+
+def _short(host: str) -> str:
+    return host.split(".", 1)[0]
+
+
+def _outlasted(host: str, delay: float, by_host: dict[str, list[_Call]]) -> list[str]:
+    """Walk up the call chain from ``host``: each call whose timeout the delay reaches."""
+    out: list[str] = []
+    seen = {(host, delay)}
+    # (host called, how long its answer is delayed, the chain from it down to the fault)
+    frontier: list[tuple[str, float, tuple[str, ...]]] = [(host, delay, (_short(host),))]
+    for _ in range(16):  # call chains are short; a cycle ends at `seen`
+        if not frontier:
+            break
+        later: list[tuple[str, float, tuple[str, ...]]] = []
+        for called, late, chain in frontier:
+            for call in by_host.get(called, ()):
+                waited = late
+                if late >= call.timeout:
+                    out.append(_message(delay, host, call, chain))
+                    waited = call.timeout * call.attempts
+                if call.caller_host is not None and (call.caller_host, waited) not in seen:
+                    seen.add((call.caller_host, waited))
+                    later.append((call.caller_host, waited, (call.caller, *chain)))
+        frontier = later
+    return out
+
+
+def _message(delay: float, host: str, call: _Call, chain: tuple[str, ...]) -> str:
+    """``chain``: who calls whom from ``call.host`` down to the delayed host."""
+    text = f"a {delay:g}s delay on {_short(host)} outlasts "
+    if call.caller_host is None:  # a route's timeout
+        text += call.caller
+        if len(chain) > 1:
+            text += f" (calls to {' → '.join(chain)})"
+        return text + ": the call ends in a timeout (UT) before the delay does"
+    text += f"{call.caller}'s {call.timeout:g}s timeout on {_short(call.host)}"
+    if len(chain) > 1:
+        text += f" ({' → '.join((call.caller, *chain))})"
+    if call.attempts > 1:
+        gives_up = f"{call.attempts} tries × {call.timeout:g}s = {call.timeout * call.attempts:g}s"
+    else:
+        gives_up = f"{call.timeout:g}s"
+    return f"{text}: {call.caller} gives up after {gives_up}, before the delay ends"

@@ -833,6 +833,15 @@ class TelemetrySettings(Model):
     access_log: AccessLogSettings | None = None
 
 
+class AppTimeout(Model):
+    """``spec.appTimeouts.<service>``: the timeout the app's own code sets on its calls to a
+    service, and how many tries it makes. meshlib does not apply it (the app does); ``meshctl
+    validate`` checks injected delays against it."""
+
+    timeout: PositiveDuration
+    attempts: int = Field(default=1, ge=1)
+
+
 class Service(Model):
     """meshlib's own document: who this service is and where the others are."""
 
@@ -844,6 +853,7 @@ class Service(Model):
     outbound_traffic_policy: OutboundTrafficPolicy | None = None
     circuit_breakers: CircuitBreakers | None = None
     telemetry: TelemetrySettings | None = None
+    app_timeouts: dict[str, AppTimeout] | None = None
 
 
 # --------------------------------------------------------------------------- documents

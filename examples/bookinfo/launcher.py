@@ -1,0 +1,299 @@
+"""Start Bookinfo: six service processes on 127.0.0.1, each with its own mesh.yaml; stop them all
+on Ctrl-C.
+
+    python -m examples.bookinfo [--port 9080] [--run-dir DIR] [--samples DIR] [--no-baseline]
+
+productpage listens on PORT (default ``$BOOKINFO_PORT``, else 9080, as in Istio), details,
+reviews v1, v2, v3 and ratings on the five ports after it; ``--port 0`` puts every service on a
+free port. The launcher lays out the run directory that ``meshctl bookinfo`` works on::
+
+    DIR/config/<service>.yaml   each service's mesh.yaml, copied from examples/bookinfo/config/
+    DIR/registry.yaml           where each service listens (its registry.file)
+    DIR/rules/bookinfo.yaml     the rules in force (each mesh.yaml includes ../rules/*.yaml)
+    DIR/bookinfo.json           the services, their URLs and config files; removed at the end
+
+It binds every port itself, then hands each service its socket: a port in use is reported before
+anything starts. The baseline rules are Istio's ``destination-rule-all.yaml`` from ``--samples``
+(default: ``../shared/istio-bookinfo`` beside the repository, or ``$BOOKINFO_SAMPLES``), applied
+first as Istio's tasks have it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import httpx
+import yaml
+
+from meshlib import control
+from meshlib.bookinfo import RUN_DIR_ENV, STATE_FILE, default_run_dir
+from meshlib.errors import ConfigError
+from meshlib.server.admin import CONFIG_PATH
+
+HOST = "127.0.0.1"
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+CONFIGS = HERE / "config"
+DEFAULT_SAMPLES = ROOT.parent / "shared" / "istio-bookinfo"
+BASELINE = "destination-rule-all.yaml"
+RULES = "bookinfo.yaml"
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    """One service process: its module, version and config file."""
+
+    name: str
+    version: str
+    config: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} {self.version}"
+
+
+SERVICES = (
+    Spec("productpage", "v1", "productpage.yaml"),
+    Spec("details", "v1", "details.yaml"),
+    Spec("reviews", "v1", "reviews-v1.yaml"),
+    Spec("reviews", "v2", "reviews-v2.yaml"),
+    Spec("reviews", "v3", "reviews-v3.yaml"),
+    Spec("ratings", "v1", "ratings.yaml"),
+)
+
+
+@dataclass
+class Running:
+    spec: Spec
+    port: int
+    process: subprocess.Popen[bytes]
+    config: str
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+
+class Stopped(Exception):  # noqa: N818 - a signal, not an error
+    """SIGINT or SIGTERM arrived."""
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    raise Stopped(signal.Signals(signum).name)
+
+
+def bind(port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((HOST, port))
+    except OSError as exc:
+        sock.close()
+        raise SystemExit(
+            f"bookinfo: cannot listen on {HOST}:{port}: {exc.strerror}; "
+            "choose other ports with --port (or $BOOKINFO_PORT), or --port 0 for free ones"
+        ) from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def lay_out(run_dir: Path, ports: dict[Spec, int], baseline: list[str]) -> None:
+    """The run directory: configs, registry, baseline rules."""
+    for part in ("config", "rules"):
+        shutil.rmtree(run_dir / part, ignore_errors=True)
+        (run_dir / part).mkdir(parents=True)
+    for spec in SERVICES:
+        shutil.copyfile(CONFIGS / spec.config, run_dir / "config" / spec.config)
+    registry: dict[str, list[dict[str, object]]] = {}
+    for spec, port in ports.items():
+        registry.setdefault(spec.name, []).append(
+            {"address": f"{HOST}:{port}", "labels": {"version": spec.version}}
+        )
+    (run_dir / "registry.yaml").write_text(
+        "# Where each Bookinfo service listens: written by the launcher.\n"
+        + yaml.safe_dump(registry, sort_keys=False),
+        encoding="utf-8",
+    )
+    sources = [control.Source.read(path) for path in baseline]
+    control.write_rules(str(run_dir / "rules" / RULES), control.resources_of(sources))
+
+
+def spawn(spec: Spec, sock: socket.socket, config: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "MESH_CONFIG": str(config), "PYTHONUNBUFFERED": "1"}
+    module = f"examples.bookinfo.{spec.name}"
+    command = [sys.executable, "-m", module, "--fd", str(sock.fileno())]
+    command += ["--version", spec.version, "--watch-stdin"]
+    return subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.PIPE,
+        pass_fds=[sock.fileno()],
+        start_new_session=True,  # Ctrl-C reaches the launcher, which stops each in turn
+    )
+
+
+def wait_ready(services: list[Running]) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    with httpx.Client(timeout=2.0) as http:
+        for service in services:
+            while True:
+                code = service.process.poll()
+                if code is not None:
+                    raise SystemExit(f"bookinfo: {service.spec.label} exited with {code}")
+                try:
+                    if http.get(service.url + CONFIG_PATH).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"bookinfo: {service.spec.label} did not start in time")
+                time.sleep(0.05)
+
+
+def stop(services: list[Running]) -> None:
+    for service in services:
+        if service.process.poll() is None:
+            service.process.terminate()
+    deadline = time.monotonic() + STOP_TIMEOUT
+    for service in services:
+        try:
+            service.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            service.process.kill()
+            service.process.wait(timeout=STOP_TIMEOUT)
+        if service.process.stdin is not None:
+            with contextlib.suppress(OSError):
+                service.process.stdin.close()
+
+
+def already_running(run_dir: Path) -> int | None:
+    """The pid of a launcher that runs from ``run_dir`` now, if any."""
+    try:
+        state = json.loads((run_dir / STATE_FILE).read_text(encoding="utf-8"))
+        pid = int(state["launcher"])
+        os.kill(pid, 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return pid
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m examples.bookinfo",
+        description="Run Istio's Bookinfo on meshlib: six processes on 127.0.0.1.",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("BOOKINFO_PORT", "9080")),
+        help="productpage's port; the others use the five after it; 0: free ports "
+        "(default $BOOKINFO_PORT or 9080)",
+    )
+    parser.add_argument(
+        "--run-dir",
+        default=None,
+        help=f"where configs and rules live (default ${RUN_DIR_ENV} or {default_run_dir()})",
+    )
+    parser.add_argument(
+        "--samples",
+        default=os.environ.get("BOOKINFO_SAMPLES", str(DEFAULT_SAMPLES)),
+        help="Istio's Bookinfo networking samples (for the baseline destination-rule-all.yaml)",
+    )
+    parser.add_argument(
+        "--no-baseline", action="store_true", help="start with no rules at all (no subsets)"
+    )
+    args = parser.parse_args(argv)
+    run_dir = Path(args.run_dir or default_run_dir()).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    other = already_running(run_dir)
+    if other is not None:
+        print(f"bookinfo: already running from {run_dir} (pid {other})", file=sys.stderr)
+        return 1
+    baseline = [] if args.no_baseline else [str(Path(args.samples).resolve() / BASELINE)]
+    for path in baseline:
+        if not os.path.exists(path):
+            print(
+                f"bookinfo: {path} not found: name Istio's Bookinfo samples with --samples "
+                "(or $BOOKINFO_SAMPLES), or start with --no-baseline",
+                file=sys.stderr,
+            )
+            return 1
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    sockets: dict[Spec, socket.socket] = {}
+    services: list[Running] = []
+    try:
+        for index, spec in enumerate(SERVICES):
+            sockets[spec] = bind(args.port + index if args.port else 0)
+        ports = {spec: sock.getsockname()[1] for spec, sock in sockets.items()}
+        try:
+            lay_out(run_dir, ports, baseline)
+        except ConfigError as exc:
+            print(f"bookinfo: the baseline rules do not load:\n{exc}", file=sys.stderr)
+            return 1
+        for spec, sock in sockets.items():
+            config = run_dir / "config" / spec.config
+            services.append(Running(spec, ports[spec], spawn(spec, sock, config), str(config)))
+            sock.close()
+        wait_ready(services)
+        productpage = f"{services[0].url}/productpage"
+        state = {
+            "launcher": os.getpid(),
+            "productpage": productpage,
+            "rules": str(run_dir / "rules" / RULES),
+            "baseline": baseline,
+            "services": [
+                {
+                    "name": s.spec.name,
+                    "version": s.spec.version,
+                    "url": s.url,
+                    "config": s.config,
+                    "pid": s.process.pid,
+                }
+                for s in services
+            ],
+        }
+        (run_dir / STATE_FILE).write_text(json.dumps(state, indent=2), encoding="utf-8")
+        print(f"Bookinfo is running ({len(services)} services, run directory {run_dir}):")
+        for service in services:
+            print(f"  {service.spec.label:<16}{service.url}")
+        print(f"\nOpen {productpage}")
+        print("Change the rules with: .venv/bin/meshctl bookinfo apply FILE...  (docs/tutorial.md)")
+        print("Press Ctrl-C to stop.", flush=True)
+        while True:
+            for service in services:
+                code = service.process.poll()
+                if code is not None:
+                    print(f"bookinfo: {service.spec.label} exited with {code}", file=sys.stderr)
+                    return 1
+            time.sleep(0.2)
+    except Stopped:
+        print("\nstopping Bookinfo ...", flush=True)
+        return 0
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for sock in sockets.values():
+            sock.close()
+        stop(services)
+        with contextlib.suppress(FileNotFoundError):
+            (run_dir / STATE_FILE).unlink()
+        if services:
+            print("Bookinfo stopped.", flush=True)

@@ -1,0 +1,398 @@
+"""``meshctl bookinfo``: change the rules of the running Bookinfo demo, as Istio's tasks do with
+``kubectl apply``, and see what is in force.
+
+The demo (``make demo``, or ``python -m examples.bookinfo``) keeps its state in a run directory
+(``$BOOKINFO_RUN_DIR``, else ``<tmp>/meshlib-bookinfo-<uid>``)::
+
+    bookinfo.json        the running services: name, version, URL, config file; the rules file
+    config/<svc>.yaml    each service's mesh.yaml: includes ../rules/*.yaml
+    registry.yaml        where each service listens
+    rules/bookinfo.yaml  the rules in force, written by these commands only
+
+meshctl bookinfo apply FILE...     create or replace the resources of FILE (``-``: stdin), then
+                                   wait until every service runs them
+meshctl bookinfo delete FILE...    remove the resources named in FILE
+meshctl bookinfo reset             back to the baseline: Istio's destination-rule-all.yaml
+meshctl bookinfo routes            the rules in force, and whether each service runs them
+
+The baseline is what Istio's tasks apply before their first step: the DestinationRules of
+``destination-rule-all.yaml``, which define the subsets (v1, v2, v3) the VirtualServices route
+to. ``apply`` keeps them (a file with a DestinationRule of the same name replaces it), and
+``reset`` restores them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from meshlib import control
+from meshlib.config import model as m
+from meshlib.config.lint import lint
+from meshlib.config.load import MeshConfig, load_config, load_texts
+from meshlib.errors import ConfigError, Problem
+
+RUN_DIR_ENV = "BOOKINFO_RUN_DIR"
+STATE_FILE = "bookinfo.json"
+
+
+def default_run_dir() -> str:
+    found = os.environ.get(RUN_DIR_ENV)
+    if found:
+        return found
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    return os.path.join(tempfile.gettempdir(), f"meshlib-bookinfo-{uid}")
+
+
+@dataclass(frozen=True, slots=True)
+class Demo:
+    """A running demo, as its launcher described it in ``bookinfo.json``."""
+
+    run_dir: str
+    rules: str
+    baseline: tuple[str, ...]
+    services: tuple[control.ServiceRef, ...]
+    productpage: str
+
+    @classmethod
+    def load(cls, run_dir: str) -> Demo:
+        path = os.path.join(run_dir, STATE_FILE)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                state: dict[str, Any] = json.load(handle)
+        except FileNotFoundError:
+            raise LookupError(
+                f"no Bookinfo demo runs from {run_dir} (no {STATE_FILE}): start it with "
+                "`make demo` or `python -m examples.bookinfo`, or name its run directory "
+                f"with --run-dir or ${RUN_DIR_ENV}"
+            ) from None
+        return cls(
+            run_dir=run_dir,
+            rules=state["rules"],
+            baseline=tuple(state.get("baseline", ())),
+            services=tuple(
+                control.ServiceRef(s["name"], s.get("version"), s["url"], s["config"])
+                for s in state["services"]
+            ),
+            productpage=state["productpage"],
+        )
+
+    def service_configs(self) -> list[MeshConfig]:
+        """Each service's config as its files hold it now (those that load)."""
+        out = []
+        for service in self.services:
+            try:
+                out.append(load_config([service.config]))
+            except ConfigError:
+                continue
+        return out
+
+
+# --------------------------------------------------------------------------- the parser
+
+
+def add_parser(commands: Any) -> None:
+    """Register ``bookinfo`` and its subcommands on meshctl's subparsers."""
+    group = commands.add_parser(
+        "bookinfo",
+        help="change and show the rules of the running Bookinfo demo",
+        description="Apply Istio rule files to the running Bookinfo demo (make demo), as "
+        "Istio's tasks do with kubectl apply, and wait until every service runs them.",
+    )
+    group.set_defaults(run=lambda args, out: _help(group, out))
+    sub = group.add_subparsers(dest="bookinfo_command", metavar="COMMAND")
+
+    def common(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "-d",
+            "--run-dir",
+            default=None,
+            metavar="DIR",
+            help=f"the demo's run directory (default: ${RUN_DIR_ENV} or {default_run_dir()})",
+        )
+
+    def waits(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--timeout",
+            type=float,
+            default=15.0,
+            metavar="SECONDS",
+            help="how long to wait for every service to run the change (default 15)",
+        )
+        parser.add_argument(
+            "--no-wait", action="store_true", help="write the rules and return at once"
+        )
+
+    apply = sub.add_parser(
+        "apply",
+        help="create or replace the resources of rule files",
+        description="Create each resource of the files, or replace the one of the same kind, "
+        "namespace and name; the others stay (kubectl apply). Warnings of meshctl validate "
+        "about the new resources are printed, with the services' declared app timeouts taken "
+        "into account. Exit 0 when every service runs the result, 1 otherwise.",
+    )
+    common(apply)
+    waits(apply)
+    apply.add_argument("files", nargs="+", metavar="FILE", help="a rule file; - for stdin")
+    apply.set_defaults(run=_apply)
+
+    delete = sub.add_parser(
+        "delete",
+        help="remove the resources named in rule files",
+        description="Remove the resources that the files name (kind, namespace, name).",
+    )
+    common(delete)
+    waits(delete)
+    delete.add_argument("files", nargs="+", metavar="FILE", help="a rule file; - for stdin")
+    delete.set_defaults(run=_delete)
+
+    reset = sub.add_parser(
+        "reset",
+        help="back to the baseline (Istio's destination-rule-all.yaml)",
+        description="Remove every rule, then apply the baseline the demo started with.",
+    )
+    common(reset)
+    waits(reset)
+    reset.set_defaults(run=_reset)
+
+    routes = sub.add_parser(
+        "routes",
+        help="the rules in force, and whether each service runs them",
+        description="List the rules in force, route by route, and each service's state.",
+    )
+    common(routes)
+    routes.set_defaults(run=_routes)
+
+
+def _help(parser: argparse.ArgumentParser, out: TextIO) -> int:
+    parser.print_help(out)
+    return 2
+
+
+def _demo(args: argparse.Namespace) -> Demo | None:
+    try:
+        return Demo.load(args.run_dir or default_run_dir())
+    except LookupError as exc:
+        print(f"meshctl bookinfo: {exc}", file=sys.stderr)
+        return None
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _apply(args: argparse.Namespace, out: TextIO) -> int:
+    demo = _demo(args)
+    if demo is None:
+        return 1
+    try:
+        sources = [control.Source.read(name) for name in args.files]
+        applied = control.resources_of(sources)
+        current = control.read_rules(demo.rules)
+        result, changes = control.merge(current, applied)
+        warnings = _warnings(demo, sources)
+        control.write_rules(demo.rules, result)
+    except ConfigError as exc:
+        _refused(exc)
+        return 1
+    _print_changes(changes, out)
+    for problem in warnings:
+        print(problem, file=out)
+    return _finish(demo, args, out)
+
+
+def _delete(args: argparse.Namespace, out: TextIO) -> int:
+    demo = _demo(args)
+    if demo is None:
+        return 1
+    try:
+        sources = [control.Source.read(name) for name in args.files]
+        named = [control.key_of(d) for d in control.resources_of(sources)]
+        result, changes = control.remove(control.read_rules(demo.rules), named)
+        control.write_rules(demo.rules, result)
+    except ConfigError as exc:
+        _refused(exc)
+        return 1
+    _print_changes(changes, out)
+    return _finish(demo, args, out)
+
+
+def _reset(args: argparse.Namespace, out: TextIO) -> int:
+    demo = _demo(args)
+    if demo is None:
+        return 1
+    try:
+        baseline = control.resources_of([control.Source.read(p) for p in demo.baseline])
+        control.write_rules(demo.rules, baseline)
+    except ConfigError as exc:
+        _refused(exc)
+        return 1
+    names = ", ".join(os.path.basename(p) for p in demo.baseline) or "no rules"
+    print(f"rules reset to the baseline: {names}", file=out)
+    return _finish(demo, args, out)
+
+
+def _routes(args: argparse.Namespace, out: TextIO) -> int:
+    demo = _demo(args)
+    if demo is None:
+        return 1
+    try:
+        rules = load_config([demo.rules]) if os.path.exists(demo.rules) else None
+    except ConfigError as exc:
+        _refused(exc)
+        return 1
+    print(f"Rules in force ({demo.rules}):", file=out)
+    resources = rules.resources if rules is not None else ()
+    if not resources:
+        print("  none", file=out)
+    for resource in sorted(resources, key=lambda r: (r.kind, r.namespace, r.name)):
+        origin = (resource.document.data.get("metadata", {}).get("annotations") or {}).get(
+            control.ANNOTATION, ""
+        )
+        print(f"  {resource.kind:<16}{resource.name:<13}{summary(resource.spec)}", file=out)
+        if origin:
+            print(f"      from {origin}", file=out)
+        if isinstance(resource.spec, m.VirtualService):
+            for line in http_routes(resource.spec):
+                print(f"      {line}", file=out)
+    print("Services:", file=out)
+    return _print_sync([control.check(s) for s in demo.services], out)
+
+
+def _warnings(demo: Demo, sources: Sequence[control.Source]) -> list[Problem]:
+    """meshctl validate's warnings about the applied files, seen with the rules in force (so
+    that subsets defined there count) and the services' configs (their app timeouts)."""
+    names = [s.name for s in sources]
+    texts = [(s.name, s.text) for s in sources]
+    if os.path.exists(demo.rules):
+        with open(demo.rules, encoding="utf-8") as handle:
+            texts.insert(0, (demo.rules, handle.read()))
+    config = load_texts(texts)
+    found = lint(config, demo.service_configs())
+    return [
+        p
+        for p in found
+        if p.file in names and not (p.path == "metadata.name" and "replaces" in p.message)
+    ]
+
+
+def _refused(exc: ConfigError) -> None:
+    for problem in exc.problems:
+        print(problem, file=sys.stderr)
+    print("nothing applied: the rules in force stay", file=sys.stderr)
+
+
+def _print_changes(changes: Sequence[tuple[control.Key, str]], out: TextIO) -> None:
+    for key, what in changes:
+        print(f"{control.describe(key)} {what}", file=out)
+
+
+def _finish(demo: Demo, args: argparse.Namespace, out: TextIO) -> int:
+    if args.no_wait:
+        return 0
+    started = time.monotonic()
+    syncs = control.wait_in_sync(demo.services, timeout=args.timeout)
+    took = time.monotonic() - started
+    if all(s.in_sync for s in syncs):
+        print(f"all {len(syncs)} services run the new rules ({took:.1f}s)", file=out)
+        return 0
+    return _print_sync(syncs, out)
+
+
+def _print_sync(syncs: Sequence[control.Sync], out: TextIO) -> int:
+    failed = 0
+    for sync in syncs:
+        service = sync.service
+        state = f"in sync  {sync.reported[:12]}" if sync.in_sync and sync.reported else "STALE"
+        print(f"  {service.label:<16}{service.url:<26}{state}", file=out)
+        if not sync.in_sync:
+            failed += 1
+            for line in (sync.error or "").splitlines():
+                print(f"      {line}", file=out)
+    return 1 if failed else 0
+
+
+# --------------------------------------------------------------------------- summaries
+
+
+def summary(spec: m.Model | None) -> str:
+    """One line about a resource: a DestinationRule's subsets and policy, a VS's hosts."""
+    if isinstance(spec, m.DestinationRule):
+        subsets = ", ".join(s.name for s in spec.subsets or ()) or "none"
+        text = f"host {spec.host}, subsets {subsets}"
+        if spec.traffic_policy is not None:
+            dumped = spec.traffic_policy.model_dump(mode="json", by_alias=True, exclude_none=True)
+            text += f", trafficPolicy {json.dumps(dumped, sort_keys=True)}"
+        return text
+    if isinstance(spec, m.VirtualService):
+        return f"hosts {', '.join(spec.hosts or ())}"
+    return ""
+
+
+def http_routes(spec: m.VirtualService) -> list[str]:
+    """One line per http route: what it matches, where it sends, what it adds."""
+    lines = []
+    for index, http in enumerate(spec.http or ()):
+        when = " or ".join(_match(entry) for entry in http.match or ()) or "any request"
+        parts = [f"http[{index}] {when} -> {_destinations(http)}"]
+        fault = http.fault
+        if fault is not None and fault.delay is not None:
+            parts.append(f"delay {fault.delay.fixed_delay:g}s ({_percent(fault.delay):g}%)")
+        if fault is not None and fault.abort is not None:
+            status = fault.abort.http_status or fault.abort.grpc_status
+            parts.append(f"abort {status} ({_percent(fault.abort):g}%)")
+        if http.timeout:
+            parts.append(f"timeout {http.timeout:g}s")
+        if http.retries is not None:
+            parts.append(f"retries {http.retries.attempts}")
+        lines.append(", ".join(parts))
+    return lines
+
+
+def _match(entry: m.HTTPMatchRequest) -> str:
+    terms = []
+    for name, value in (entry.headers or {}).items():
+        terms.append(f"{name} {_string(value)}")
+    if entry.uri is not None:
+        terms.append(f"uri {_string(entry.uri)}")
+    return " and ".join(terms) or "any request"
+
+
+def _string(match: m.StringMatch) -> str:
+    if match.exact is not None:
+        return f"= {match.exact}"
+    if match.prefix is not None:
+        return f"starts with {match.prefix}"
+    if match.regex is not None:
+        return f"~ {match.regex}"
+    return "present"
+
+
+def _destinations(http: m.HTTPRoute) -> str:
+    routes = http.route or ()
+    if not routes:
+        return "(no route)"
+    out = []
+    total = sum(d.weight for d in routes) if len(routes) > 1 else 0
+    for destination in routes:
+        target = destination.destination
+        name = target.host + (f" {target.subset}" if target.subset else "")
+        if total:
+            name += f" {100 * destination.weight / total:g}%"
+        out.append(name)
+    return ", ".join(out)
+
+
+def _percent(part: m.Delay | m.Abort) -> float:
+    if part.percentage is not None:
+        return part.percentage.value
+    return float(part.percent or 0)
+
+
+__all__ = ["RUN_DIR_ENV", "STATE_FILE", "Demo", "add_parser", "default_run_dir", "http_routes"]
