@@ -703,26 +703,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attach", action="store_true", help="use the demo that runs already")
     parser.add_argument("--run-dir", default=None, help="the running demo's run directory")
     parser.add_argument("--samples", type=Path, default=SAMPLES, help="Istio's Bookinfo samples")
+    parser.add_argument(
+        "--steps", default=None, metavar="N,N", help="run only these steps (1-based, comma list)"
+    )
     args = parser.parse_args(argv)
+    only = {int(n) for n in args.steps.split(",")} if args.steps else None
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="walkthrough-") as temporary:
         rules = write_rules(Path(temporary) / "rules")
         if args.attach:
             demo = Demo(Path(args.run_dir or default_run_dir()))
-            failed = _run(demo, args.samples, rules)
+            failed = _run(demo, args.samples, rules, only)
             demo.reset()
         else:
             with running_demo(samples=args.samples) as demo:
                 print(f"Bookinfo started: {demo.productpage}\n")
-                failed = _run(demo, args.samples, rules)
+                failed = _run(demo, args.samples, rules, only)
             print("Bookinfo stopped.")
     print(f"\n{failed} step(s) not as Istio's tasks describe; {time.monotonic() - started:.0f}s")
     return 1 if failed else 0
 
 
-def _run(demo: Demo, samples: Path, rules: dict[str, Path]) -> int:
+def _run(demo: Demo, samples: Path, rules: dict[str, Path], only: set[int] | None) -> int:
     failed = 0
     for number, (task, run) in enumerate(steps(demo, samples, rules), 1):
+        if only is not None and number not in only:
+            continue
         step = run()
         print(f"{number}. [{task}] {step.title}")
         print(f"   Istio says: {step.expect}")
