@@ -137,6 +137,7 @@ header.bar input { padding: .35rem .5rem; border: 1px solid #8da2c8; border-radi
                    font: inherit; font-size: .9rem; width: 9rem; }
 button { padding: .35rem .9rem; border: 0; border-radius: 4px; background: var(--brand);
          color: #fff; font: inherit; font-size: .9rem; cursor: pointer; }
+.account { display: flex; align-items: center; gap: 1rem; }
 .signed-in { font-size: .95rem; }
 main { max-width: 62rem; margin: 2rem auto; padding: 0 1.5rem; }
 .product { background: #fff; border: 1px solid var(--line); border-radius: 8px;
@@ -253,7 +254,8 @@ def render_page(
 <style>{STYLE}</style>
 </head>
 <body>
-<header class="bar"><a class="brand" href="/productpage">BookInfo Sample</a>{account}</header>
+<header class="bar"><a class="brand" href="/productpage">BookInfo Sample</a>
+<div class="account">{account}</div></header>
 <main>
 <section class="product">
 <h1>{html.escape(TITLE)}</h1>

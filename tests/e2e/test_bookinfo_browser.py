@@ -1,0 +1,166 @@
+"""The product page in a real browser: Debian's Chromium, headless, driven through chromedriver by
+Selenium, against the running demo. It signs in as jason through the page's own form, checks the
+stars (each star element's ``data-star-color``) and the error texts of the walkthrough's steps,
+and takes a PNG screenshot of each step (under the test's tmp dir; also in the directory named
+by ``$BOOKINFO_SCREENSHOTS``: ``make screenshots`` refreshes ``docs/images/``).
+
+Nothing is downloaded: the browser and its driver are ``/usr/bin/chromium`` and
+``/usr/bin/chromedriver`` (``.ci/run`` installs the packages), and Selenium Manager is kept
+offline. Without them the test is skipped, saying so.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from examples.bookinfo.walkthrough import RATINGS_ERROR, REVIEWS_ERROR, Demo
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+SCREENSHOTS_ENV = "BOOKINFO_SCREENSHOTS"
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
+    "--window-size=1100,820",
+)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.path.exists(p)]
+    if missing:
+        pytest.skip(
+            f"{' and '.join(missing)} not installed: apt-get install chromium chromium-driver "
+            "(.ci/run installs them)"
+        )
+    os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must never fetch a browser or driver
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+class Shots:
+    """Screenshots, numbered in the order taken."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.extra = os.environ.get(SCREENSHOTS_ENV)
+        self.taken: list[Path] = []
+
+    def take(self, driver: Any, name: str) -> Path:
+        path = self.folder / f"bookinfo-{len(self.taken) + 1:02d}-{name}.png"
+        assert driver.save_screenshot(str(path)), f"no screenshot {path}"
+        self.taken.append(path)
+        if self.extra:
+            os.makedirs(self.extra, exist_ok=True)
+            shutil.copyfile(path, Path(self.extra) / path.name)
+        return path
+
+
+def stars(driver: Any) -> list[str]:
+    """The colour of each full star on the page, in order."""
+    from selenium.webdriver.common.by import By
+
+    found = driver.find_elements(By.CSS_SELECTOR, 'svg[data-star="full"]')
+    return [element.get_attribute("data-star-color") for element in found]
+
+
+def wait_for(driver: Any, selector: str) -> Any:
+    """The element, once the page that has it is loaded (a click navigates asynchronously)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    located = expected_conditions.presence_of_element_located((By.CSS_SELECTOR, selector))
+    return WebDriverWait(driver, 10).until(located)
+
+
+def text_of(driver: Any, selector: str) -> str:
+    from selenium.webdriver.common.by import By
+
+    return str(driver.find_element(By.CSS_SELECTOR, selector).text)
+
+
+def test_the_walkthrough_in_chromium(
+    browser: Any, demo: Demo, samples: Path, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    shots = Shots(tmp_path)
+    demo.reset()
+    demo.apply(samples / "virtual-service-all-v1.yaml")
+    browser.get(demo.productpage)
+    assert browser.title == "Simple Bookstore App"
+    assert text_of(browser, "h1") == "The Comedy of Errors"
+    assert stars(browser) == []
+    assert "Reviews served by: reviews-v1" in text_of(browser, "#reviews")
+    shots.take(browser, "all-v1")
+
+    # sign in as jason, with the page's own form
+    browser.find_element(By.NAME, "username").send_keys("jason")
+    browser.find_element(By.CSS_SELECTOR, "#login button").click()
+    assert wait_for(browser, "#user").text == "jason"
+    demo.apply(samples / "virtual-service-reviews-test-v2.yaml")
+    browser.refresh()
+    assert stars(browser) == ["black"] * 9  # 5 for Reviewer1, 4 for Reviewer2
+    assert len(browser.find_elements(By.CSS_SELECTOR, 'svg[data-star="empty"]')) == 1
+    shots.take(browser, "jason-black-stars")
+
+    demo.apply(samples / "virtual-service-ratings-test-delay.yaml")
+    started = time.monotonic()
+    browser.refresh()
+    took = time.monotonic() - started
+    assert text_of(browser, "#reviews-error h3") == "Error fetching product reviews!"
+    assert text_of(browser, "#reviews-error p") == REVIEWS_ERROR
+    assert 5.5 <= took < 9.0
+    shots.take(browser, "jason-delay-7s")
+
+    demo.apply(samples / "virtual-service-ratings-test-abort.yaml")
+    browser.refresh()
+    errors = browser.find_elements(By.CSS_SELECTOR, ".rating-error")
+    assert [e.text for e in errors] == [RATINGS_ERROR] * 2
+    assert stars(browser) == []
+    shots.take(browser, "jason-ratings-abort")
+
+    demo.reset()  # traffic shifting starts over: all v1, then all to v3
+    demo.apply(samples / "virtual-service-all-v1.yaml")
+    demo.apply(samples / "virtual-service-reviews-v3.yaml")
+    browser.refresh()
+    assert stars(browser) == ["red"] * 9
+    shots.take(browser, "red-stars-v3")
+
+    browser.find_element(By.CSS_SELECTOR, "form[action='/logout'] button").click()
+    assert wait_for(browser, "#login").is_displayed()
+    demo.reset()
+
+    for shot in shots.taken:
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert 5_000 < shot.stat().st_size < 400_000
