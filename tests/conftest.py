@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 import subprocess
@@ -9,13 +10,18 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
+
+from meshlib import Mesh
 
 #: Istio's Bookinfo networking samples, kept unmodified beside the repository (``../shared``).
 BOOKINFO_DIR = Path(__file__).parents[1].parent / "shared" / "istio-bookinfo"
 
 WriteYaml = Callable[[str, str], Path]
+Send = Callable[..., httpx.Response]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -80,3 +86,21 @@ def redis_url() -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@pytest.fixture(params=["sync", "async"])
+def send(request: pytest.FixtureRequest) -> Send:
+    """``send(mesh, method, url, **kw)`` through a stock ``httpx.Client`` or ``AsyncClient``."""
+
+    def call(mesh: Mesh, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        if request.param == "sync":
+            with mesh.client() as client:
+                return client.request(method, url, **kwargs)
+
+        async def go() -> httpx.Response:
+            async with mesh.async_client() as client:
+                return await client.request(method, url, **kwargs)
+
+        return asyncio.run(go())
+
+    return call

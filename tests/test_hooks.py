@@ -6,7 +6,6 @@ Every client scenario runs through a stock ``httpx.Client`` and ``httpx.AsyncCli
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -79,24 +78,6 @@ class Sink:
 
 
 Send = Callable[..., httpx.Response]
-
-
-@pytest.fixture(params=["sync", "async"])
-def send(request: pytest.FixtureRequest) -> Send:
-    """``send(mesh, method, url, **kw)`` through a stock ``httpx.Client`` or ``AsyncClient``."""
-
-    def call(mesh: Mesh, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        if request.param == "sync":
-            with mesh.client() as client:
-                return client.request(method, url, **kwargs)
-
-        async def go() -> httpx.Response:
-            async with mesh.async_client() as client:
-                return await client.request(method, url, **kwargs)
-
-        return asyncio.run(go())
-
-    return call
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ the scrape server, which listens on 127.0.0.1.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -75,24 +74,6 @@ def dr(body: str) -> str:
 
 
 Send = Callable[..., httpx.Response]
-
-
-@pytest.fixture(params=["sync", "async"])
-def send(request: pytest.FixtureRequest) -> Send:
-    """``send(mesh, method, url, **kw)`` through a stock ``httpx.Client`` or ``AsyncClient``."""
-
-    def call(mesh: Mesh, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        if request.param == "sync":
-            with mesh.client() as client:
-                return client.request(method, url, **kwargs)
-
-        async def go() -> httpx.Response:
-            async with mesh.async_client() as client:
-                return await client.request(method, url, **kwargs)
-
-        return asyncio.run(go())
-
-    return call
 
 
 @pytest.fixture
