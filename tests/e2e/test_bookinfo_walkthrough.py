@@ -125,7 +125,7 @@ def test_request_timeout_returns_in_about_1s(
             assert 1.9 <= page.seconds < 3.5
         else:
             assert page.reviews_error == REVIEWS_ERROR
-            assert 0.9 <= page.seconds < 2.0  # 0.5 s + productpage's retry, not 0.5 s
+            assert 0.9 <= page.seconds < 2.5  # 0.5 s + productpage's retry, not 0.5 s
 
 
 def test_circuit_breaking_trips_some_calls_with_uo(demo: Demo, rules: dict[str, Path]) -> None:
