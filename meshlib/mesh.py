@@ -44,7 +44,14 @@ from meshlib.telemetry import (
     Telemetry,
 )
 from meshlib.telemetry.setup import build as build_telemetry
-from meshlib.transport import FREE_LEASE, AsyncMeshTransport, Call, FreeLease, MeshTransport
+from meshlib.transport import (
+    FREE_LEASE,
+    NO_TICKET,
+    AsyncMeshTransport,
+    Call,
+    FreeLease,
+    MeshTransport,
+)
 
 if TYPE_CHECKING:
     from meshlib.config.watch import ConfigWatcher
@@ -53,20 +60,6 @@ log = logging.getLogger("meshlib")
 
 _LOCAL_ORIGIN = frozenset({"connect-failure", "reset", "refused-stream", "per-try-timeout"})
 
-
-class _NoTicket:
-    """The breaker ticket of a destination without a breaker: settles nothing."""
-
-    __slots__ = ()
-
-    def record(self, status: int | None, error_kind: str | None) -> bool:
-        return False
-
-    def abandon(self) -> None:
-        pass
-
-
-NO_TICKET = _NoTicket()
 
 _INFLIGHT = 1
 _BUDGET = 2

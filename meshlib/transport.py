@@ -244,24 +244,24 @@ class Call:
         """Choose the endpoint for the next attempt. A response means: reply with it now."""
         target = self.decision.destination
         assert target is not None
-        if self.cluster is None:
-            self.cluster = self.mesh.cluster(target, self.view.port)
+        cluster = self.cluster
+        if cluster is None:
+            cluster = self.cluster = self.mesh.cluster(target, self.view.port)
         if not target.subset_defined:
             return self.reply(503, b"no healthy upstream", "NC")
-        if not self.cluster.has_endpoints() and (
-            self.decision.passthrough or self.mesh.resolves_by_dns(target.host)
-        ):
+        endpoints = cluster.endpoints()  # once per attempt: choosing reads the same tuple
+        if not endpoints and (self.decision.passthrough or self.mesh.resolves_by_dns(target.host)):
             self.endpoint = None  # sent to the host as the caller named it
             return None
         key = None
-        if self.cluster.consistent_hash is not None:
+        if cluster.consistent_hash is not None:
             key = hash_key(
-                self.cluster.consistent_hash,
+                cluster.consistent_hash,
                 self.request.headers,
                 self.view.params,
                 self.mesh.source_address,
             )
-        endpoint = self.cluster.choose(key, self.tried)
+        endpoint = cluster.balancer.choose(endpoints, key, self.tried)
         if endpoint is None:
             return self.reply(503, b"no healthy upstream", "UH")
         self.endpoint = endpoint
@@ -328,8 +328,10 @@ class Call:
 
     def attempt_timeout(self) -> float | None:
         """Per-try timeout, bounded by the route deadline and the caller's own timeout."""
-        limits = []
         per_try = self.decision.retry.per_try_timeout
+        if self.deadline is None and self.user_deadline is None:  # the common case: no clock read
+            return max(per_try, 0.0) if per_try else None
+        limits = []
         if per_try:
             limits.append(per_try)
         now = self.mesh.clock.now()
@@ -583,6 +585,21 @@ class FreeLease:
 
 FREE_LEASE = FreeLease()
 
+
+class _NoTicket:
+    """The breaker ticket of a destination without a breaker: settles nothing."""
+
+    __slots__ = ()
+
+    def record(self, status: int | None, error_kind: str | None) -> bool:
+        return False
+
+    def abandon(self) -> None:
+        pass
+
+
+NO_TICKET = _NoTicket()
+
 _STATUS_OUTCOMES: dict[int, Outcome] = {}
 
 
@@ -743,7 +760,8 @@ class MeshTransport(httpx.BaseTransport):
             raise
         finally:
             call.done()
-        call.finished(response, None)
+        if call.telemetry.active:
+            call.finished(response, None)
         return response
 
     def _handle(self, call: Call) -> httpx.Response:
@@ -774,15 +792,18 @@ class MeshTransport(httpx.BaseTransport):
                 raise call.error(httpx.PoolTimeout("pending too long"), None) from None
             if lease is None:
                 return call.overflow()
-            try:
-                ticket = call.permit()
-            except CircuitOpenError:
-                lease.release()
-                raise
+            if cluster.breaker is None:
+                ticket = NO_TICKET
+            else:
+                try:
+                    ticket = call.permit()
+                except CircuitOpenError:
+                    lease.release()
+                    raise
             attempt = call.attempt_request(timeout)
             endpoint = call.endpoint
             counted = cluster.begin(endpoint)
-            token = call.attempt_started(attempt)
+            token = call.attempt_started(attempt) if call.telemetry.active else None
             try:
                 response = self.inner.handle_request(attempt)
             except httpx.TransportError as exc:
@@ -802,9 +823,12 @@ class MeshTransport(httpx.BaseTransport):
                 ticket.abandon()
                 raise
             outcome = call.outcome_of_response(response)
-            call.attempt_ended(token, outcome)
-            ticket.record(outcome.status, None)
-            call.record(outcome)
+            if token is not None:
+                call.attempt_ended(token, outcome)
+            if ticket is not NO_TICKET:
+                ticket.record(outcome.status, None)
+            if cluster.balancer.detector is not None:
+                call.record(outcome)
             delay = call.retry_delay(outcome)
             if delay is None:
                 if response.is_closed or (lease is FREE_LEASE and not counted):
@@ -840,7 +864,8 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             raise
         finally:
             call.done()
-        call.finished(response, None)
+        if call.telemetry.active:
+            call.finished(response, None)
         return response
 
     async def _handle(self, call: Call) -> httpx.Response:
@@ -871,15 +896,18 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                 raise call.error(httpx.PoolTimeout("pending too long"), None) from None
             if lease is None:
                 return call.overflow()
-            try:
-                ticket = call.permit()
-            except CircuitOpenError:
-                lease.release()
-                raise
+            if cluster.breaker is None:
+                ticket = NO_TICKET
+            else:
+                try:
+                    ticket = call.permit()
+                except CircuitOpenError:
+                    lease.release()
+                    raise
             attempt = call.attempt_request(timeout)
             endpoint = call.endpoint
             counted = cluster.begin(endpoint)
-            token = call.attempt_started(attempt)
+            token = call.attempt_started(attempt) if call.telemetry.active else None
             try:
                 response = await self.inner.handle_async_request(attempt)
             except httpx.TransportError as exc:
@@ -899,9 +927,12 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                 ticket.abandon()
                 raise
             outcome = call.outcome_of_response(response)
-            call.attempt_ended(token, outcome)
-            ticket.record(outcome.status, None)
-            call.record(outcome)
+            if token is not None:
+                call.attempt_ended(token, outcome)
+            if ticket is not NO_TICKET:
+                ticket.record(outcome.status, None)
+            if cluster.balancer.detector is not None:
+                call.record(outcome)
             delay = call.retry_delay(outcome)
             if delay is None:
                 if response.is_closed or (lease is FREE_LEASE and not counted):
