@@ -94,13 +94,26 @@ def header_map(headers: httpx.Headers) -> dict[str, str]:
     match of every route, the timeout override — costs a dict probe, not a scan of the list."""
     try:
         raw = headers._list
-        encoding = headers.encoding
-        found = {key.decode("latin-1"): value.decode(encoding) for _, key, value in raw}
+        if headers._encoding in _ASCII_SUPERSETS:
+            try:  # all ASCII, as headers nearly always are: every such encoding reads the same
+                found = {key.decode("ascii"): value.decode("ascii") for _, key, value in raw}
+            except UnicodeDecodeError:
+                found = _decoded(raw, headers.encoding)
+        else:
+            found = _decoded(raw, headers.encoding)
     except AttributeError:  # pragma: no cover - another httpx layout: take the public way
         return dict(headers.items())
     if len(found) != len(raw):
         return dict(headers.items())
     return found
+
+
+#: Encodings httpx picks for header values (None: not picked yet) that read ASCII as ASCII.
+_ASCII_SUPERSETS = frozenset({None, "ascii", "utf-8", "iso-8859-1"})
+
+
+def _decoded(raw: list[tuple[bytes, bytes, bytes]], encoding: str) -> dict[str, str]:
+    return {key.decode("latin-1"): value.decode(encoding) for _, key, value in raw}
 
 
 def view_of(request: httpx.Request, headers: dict[str, str]) -> RouteRequest:
@@ -513,11 +526,16 @@ class Call:
             _apply_header_ops(response.headers, target.headers.response)
         if self.retry is not None and self.retry.flag and self.retry.flag not in self.flags:
             self.flags.append(self.retry.flag)
-        flags = ",".join(self.flags)
+        flags = ",".join(self.flags) if self.flags else ""
         if flags:
             response.headers[FLAGS_HEADER] = flags
-        endpoint = self.endpoint.address if self.endpoint is not None else None
-        response.extensions["mesh"] = MeshInfo(decision, endpoint, self.attempts, flags, local)
+        endpoint = self.endpoint
+        if endpoint is not None and not flags and not local and self.attempts == 1:
+            info = _plain_info(decision, endpoint)
+        else:
+            address = endpoint.address if endpoint is not None else None
+            info = MeshInfo(decision, address, self.attempts, flags, local)
+        response.extensions["mesh"] = info
         return response
 
     def error(self, exc: Exception, outcome: Outcome | None) -> Exception:
@@ -572,6 +590,23 @@ class Call:
             b"upstream connect error or disconnect/reset before headers. reset reason: overflow",
             "UO",
         )
+
+
+#: The MeshInfo of plain calls (one attempt, no flags), by decision and endpoint: immutable,
+#: so every such call through the same route to the same endpoint shares one.
+_PLAIN_INFOS: dict[tuple[int, int], tuple[RouteDecision, Endpoint, MeshInfo]] = {}
+
+
+def _plain_info(decision: RouteDecision, endpoint: Endpoint) -> MeshInfo:
+    key = (id(decision), id(endpoint))
+    found = _PLAIN_INFOS.get(key)
+    if found is not None and found[0] is decision and found[1] is endpoint:
+        return found[2]
+    info = MeshInfo(decision, endpoint.address, 1, "", False)
+    if len(_PLAIN_INFOS) >= 4096:
+        _PLAIN_INFOS.clear()
+    _PLAIN_INFOS[key] = (decision, endpoint, info)
+    return info
 
 
 class FreeLease:
