@@ -248,6 +248,7 @@ class Mesh:
         self._files = list(files)
         self._lock = threading.Lock()
         self._clusters: dict[tuple[str, int], Cluster] = {}
+        self._by_target: dict[int, tuple[Target, int | None, Cluster]] = {}
         self._breakers: dict[str, tuple[BreakerSettings, Breaker]] = {}
         self._retry_policies: dict[int, tuple[RetryDecision, RetryPolicy]] = {}
         self._file_registry: FileRegistry | None = None
@@ -392,9 +393,13 @@ class Mesh:
 
     def cluster(self, target: Target, port: int | None = None) -> Cluster:
         """The runtime state of ``target`` (created on first use)."""
+        known = self._by_target.get(id(target))
+        if known is not None and known[0] is target and known[1] == port:
+            return known[2]
         key = (target.name, (port or 0) if target.port_policies else 0)
         found = self._clusters.get(key)
         if found is not None and _same_cluster(found.target, target):
+            self._remember(target, port, found)
             return found
         with self._lock:
             found = self._clusters.get(key)
@@ -410,7 +415,17 @@ class Mesh:
                     self.telemetry,
                 )
                 self._clusters[key] = found
+                self._by_target.clear()  # a cluster replaced: what pointed at the old one goes
+            self._remember(target, port, found)
             return found
+
+    def _remember(self, target: Target, port: int | None, cluster: Cluster) -> None:
+        """Keep ``target``'s cluster by identity: the router hands out the same target object
+        for every request of a route, so the next call finds its cluster with one probe."""
+        by_target = self._by_target
+        if len(by_target) >= 4096:
+            by_target.clear()
+        by_target[id(target)] = (target, port, cluster)
 
     def _breaker(self, target: Target) -> Breaker | None:
         """The breaker for ``target``: from ``spec.circuitBreakers``; kept across reloads while

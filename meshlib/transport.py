@@ -294,9 +294,17 @@ class Call:
         if timeout is not None:
             extensions = dict(self.extensions)
             base = extensions.get("timeout") or {}
+            connect, read, write, pool = (
+                base.get("connect"),
+                base.get("read"),
+                base.get("write"),
+                base.get("pool"),
+            )
             extensions["timeout"] = {
-                name: timeout if base.get(name) is None else min(base[name], timeout)
-                for name in ("connect", "read", "write", "pool")
+                "connect": timeout if connect is None else min(connect, timeout),
+                "read": timeout if read is None else min(read, timeout),
+                "write": timeout if write is None else min(write, timeout),
+                "pool": timeout if pool is None else min(pool, timeout),
             }
             request.extensions = extensions
         self.attempts += 1
