@@ -12,8 +12,6 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
-import re2
-
 from meshlib.config import model as m
 from meshlib.config.load import MeshConfig, Resource, ServiceInfo
 from meshlib.routing import (
@@ -86,9 +84,7 @@ def regex_test(pattern: str) -> Callable[[str], bool]:
         else:
             full = compiled.fullmatch
             return lambda value: full(value) is not None
-    options = re2.Options()
-    options.log_errors = False
-    slow = re2.compile(pattern, options=options).fullmatch
+    slow = m.re2_compile(pattern).fullmatch
     return lambda value: slow(value) is not None
 
 
@@ -697,9 +693,7 @@ def matched_uri(decision: RouteDecision, request: RouteRequest) -> str | None:
 
 def regex_substitute(pattern: str, replacement: str, path: str) -> str:
     """Envoy's ``regex_rewrite``: replace every RE2 ``pattern`` match; ``\\1`` names a group."""
-    options = re2.Options()
-    options.log_errors = False
-    return str(re2.compile(pattern, options=options).sub(replacement, path))
+    return str(m.re2_compile(pattern).sub(replacement, path))
 
 
 def _no_route(host: str, vs_name: str | None) -> RouteDecision:

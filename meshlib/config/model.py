@@ -12,8 +12,9 @@ case, and the one-of rules of Istio's messages.
 
 from __future__ import annotations
 
+import functools
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import re2
 from pydantic import (
@@ -86,12 +87,19 @@ def _check_percent(value: float) -> float:
     return value
 
 
-def _check_re2(pattern: str) -> str:
-    """Istio and Envoy use RE2: reject what RE2 rejects (lookaround, backreferences, …)."""
+@functools.lru_cache(maxsize=1024)
+def re2_compile(pattern: str) -> Any:
+    """``pattern`` compiled by RE2, quietly (RE2 logs its errors to stderr by default) and once:
+    validation, matching and rewriting share the compiled pattern."""
     options = re2.Options()
     options.log_errors = False
+    return re2.compile(pattern, options=options)
+
+
+def _check_re2(pattern: str) -> str:
+    """Istio and Envoy use RE2: reject what RE2 rejects (lookaround, backreferences, …)."""
     try:
-        re2.compile(pattern, options=options)
+        re2_compile(pattern)
     except re2.error as exc:
         detail = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else str(exc)
         raise ValueError(f"invalid RE2 regex {pattern!r}: {detail}") from None
