@@ -45,7 +45,7 @@ from meshlib.errors import (
 )
 from meshlib.policies.fault import FaultAction, abort_response_parts, decide
 from meshlib.policies.retry import Outcome, RetryState
-from meshlib.routing import RouteDecision, RouteRequest, Target
+from meshlib.routing import RouteDecision, RouteRequest
 from meshlib.telemetry import (
     AttemptEnded,
     AttemptStarted,
@@ -249,9 +249,6 @@ class Call:
         return httpx.ReadTimeout("timed out waiting for the mesh call", request=self.request)
 
     # ------------------------------------------------------------------ attempts
-
-    def target(self) -> Target | None:
-        return self.decision.destination
 
     def prepare_attempt(self) -> httpx.Response | None:
         """Choose the endpoint for the next attempt. A response means: reply with it now."""
@@ -712,15 +709,6 @@ def _apply_header_ops(headers: httpx.Headers, ops: Any) -> None:
             headers[name] = value
 
 
-def _matched_prefix(decision: RouteDecision, view: RouteRequest) -> str | None:
-    """The uri prefix (or exact path) that matched this request, for prefix rewrites."""
-    return decision_uri_prefix(decision, view)
-
-
-def decision_uri_prefix(decision: RouteDecision, view: RouteRequest) -> str | None:
-    return matched_uri(decision, view)
-
-
 def _rewrite(url: httpx.URL, view: RouteRequest, decision: RouteDecision) -> httpx.URL:
     rewrite = decision.rewrite
     assert rewrite is not None
@@ -736,7 +724,7 @@ def _rewrite(url: httpx.URL, view: RouteRequest, decision: RouteDecision) -> htt
 
 def _replace_prefix(path: str, decision: RouteDecision, view: RouteRequest, new: str) -> str:
     """Envoy's prefix_rewrite: replace the matched prefix (or the whole path for an exact match)."""
-    matched = _matched_prefix(decision, view)
+    matched = matched_uri(decision, view)
     if matched is None:
         return new
     if path.lower().startswith(matched.lower()):
