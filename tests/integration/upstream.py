@@ -16,6 +16,8 @@ query parameter or by the header ``x-upstream-<name>``:
 ``fail=<n>``         the first ``n`` requests with the same ``key=<k>`` (default: the path) get
                      ``fail_status`` (default 503); the later ones succeed.
 ``echo``             add the request body, as text, under ``"body"``.
+``size=65536``       pad the reply with a ``"pad"`` string of ``x`` to that many bytes (a reply
+                     already longer is sent as it is).
 
 Control paths, never counted: ``GET /_hits`` (``{"version", "total", "paths": {path: n}}``),
 ``/_release?key=<key>`` (``{"released": n}``) and ``/_reset`` (counters and fail keys cleared,
@@ -129,6 +131,10 @@ class _State:
         }
         if option("echo") is not None:
             reply["body"] = body.decode("utf-8", "replace")
+        size = option("size")
+        if size is not None:
+            reply["pad"] = ""
+            reply["pad"] = "x" * max(0, int(size) - len(json.dumps(reply)))
         return status, reply
 
     def control(self, path: str, params: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
