@@ -31,6 +31,7 @@ from meshlib.discovery import Endpoint, Registry, RegistryChain
 from meshlib.discovery.file import FileRegistry
 from meshlib.discovery.static import StaticRegistry
 from meshlib.errors import ConfigError, Problem
+from meshlib.inner import async_transport_name, new_async_transport
 from meshlib.policies.breaker import UNLIMITED, Breaker, BreakerSettings, Lease, PoolLimits
 from meshlib.policies.retry import Outcome, RetryBudget, RetryPolicy, policy_for
 from meshlib.routing import RetryDecision, RouteDecision, RouteRequest, RouteTable, Target
@@ -217,8 +218,10 @@ class Mesh:
 
     ``seed`` makes weighted choices, fault draws and jitter reproducible; ``clock`` is the time
     source (``meshlib.testing.FakeClock`` in tests); ``transport`` and ``async_transport`` are
-    the inner httpx transports the mesh sends through (``HTTPTransport``/``AsyncHTTPTransport``
-    by default; an ``httpx.MockTransport`` or ``ASGITransport`` work too); ``extra_endpoints``
+    the inner httpx transports the mesh sends through (``HTTPTransport`` by default; an
+    ``httpx.MockTransport`` or ``ASGITransport`` work too); ``async_transport`` may also name
+    one, ``"aiohttp"`` or ``"httpx"``, and without it ``$MESHLIB_ASYNC_TRANSPORT`` chooses, else
+    aiohttp when installed, else ``AsyncHTTPTransport`` (``meshlib.inner``); ``extra_endpoints``
     adds static endpoints by service short name.
     """
 
@@ -229,7 +232,7 @@ class Mesh:
         seed: int | None = None,
         clock: Clock = SYSTEM_CLOCK,
         transport: httpx.BaseTransport | None = None,
-        async_transport: httpx.AsyncBaseTransport | None = None,
+        async_transport: httpx.AsyncBaseTransport | str | None = None,
         extra_endpoints: Mapping[str, Sequence[Endpoint]] | None = None,
         files: Sequence[str] = (),
         telemetry: Telemetry | None = None,
@@ -243,6 +246,8 @@ class Mesh:
         #: instance, so (as for a pod behind a sidecar) all its calls stick to one endpoint.
         self.source_address = f"{socket.gethostname()}:{os.getpid()}"
         self._transport = transport
+        if isinstance(async_transport, str):
+            async_transport_name(async_transport)  # an unknown name, or aiohttp missing: now
         self._async_transport = async_transport
         self._extra = {name: tuple(eps) for name, eps in (extra_endpoints or {}).items()}
         self._files = list(files)
@@ -490,11 +495,12 @@ class Mesh:
         return self._transport if self._transport is not None else httpx.HTTPTransport()
 
     def async_inner(self) -> httpx.AsyncBaseTransport:
-        if self._async_transport is not None:
-            return self._async_transport
-        if isinstance(self._transport, httpx.AsyncBaseTransport):
+        chosen = self._async_transport
+        if isinstance(chosen, httpx.AsyncBaseTransport):
+            return chosen
+        if chosen is None and isinstance(self._transport, httpx.AsyncBaseTransport):
             return self._transport
-        return httpx.AsyncHTTPTransport()
+        return new_async_transport(chosen)
 
     # ------------------------------------------------------------------ mirroring
 

@@ -1,9 +1,10 @@
 """Integration fixtures: real upstream processes on 127.0.0.1, and meshes that call them.
 
 Each upstream is ``tests/integration/upstream.py`` in a process of its own. Every scenario runs
-through both a stock ``httpx.Client`` and a stock ``httpx.AsyncClient`` (the ``caller`` fixture:
-one object that drives either from plain test code; the async client runs on an event loop of
-its own, its concurrent calls with ``asyncio.gather``, the sync client's in threads).
+through a stock ``httpx.Client`` and a stock ``httpx.AsyncClient`` on each async inner transport,
+httpx's and aiohttp's (the ``connect`` fixture's ``Caller``: one object that drives any of them
+from plain test code; the async client runs on an event loop of its own, its concurrent calls
+with ``asyncio.gather``, the sync client's in threads).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import httpx
 import pytest
 
 from meshlib import Mesh
+from meshlib.inner import new_async_transport
+from meshlib.transport import AsyncMeshTransport
 
 from .upstream import Upstream
 
@@ -64,8 +67,9 @@ def mesh_yaml(
 
 
 class Caller:
-    """One mesh client — ``httpx.Client`` (``kind="sync"``) or ``httpx.AsyncClient``
-    (``"async"``) — driven from synchronous test code."""
+    """One mesh client — ``httpx.Client`` (``kind="sync"``) or ``httpx.AsyncClient`` on the
+    inner transport named after the dash (``"async-httpx"``, ``"async-aiohttp"``; plain
+    ``"async"`` takes the mesh's default) — driven from synchronous test code."""
 
     def __init__(self, mesh: Mesh, kind: str) -> None:
         self.mesh = mesh
@@ -77,7 +81,12 @@ class Caller:
             self._client = mesh.client()
         else:
             self._loop = asyncio.new_event_loop()
-            self._aclient = mesh.async_client()
+            inner = kind.partition("-")[2]
+            if inner:
+                transport = AsyncMeshTransport(mesh, new_async_transport(inner))
+                self._aclient = httpx.AsyncClient(transport=transport)
+            else:
+                self._aclient = mesh.async_client()
 
     def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         if self._client is not None:
@@ -150,7 +159,7 @@ def upstream_pair() -> Iterator[tuple[Upstream, Upstream]]:
         second.stop()
 
 
-@pytest.fixture(params=["sync", "async"])
+@pytest.fixture(params=["sync", "async-httpx", "async-aiohttp"])
 def kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
