@@ -48,17 +48,15 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
 
+from bench.report import verdict, write_json
 from meshlib import Mesh
 from meshlib.balancing import hash_key
 from meshlib.routing import RouteRequest
 from meshlib.transport import header_map, view_of
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 SERVICES = (10, 100, 1000)
 ROUTES = (1, 10, 100)
@@ -484,12 +482,6 @@ def _target(s: Series) -> str:
     return "info"
 
 
-def _verdict(s: Series) -> str:
-    if s.met is None:
-        return "–"
-    return "PASS" if s.met else "**MISS**"
-
-
 def markdown(result: dict[str, Any]) -> str:
     rows: list[Series] = result["series"]
     lines = [f"Scaling, {result['environment']}", ""]
@@ -510,7 +502,7 @@ def markdown(result: dict[str, Any]) -> str:
             note = f" ({s.note})" if s.note else ""
             lines.append(
                 f"| {s.measure}{note} | {figures} | {s.ratio:.2f}× ({s.sizes[-1]:,}/{s.base:,}) "
-                f"| {s.slope:.2f} | {_target(s)} | {_verdict(s)} |"
+                f"| {s.slope:.2f} | {_target(s)} | {verdict(s.met)} |"
             )
         lines.append("")
     met = [s.met for s in rows if s.met is not None]
@@ -521,16 +513,6 @@ def markdown(result: dict[str, Any]) -> str:
         "log(ratio)/log(size ratio) (for routes scanned: over the last decade)."
     )
     return "\n".join(lines)
-
-
-def write_json(name: str, payload: dict[str, Any]) -> Path:
-    """``bench/results/<name>.json``, written whole (a temporary file, then a rename)."""
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    scratch = path.with_suffix(".json.tmp")
-    scratch.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    os.replace(scratch, path)
-    return path
 
 
 def main(argv: list[str] | None = None) -> None:
