@@ -136,6 +136,13 @@ def _prefer(endpoints: Sequence[Endpoint], avoid: Collection[Endpoint]) -> Seque
     return fresh if fresh else endpoints
 
 
+REJECTION_DRAWS = 4
+"""Draws a retry's pick makes from the whole pool, each kept unless already tried, before it
+lists the untried endpoints. A draw from the pool that is kept when untried is a draw from the
+untried endpoints, with the same shares, so a retry costs no scan of the pool unless most of it
+was tried."""
+
+
 # --------------------------------------------------------------------------- in-flight requests
 
 
@@ -298,13 +305,19 @@ class RandomPicker:
         n = len(endpoints)
         if n <= 1:
             return endpoints[0] if n else None
-        if avoid:
-            candidates = _prefer(endpoints, avoid)
-            if len(candidates) == 1:
-                return candidates[0]
-            table = _WeightTable.of(candidates)
-        else:
-            table = self._table = _table_for(self._table, endpoints)
+        table = self._table = _table_for(self._table, endpoints)
+        if not avoid:
+            return self._draw(table)
+        for _ in range(REJECTION_DRAWS):
+            chosen = self._draw(table)
+            if chosen not in avoid:
+                return chosen
+        candidates = _prefer(endpoints, avoid)
+        if len(candidates) == 1:
+            return candidates[0]
+        return self._draw(_WeightTable.of(candidates))
+
+    def _draw(self, table: _WeightTable) -> Endpoint:
         members = table.endpoints
         # int(random() * n) < n for every n up to 2**53: the product rounds down, never to n.
         if table.uniform:
@@ -351,7 +364,13 @@ class LeastRequest:
         table = self._table = _table_for(self._table, endpoints)
         count = self._inflight.count
         if table.uniform:
-            candidates = _prefer(endpoints, avoid) if avoid else endpoints
+            if avoid:
+                drawn = self._draws_avoiding(endpoints, avoid)
+                if drawn is not None:
+                    return drawn
+                candidates = _prefer(endpoints, avoid)
+            else:
+                candidates = endpoints
             size = len(candidates)
             draw = self._rng.random
             best = candidates[int(draw() * size)]
@@ -379,6 +398,29 @@ class LeastRequest:
                 self._state = table
                 self._current = [0.0] * n
             return members[_smooth_next(self._current, weights, members, avoid)]
+
+    def _draws_avoiding(
+        self, endpoints: Sequence[Endpoint], avoid: Collection[Endpoint]
+    ) -> Endpoint | None:
+        """Power of two choices among the endpoints not in ``avoid``, each choice drawn from
+        the whole pool until untried (``REJECTION_DRAWS`` at most); None when a choice found no
+        untried endpoint that way (the caller then lists them)."""
+        draw = self._rng.random
+        count = self._inflight.count
+        size = len(endpoints)
+        best: Endpoint | None = None
+        best_active = 0
+        for _ in range(self._choices):
+            for _ in range(REJECTION_DRAWS):
+                other = endpoints[int(draw() * size)]
+                if other not in avoid:
+                    break
+            else:
+                return None
+            active = count(other)
+            if best is None or active < best_active:
+                best, best_active = other, active
+        return best
 
 
 @dataclass(frozen=True, slots=True)
@@ -639,7 +681,9 @@ class OutlierDetector:
 
     __slots__ = (
         "_active",
+        "_available",
         "_clock",
+        "_generation",
         "_lock",
         "_next_return",
         "_on_eject",
@@ -672,34 +716,53 @@ class OutlierDetector:
         self._active = 0
         self._next_return = _NO_RETURN
         self._seen: Sequence[Endpoint] | None = None
+        #: Bumped whenever the set of ejected endpoints changes (ejection, return, prune).
+        self._generation = 0
+        #: The last answer of ``available``: for which list, at which generation, and what.
+        self._available: tuple[Sequence[Endpoint], int, Sequence[Endpoint]] | None = None
 
     @property
     def policy(self) -> OutlierPolicy:
         return self._policy
 
     def available(self, endpoints: Sequence[Endpoint]) -> Sequence[Endpoint]:
-        """The endpoints not ejected now, or all of them in panic mode (``minHealthPercent``)."""
+        """The endpoints not ejected now, or all of them in panic mode (``minHealthPercent``).
+
+        While some endpoint is ejected, the answer is filtered once per change — an ejection,
+        a return, another endpoint list — and then handed out again, the same tuple: a pick
+        costs no scan of the pool, and the picker sees the list it saw last time."""
         if endpoints is not self._seen:
             self._track(endpoints)
         if not self._active:
             return endpoints
-        returned: list[Endpoint] = []
-        healthy: list[Endpoint] | None = None
+        if self._clock.now() >= self._next_return:
+            returned: list[Endpoint] = []
+            with self._lock:
+                now = self._clock.now()
+                if now >= self._next_return:
+                    returned = self._return_due(now)
+            if returned:
+                self._notify_returned(returned)
+        known = self._available
+        if known is not None and known[0] is endpoints and known[1] == self._generation:
+            return known[2]
         with self._lock:
-            now = self._clock.now()
-            if now >= self._next_return:
-                returned = self._return_due(now)
-            if self._active:
-                states = self._states
-                healthy = [
-                    ep
-                    for ep in endpoints
-                    if (state := states.get((ep.host, ep.port))) is None
-                    or state.ejected_until is None
-                ]
-        if returned:
-            self._notify_returned(returned)
-        if healthy is None or len(healthy) == len(endpoints):
+            generation = self._generation
+            result = self._filter(endpoints)
+            self._available = (endpoints, generation, result)
+        return result
+
+    def _filter(self, endpoints: Sequence[Endpoint]) -> Sequence[Endpoint]:
+        """``available``'s answer, worked out (the caller holds the lock)."""
+        if not self._active:
+            return endpoints
+        states = self._states
+        healthy = [
+            ep
+            for ep in endpoints
+            if (state := states.get((ep.host, ep.port))) is None or state.ejected_until is None
+        ]
+        if len(healthy) == len(endpoints):
             return endpoints
         if len(healthy) * 100 < self._policy.min_health_percent * len(endpoints):
             return endpoints
@@ -790,6 +853,7 @@ class OutlierDetector:
                 default=_NO_RETURN,
             )
             self._seen = None
+            self._generation += 1
 
     def snapshot(self) -> tuple[OutlierStatus, ...]:
         """Every known endpoint's state, sorted by address."""
@@ -868,6 +932,7 @@ class OutlierDetector:
         state.ejected_until = until
         state.ejections += 1
         self._active += 1
+        self._generation += 1
         self._next_return = min(self._next_return, until)
         return True
 
@@ -890,6 +955,8 @@ class OutlierDetector:
             elif until < next_return:
                 next_return = until
         self._next_return = next_return
+        if returned:
+            self._generation += 1
         return returned
 
     def _notify_returned(self, returned: list[Endpoint]) -> None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import random
 import threading
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 
 import httpx
 import pytest
 
+from meshlib import balancing
 from meshlib.balancing import (
     Balancer,
     InFlight,
@@ -170,6 +171,54 @@ def test_every_picker_avoids_previous_hosts(make: Callable[[], Picker], weights:
         assert chosen in (pool[1], pool[3])
         assert picker.pick(pool, key * 7919, avoid=pool[:3]) == pool[3]
         assert picker.pick(pool, key, avoid=pool) in pool  # all tried: any will do
+
+
+@pytest.mark.parametrize(
+    ("make", "weights"),
+    [
+        (lambda: RandomPicker(random.Random(4)), [1, 1, 1, 1]),
+        (lambda: RandomPicker(random.Random(4)), [1, 2, 3, 4]),
+        (lambda: LeastRequest(random.Random(4), InFlight()), [1, 1, 1, 1]),
+    ],
+    ids=["random", "random-weighted", "least-request"],
+)
+def test_retry_picks_share_the_untried_endpoints_as_a_first_pick_would(
+    make: Callable[[], Picker], weights: list[int]
+) -> None:
+    picker = make()
+    pool = _endpoints(4, weights)
+    counts = _tally([picker.pick(pool, None, avoid=[pool[1]]) for _ in range(12_000)])
+    assert counts[pool[1].address] == 0
+    untried = [i for i in range(4) if i != 1]
+    total = sum(weights[i] for i in untried)
+    shares = [counts[pool[i].address] / 12_000 for i in untried]
+    assert shares == pytest.approx([weights[i] / total for i in untried], abs=0.02)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: RandomPicker(random.Random(5)), lambda: LeastRequest(random.Random(5), InFlight())],
+    ids=["random", "least-request"],
+)
+def test_a_retry_pick_lists_the_untried_only_when_most_were_tried(
+    make: Callable[[], Picker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    listed: list[int] = []
+    real = balancing._prefer
+
+    def counting(endpoints: Sequence[Endpoint], avoid: Collection[Endpoint]) -> Sequence[Endpoint]:
+        listed.append(len(endpoints))
+        return real(endpoints, avoid)
+
+    monkeypatch.setattr(balancing, "_prefer", counting)
+    picker = make()
+    pool = tuple(Endpoint(f"10.0.{i // 250}.{i % 250}", 9080) for i in range(1000))
+    for i in range(200):
+        assert picker.pick(pool, None, avoid=[pool[i]]) is not pool[i]
+    assert listed == []  # drawn from the pool until untried: no scan of 1,000 endpoints
+    tried = pool[:-1]
+    assert all(picker.pick(pool, None, avoid=tried) is pool[-1] for _ in range(20))
+    assert listed  # nearly every draw was tried: the untried are listed
 
 
 def test_ring_hash_same_key_same_endpoint() -> None:
@@ -536,6 +585,46 @@ def test_prune_forgets_departed_endpoints() -> None:
     assert [s.address for s in detector.snapshot()] == [ep.address for ep in pool[1:]]
     detector.available(pool[1:] + _endpoints(5)[4:])
     assert _fail(detector, pool[1], 5)[-1]  # the pruned ejection no longer counts
+
+
+def test_available_is_worked_out_once_per_change_of_the_ejected_set() -> None:
+    detector, clock, pool = _detector(consecutive5xxErrors=1, baseEjectionTime="10s")
+    assert detector.available(pool) is pool
+    assert detector.record(pool[0], 500)
+    first = detector.available(pool)
+    assert list(first) == list(pool[1:])
+    assert detector.available(pool) is first  # the same tuple, not a new filter of the pool
+    assert detector.record(pool[1], 500)
+    second = detector.available(pool)
+    assert list(second) == list(pool[2:])
+    assert detector.available(pool) is second
+    other = pool[:3]
+    assert list(detector.available(other)) == [pool[2]]  # another list: filtered anew
+    clock.sleep(10)  # both come back
+    assert detector.available(pool) is pool
+    assert detector.record(pool[2], 500)
+    assert list(detector.available(pool)) == [pool[0], pool[1], pool[3]]
+    detector.prune(pool[:2] + pool[3:])  # the ejected one leaves the registry
+    assert detector.available(pool[:2] + pool[3:]) == pool[:2] + pool[3:]
+
+
+def test_available_does_not_scan_the_pool_on_every_pick() -> None:
+    class Counted(tuple[Endpoint, ...]):
+        scans = 0
+
+        def __iter__(self) -> Iterator[Endpoint]:
+            Counted.scans += 1
+            return super().__iter__()
+
+    detector, _, pool = _detector(consecutive5xxErrors=1)
+    counted = Counted(pool)
+    detector.available(counted)
+    assert detector.record(counted[0], 500)
+    detector.available(counted)
+    scans = Counted.scans
+    for _ in range(100):
+        assert counted[0] not in detector.available(counted)
+    assert Counted.scans == scans
 
 
 # --------------------------------------------------------------------------- the balancer
