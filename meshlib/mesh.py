@@ -15,7 +15,8 @@ import os
 import random
 import socket
 import threading
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from meshlib.balancing import Balancer, LeastRequest
-from meshlib.clock import SYSTEM_CLOCK, Clock
+from meshlib.clock import SYSTEM_CLOCK, Clock, SystemClock
 from meshlib.config import model as m
 from meshlib.config.compile import compile_table, fqdn
 from meshlib.config.load import MeshConfig, load_config, load_texts
@@ -238,6 +239,9 @@ class Mesh:
         telemetry: Telemetry | None = None,
     ) -> None:
         self.clock = clock
+        #: ``clock.now`` as the data plane reads it: ``time.monotonic`` itself for the system
+        #: clock (no Python frame per read).
+        self.now: Callable[[], float] = time.monotonic if type(clock) is SystemClock else clock.now
         self.telemetry = (
             telemetry if telemetry is not None else build_telemetry(config.service, clock)
         )
@@ -255,7 +259,6 @@ class Mesh:
         self._clusters: dict[tuple[str, int], Cluster] = {}
         self._by_target: dict[int, tuple[Target, int | None, Cluster]] = {}
         self._breakers: dict[str, tuple[BreakerSettings, Breaker]] = {}
-        self._retry_policies: dict[int, tuple[RetryDecision, RetryPolicy]] = {}
         self._file_registry: FileRegistry | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -470,15 +473,12 @@ class Mesh:
         self.telemetry.remove_listener(listener)
 
     def retry_policy(self, decision: RetryDecision) -> RetryPolicy:
-        """The compiled retry policy of a decision's retry settings (cached by identity: the
+        """The compiled retry policy of a decision's retry settings, kept on the settings (the
         router hands out the same settings object for every request of a route)."""
-        found = self._retry_policies.get(id(decision))
-        if found is not None and found[0] is decision:
-            return found[1]
-        policy = policy_for(decision)
-        if len(self._retry_policies) > 4096:
-            self._retry_policies.clear()
-        self._retry_policies[id(decision)] = (decision, policy)
+        policy: RetryPolicy | None = decision.compiled
+        if policy is None:
+            policy = policy_for(decision)
+            object.__setattr__(decision, "compiled", policy)  # derived, not part of its value
         return policy
 
     # ------------------------------------------------------------------ clients

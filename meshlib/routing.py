@@ -150,6 +150,8 @@ class RetryDecision:
     retry_ignore_previous_hosts: bool = True
     allow_non_idempotent: bool = False
     source: str = "route"  # "route", "default" (mesh default) or "disabled-by-fault"
+    #: The compiled ``RetryPolicy`` of these settings, made on first use (``Mesh.retry_policy``).
+    compiled: Any = field(default=None, init=False, repr=False, compare=False, hash=False)
 
 
 DEFAULT_RETRY = RetryDecision(
@@ -236,6 +238,25 @@ class RouteDecision:
     note: str | None = None
     skipped: tuple[SkippedRoute, ...] = ()
     uri_matches: tuple[tuple[MatchEntry, str], ...] = field(default=(), repr=False, compare=False)
+    #: Derived: nothing to do before the first attempt — a matched route to a defined subset,
+    #: with no direct response, redirect, fault, mirror, rewrite or request header operation.
+    plain: bool = field(default=False, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        target = self.destination
+        plain = (
+            self.matched
+            and target is not None
+            and target.subset_defined
+            and self.direct_response is None
+            and self.redirect is None
+            and not self.fault.active
+            and not self.mirrors
+            and self.rewrite is None
+            and (self.headers is None or self.headers.request is None)
+            and (target.headers is None or target.headers.request is None)
+        )
+        object.__setattr__(self, "plain", plain)
 
     @property
     def traffic_policy(self) -> m.TrafficPolicy | None:

@@ -117,18 +117,32 @@ def _decoded(raw: list[tuple[bytes, bytes, bytes]], encoding: str) -> dict[str, 
 
 
 def view_of(request: httpx.Request, headers: dict[str, str]) -> RouteRequest:
-    """The router's view of an httpx request."""
+    """The router's view of an httpx request.
+
+    Filled in directly rather than through ``RouteRequest.__init__``: httpx has already
+    normalised what that would (the method is upper case, the host lower case), and a request
+    from an httpx client always carries its ``host`` header, the authority the router sees."""
     url = request.url
-    return RouteRequest(
-        request.method,
-        url.scheme,
-        url.host,
-        url.port,
-        url.path,
-        url.query.decode("ascii", "replace"),
-        headers,
-        headers.get("host"),
-    )
+    view = _new_view(RouteRequest)
+    view.method = request.method
+    view.scheme = scheme = url.scheme
+    view.host = url.host
+    port = url.port
+    view.port = port if port is not None else (443 if scheme == "https" else 80)
+    view.path = url.path or "/"
+    query = url.query
+    view.query = query.decode("ascii", "replace") if query else ""
+    view.headers = headers
+    authority = headers.get("host")
+    if authority is None:
+        authority = url.host if port is None else f"{url.host}:{port}"
+    view.authority = authority
+    view._params = None
+    return view
+
+
+_new_view = object.__new__
+_current_context = context._current.get
 
 
 class Call:
@@ -162,12 +176,12 @@ class Call:
         self.mesh = mesh
         self.request = request
         self.original_headers = request.headers
-        inbound = context.current()
+        inbound = _current_context()
         if inbound is not None and inbound.headers:
             _carry(request, inbound.headers)
         headers = header_map(request.headers)
-        self.view = view_of(request, headers)
-        self.decision = mesh.route(self.view)
+        self.view = view = view_of(request, headers)
+        self.decision = decision = mesh._snapshot.table.route(view, mesh.rng)
         self.flags: list[str] = []
         self.attempts = 0
         self.endpoint: Endpoint | None = None
@@ -177,16 +191,18 @@ class Call:
         self.retry: RetryState | None = None
         self.replayable = isinstance(request.stream, httpx.ByteStream)
         self.original_url = self.url = request.url
-        self.extensions = request.extensions
+        self.extensions = extensions = request.extensions
         self.telemetry = mesh.telemetry
         self.info: RequestInfo | None = None
-        self.started = now = mesh.clock.now()
-        timeout = self.decision.timeout
-        override = headers.get(TIMEOUT_OVERRIDE_HEADER)
-        if override is not None and override.isdigit():
-            timeout = int(override) / 1000 or None
+        self.started = now = mesh.now()
+        timeout = decision.timeout
+        if headers.get(TIMEOUT_OVERRIDE_HEADER) is not None:
+            override = headers[TIMEOUT_OVERRIDE_HEADER]
+            if override.isdigit():
+                timeout = int(override) / 1000 or None
         self.deadline = now + timeout if timeout else None
-        user = (request.extensions.get("timeout") or {}).get("read")
+        user = extensions.get("timeout")
+        user = user.get("read") if user else None
         self.user_deadline = now + user if user else None
 
     # ------------------------------------------------------------------ before the upstream
@@ -240,7 +256,7 @@ class Call:
     def delay_budget(self, delay: float) -> tuple[float, bool]:
         """How long the injected delay may sleep, and whether the caller's own timeout ends it."""
         if self.user_deadline is not None:
-            left = self.user_deadline - self.mesh.clock.now()
+            left = self.user_deadline - self.mesh.now()
             if delay >= left:
                 return max(left, 0.0), True
         return delay, False
@@ -347,29 +363,46 @@ class Call:
     def attempt_timeout(self) -> float | None:
         """Per-try timeout, bounded by the route deadline and the caller's own timeout."""
         per_try = self.decision.retry.per_try_timeout
-        if self.deadline is None and self.user_deadline is None:  # the common case: no clock read
+        if self.deadline is None and (
+            self.user_deadline is None or (not per_try and not self.attempts and not self.fault)
+        ):
+            # the common case, no clock read: no route deadline, and either no caller timeout
+            # or a first attempt that nothing has delayed and the caller's own timeouts bound
             return max(per_try, 0.0) if per_try else None
         limits = []
         if per_try:
             limits.append(per_try)
-        now = self.mesh.clock.now()
+        now = self.mesh.now()
         if self.deadline is not None:
             limits.append(self.deadline - now)
         if self.user_deadline is not None:
             limits.append(self.user_deadline - now)
         return max(min(limits), 0.0) if limits else None
 
-    def outcome_of_response(self, response: httpx.Response) -> Outcome:
+    def settle(self, response: httpx.Response, ticket: Any, token: Any) -> float | None:
+        """An attempt's response: tell telemetry, the breaker and outlier detection. Returns the
+        delay before the next attempt, or None: this response is the call's answer."""
         status = response.status_code
         retry = self.decision.retry
-        if not self.mesh.retry_policy(retry).may_retry_response(status, response.headers):
-            return _status_outcome(status)
-        return Outcome.of_response(
-            response.status_code,
-            response.headers,
-            wall=self.mesh.clock.wall,
-            retry_after_cap=RETRY_AFTER_CAP,
-        )
+        policy = retry.compiled or self.mesh.retry_policy(retry)
+        retryable = policy.may_retry_response(status, response.headers)
+        if retryable:
+            outcome = Outcome.of_response(
+                status, response.headers, wall=self.mesh.clock.wall, retry_after_cap=RETRY_AFTER_CAP
+            )
+        else:
+            outcome = _STATUS_OUTCOMES.get(status) or _status_outcome(status)
+        if token is not None:
+            self.attempt_ended(token, outcome)
+        if ticket is not NO_TICKET:
+            ticket.record(status, None)
+        cluster = self.cluster
+        endpoint = self.endpoint
+        if cluster is not None and endpoint is not None:
+            detector = cluster.balancer.detector
+            if detector is not None:
+                detector.record(endpoint, status)
+        return self.retry_delay(outcome) if retryable else None
 
     def outcome_of_error(self, exc: Exception) -> Outcome:
         per_try = isinstance(exc, httpx.TimeoutException) and not isinstance(
@@ -389,7 +422,7 @@ class Call:
         if retry.attempts <= 0 or not self.replayable:
             return None
         if outcome.error is None and outcome is _STATUS_OUTCOMES.get(outcome.status or 0):
-            return None  # a response no retry condition looks at (see outcome_of_response)
+            return None  # a response no retry condition looks at (see settle)
         state = self.retry
         if state is None:
             deadlines = [d for d in (self.deadline, self.user_deadline) if d is not None]
@@ -417,11 +450,11 @@ class Call:
             self.retry.finish()
 
     def timed_out(self) -> bool:
-        now = self.mesh.clock.now()
+        now = self.mesh.now()
         return self.deadline is not None and now >= self.deadline - 1e-9
 
     def user_timed_out(self) -> bool:
-        now = self.mesh.clock.now()
+        now = self.mesh.now()
         return self.user_deadline is not None and now >= self.user_deadline - 1e-9
 
     # ------------------------------------------------------------------ endings
@@ -476,7 +509,7 @@ class Call:
         if not self.telemetry.active:
             return None
         event = AttemptStarted(self.request_info(), self.attempts, self.endpoint)
-        return self.telemetry.attempt_started(event, attempt), self.mesh.clock.now()
+        return self.telemetry.attempt_started(event, attempt), self.mesh.now()
 
     def attempt_ended(self, token: tuple[Any, float] | None, outcome: Outcome) -> None:
         if token is None:
@@ -488,7 +521,7 @@ class Call:
             self.endpoint,
             outcome.status,
             outcome.error,
-            self.mesh.clock.now() - began,
+            self.mesh.now() - began,
         )
         self.telemetry.attempt_ended(span, event, ",".join(self.flags))
 
@@ -513,7 +546,7 @@ class Call:
                 ",".join(self.flags),
                 self.attempts,
                 self.endpoint,
-                self.mesh.clock.now() - self.started,
+                self.mesh.now() - self.started,
                 int(sent) if sent is not None and sent.isdigit() else None,
                 int(received) if received is not None and received.isdigit() else None,
                 error,
@@ -521,8 +554,8 @@ class Call:
         )
 
     def finish(self, response: httpx.Response, local: bool = False) -> httpx.Response:
-        """Stamp the response with what the mesh did."""
-        self.restore()
+        """Stamp the response with what the mesh did (``done`` gives the caller back its request
+        as sent, before the response is handed over)."""
         decision = self.decision
         if decision.headers is not None and decision.headers.response is not None:
             _apply_header_ops(response.headers, decision.headers.response)
@@ -544,8 +577,8 @@ class Call:
         return response
 
     def error(self, exc: Exception, outcome: Outcome | None) -> Exception:
-        """The exception for a call that ends without a response."""
-        self.restore()
+        """The exception for a call that ends without a response (``done`` restores the request
+        before it is raised)."""
         target = self.decision.destination
         destination = target.name if target is not None else self.decision.host
         route = MeshInfo(self.decision, None, self.attempts, "").route
@@ -655,12 +688,18 @@ def with_endpoint(url: httpx.URL, endpoint: Endpoint) -> httpx.URL:
     """``url`` sent to ``endpoint``: host and port replaced without parsing the URL again (httpx
     keeps a parsed URL as a named tuple; replacing two fields of it is all this takes)."""
     try:
-        reference = url._uri_reference._replace(host=endpoint.host, port=endpoint.port)
-    except AttributeError:  # pragma: no cover - another httpx layout: take the public way
+        scheme, userinfo, _, _, path, query, fragment = ref = url._uri_reference
+    except (AttributeError, ValueError):  # pragma: no cover - another httpx layout
         return url.copy_with(host=endpoint.host, port=endpoint.port)
-    result = httpx.URL.__new__(httpx.URL)
-    result._uri_reference = reference
+    result = _new_url(httpx.URL)
+    result._uri_reference = _new_tuple(
+        type(ref), (scheme, userinfo, endpoint.host, endpoint.port, path, query, fragment)
+    )
     return result
+
+
+_new_url = object.__new__
+_new_tuple = tuple.__new__
 
 
 _LOCAL_ERRORS: dict[str, type[MeshRequestError]] = {
@@ -796,20 +835,21 @@ class MeshTransport(httpx.BaseTransport):
         return response
 
     def _handle(self, call: Call) -> httpx.Response:
-        reply = call.local_reply()
-        if reply is not None:
-            return reply
-        action = call.draw_fault()
-        if action is not None:
-            if action.delay is not None:
-                sleep, cut = call.delay_budget(action.delay)
-                self.mesh.clock.sleep(sleep)
-                if cut:
-                    raise call.user_timeout()
-            if action.aborts:
-                return call.abort_reply(action)
-        if call.decision.mirrors:
-            self.mesh.mirror(call, self)
+        if not call.decision.plain:
+            reply = call.local_reply()
+            if reply is not None:
+                return reply
+            action = call.draw_fault()
+            if action is not None:
+                if action.delay is not None:
+                    sleep, cut = call.delay_budget(action.delay)
+                    self.mesh.clock.sleep(sleep)
+                    if cut:
+                        raise call.user_timeout()
+                if action.aborts:
+                    return call.abort_reply(action)
+            if call.decision.mirrors:
+                self.mesh.mirror(call, self)
         while True:
             reply = call.prepare_attempt()
             if reply is not None:
@@ -817,12 +857,15 @@ class MeshTransport(httpx.BaseTransport):
             cluster = call.cluster
             assert cluster is not None
             timeout = call.attempt_timeout()
-            try:
-                lease = cluster.acquire(timeout)
-            except DeadlineExceeded:
-                raise call.error(httpx.PoolTimeout("pending too long"), None) from None
-            if lease is None:
-                return call.overflow()
+            if cluster.pool_limited:
+                try:
+                    lease = cluster.acquire(timeout)
+                except DeadlineExceeded:
+                    raise call.error(httpx.PoolTimeout("pending too long"), None) from None
+                if lease is None:
+                    return call.overflow()
+            else:
+                lease = FREE_LEASE
             if cluster.breaker is None:
                 ticket = NO_TICKET
             else:
@@ -853,14 +896,7 @@ class MeshTransport(httpx.BaseTransport):
                 cluster.end(endpoint, lease, counted)
                 ticket.abandon()
                 raise
-            outcome = call.outcome_of_response(response)
-            if token is not None:
-                call.attempt_ended(token, outcome)
-            if ticket is not NO_TICKET:
-                ticket.record(outcome.status, None)
-            if cluster.balancer.detector is not None:
-                call.record(outcome)
-            delay = call.retry_delay(outcome)
+            delay = call.settle(response, ticket, token)
             if delay is None:
                 if response.is_closed or (lease is FREE_LEASE and not counted):
                     cluster.end(endpoint, lease, counted)  # nothing held until the body is read
@@ -900,20 +936,21 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         return response
 
     async def _handle(self, call: Call) -> httpx.Response:
-        reply = call.local_reply()
-        if reply is not None:
-            return reply
-        action = call.draw_fault()
-        if action is not None:
-            if action.delay is not None:
-                sleep, cut = call.delay_budget(action.delay)
-                await self.mesh.clock.asleep(sleep)
-                if cut:
-                    raise call.user_timeout()
-            if action.aborts:
-                return call.abort_reply(action)
-        if call.decision.mirrors:
-            self.mesh.amirror(call, self)
+        if not call.decision.plain:
+            reply = call.local_reply()
+            if reply is not None:
+                return reply
+            action = call.draw_fault()
+            if action is not None:
+                if action.delay is not None:
+                    sleep, cut = call.delay_budget(action.delay)
+                    await self.mesh.clock.asleep(sleep)
+                    if cut:
+                        raise call.user_timeout()
+                if action.aborts:
+                    return call.abort_reply(action)
+            if call.decision.mirrors:
+                self.mesh.amirror(call, self)
         while True:
             reply = call.prepare_attempt()
             if reply is not None:
@@ -921,12 +958,15 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             cluster = call.cluster
             assert cluster is not None
             timeout = call.attempt_timeout()
-            try:
-                lease = await cluster.aacquire(timeout)
-            except DeadlineExceeded:
-                raise call.error(httpx.PoolTimeout("pending too long"), None) from None
-            if lease is None:
-                return call.overflow()
+            if cluster.pool_limited:
+                try:
+                    lease = await cluster.aacquire(timeout)
+                except DeadlineExceeded:
+                    raise call.error(httpx.PoolTimeout("pending too long"), None) from None
+                if lease is None:
+                    return call.overflow()
+            else:
+                lease = FREE_LEASE
             if cluster.breaker is None:
                 ticket = NO_TICKET
             else:
@@ -957,14 +997,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                 cluster.end(endpoint, lease, counted)
                 ticket.abandon()
                 raise
-            outcome = call.outcome_of_response(response)
-            if token is not None:
-                call.attempt_ended(token, outcome)
-            if ticket is not NO_TICKET:
-                ticket.record(outcome.status, None)
-            if cluster.balancer.detector is not None:
-                call.record(outcome)
-            delay = call.retry_delay(outcome)
+            delay = call.settle(response, ticket, token)
             if delay is None:
                 if response.is_closed or (lease is FREE_LEASE and not counted):
                     cluster.end(endpoint, lease, counted)  # nothing held until the body is read
