@@ -34,6 +34,8 @@ from typing import Any
 
 import aiohttp
 import httpx
+from aiohttp.client_reqrep import ClientRequest, ClientResponse
+from aiohttp.helpers import TimerNoop
 from aiohttp.http import HttpVersion10
 from multidict import CIMultiDict
 from yarl import URL
@@ -42,33 +44,50 @@ __all__ = ["AiohttpResponseStream", "AiohttpTransport"]
 
 #: aiohttp adds these when a request lacks them; httpx's request is sent as it is.
 _SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
+_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent")
+_BODY_METHODS = frozenset(ClientRequest.POST_METHODS)
 #: Distinct timeout settings remembered (per-try timeouts under a deadline vary per call).
 _TIMEOUT_CACHE_SIZE = 256
-_NO_TIMEOUT = aiohttp.ClientTimeout()
+#: No timer is rounded up to a whole second (aiohttp's default above 5 s).
+_EXACT = math.inf
+_NO_TIMEOUT = aiohttp.ClientTimeout(ceil_threshold=_EXACT)
 _HTTP_11 = b"HTTP/1.1"
 _HTTP_10 = b"HTTP/1.0"
+#: Header and status lines as long as h11 (httpx) takes them.
+_MAX_LINE = 16384
+_READ_BUFSIZE = 2**16
+_NO_TIMER = TimerNoop()
+_NO_TRACES: list[Any] = []
+#: The aiohttp releases whose internals the direct send path was checked against; with any
+#: other, requests go through ``ClientSession.request`` (a little more work per request).
+_DIRECT = tuple(int(part) for part in aiohttp.__version__.split(".")[:2]) == (3, 14)
 
 
 class AiohttpResponseStream(httpx.AsyncByteStream):
-    """A response body read from aiohttp's connection; ``aclose`` hands the connection back
-    (to the pool when the body was read to its end, else closed)."""
+    """A response body read from aiohttp's connection, chunks as they arrive; ``aclose`` hands
+    the connection back (to the pool when the body was read to its end, else closed).
 
-    __slots__ = ("_request", "_response")
+    Its own async iterator, not an async generator: nothing for the event loop to track per
+    response."""
+
+    __slots__ = ("_content", "_request", "_response")
 
     def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request) -> None:
         self._response = response
         self._request = request
+        self._content = response.content
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        content = self._response.content
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
         try:
-            while True:
-                chunk = await content.readany()
-                if not chunk:
-                    return
-                yield chunk
-        except (aiohttp.ClientError, OSError) as exc:  # TimeoutError is an OSError
+            chunk = await self._content.readany()
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
             raise httpx_error(exc, self._request) from exc
+        if not chunk:
+            raise StopAsyncIteration
+        return chunk
 
     async def aclose(self) -> None:
         self._response.release()
@@ -82,6 +101,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     counterpart in aiohttp and is not used. ``verify`` is ``True``/``False`` or an
     ``ssl.SSLContext``, as in httpx.
     """
+
+    #: Send through aiohttp's connector and request objects, without ``ClientSession.request``
+    #: (its cookies, proxies, auth, redirects, middlewares and traces, none of them used here).
+    direct = _DIRECT
 
     def __init__(
         self,
@@ -109,8 +132,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             limit_per_host=0,
             keepalive_timeout=self._keepalive_expiry,
             ssl=self._verify,
-            # Timers fire when asked, not rounded up to whole seconds past 5 s.
-            timeout_ceil_threshold=math.inf,
+            timeout_ceil_threshold=_EXACT,
         )
         session = aiohttp.ClientSession(
             connector=connector,
@@ -119,9 +141,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             auto_decompress=False,
             timeout=_NO_TIMEOUT,
             trust_env=False,
-            # Header and status lines as long as h11 (httpx) takes them.
-            max_line_size=16384,
-            max_field_size=16384,
+            max_line_size=_MAX_LINE,
+            max_field_size=_MAX_LINE,
         )
         # aiohttp silently sends an idempotent request again when a reused connection fails;
         # the mesh decides about retries (and counts attempts) itself.
@@ -137,14 +158,11 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         if session is None or self._loop is not loop:
             session = self._open(loop)
         timeout = self._timeout(request.extensions.get("timeout"))
+        raw = request.headers.raw
         try:
-            headers = CIMultiDict(
-                [(k.decode("ascii"), v.decode("utf-8")) for k, v in request.headers.raw]
-            )
+            headers = CIMultiDict([(k.decode("ascii"), v.decode("utf-8")) for k, v in raw])
         except UnicodeDecodeError:
-            headers = CIMultiDict(
-                [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw]
-            )
+            headers = CIMultiDict([(k.decode("latin-1"), _text(v)) for k, v in raw])
         stream = request.stream
         data: Any
         if isinstance(stream, httpx.ByteStream):  # a body in memory: bytes (none when empty)
@@ -152,16 +170,23 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         else:  # streamed as it comes; aiohttp frames it and sets transfer-encoding itself
             data = stream
             headers.popall("Transfer-Encoding", None)
+        url = request.url
+        # httpx has turned credentials in the URL into an Authorization header already.
+        target = URL(str(url if not url.userinfo else url.copy_with(userinfo=b"")), encoded=True)
         try:
-            response = await session.request(
-                request.method,
-                URL(str(request.url), encoded=True),
-                headers=headers,
-                data=data,
-                allow_redirects=False,
-                timeout=timeout,
-            )
-        except (aiohttp.ClientError, OSError) as exc:  # TimeoutError is an OSError
+            if self.direct:
+                response = await self._send(session, loop, request, target, headers, data, timeout)
+            else:
+                response = await session.request(
+                    request.method,
+                    target,
+                    headers=headers,
+                    data=data,
+                    allow_redirects=False,
+                    timeout=timeout,
+                    server_hostname=request.extensions.get("sni_hostname"),
+                )
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
             raise httpx_error(exc, request) from exc
         return httpx.Response(
             response.status,
@@ -172,6 +197,72 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 "reason_phrase": (response.reason or "").encode("latin-1", "replace"),
             },
         )
+
+    async def _send(
+        self,
+        session: aiohttp.ClientSession,
+        loop: asyncio.AbstractEventLoop,
+        request: httpx.Request,
+        url: URL,
+        headers: CIMultiDict[str],
+        data: Any,
+        timeout: aiohttp.ClientTimeout,
+    ) -> ClientResponse:
+        """What ``ClientSession.request`` does for a request of this transport: connection,
+        request line and headers, body, response head; no more."""
+        method = request.method
+        if url.scheme not in ("http", "https"):
+            raise aiohttp.NonHttpUrlClientError(url)
+        skip: tuple[str, ...] | None = None
+        if data is not None or method in _BODY_METHODS:
+            skip = _SKIP_AUTO_HEADERS  # no Content-Type of aiohttp's
+        else:
+            for name in _AUTO_HEADERS:
+                if name not in headers:
+                    skip = _SKIP_AUTO_HEADERS
+                    break
+        req = ClientRequest(
+            method,
+            url,
+            headers=headers,
+            skip_auto_headers=skip,
+            data=data,
+            loop=loop,
+            response_class=ClientResponse,
+            timer=_NO_TIMER,
+            session=session,
+            server_hostname=request.extensions.get("sni_hostname"),
+        )
+        connector = session.connector
+        assert connector is not None
+        try:
+            conn = await connector.connect(req, traces=_NO_TRACES, timeout=timeout)
+        except asyncio.TimeoutError as exc:
+            raise aiohttp.ConnectionTimeoutError(f"Connection timeout to host {url}") from exc
+        protocol = conn.protocol
+        assert protocol is not None
+        protocol.set_response_params(
+            timer=_NO_TIMER,
+            skip_payload=method == "HEAD",
+            read_until_eof=True,
+            auto_decompress=False,
+            read_timeout=timeout.sock_read,
+            read_bufsize=_READ_BUFSIZE,
+            timeout_ceil_threshold=_EXACT,
+            max_line_size=_MAX_LINE,
+            max_field_size=_MAX_LINE,
+        )
+        try:
+            response = await req.send(conn)
+            try:
+                await response.start(conn)
+            except BaseException:
+                response.close()
+                raise
+        except BaseException:
+            conn.close()
+            raise
+        return response
 
     def _timeout(self, values: Any) -> aiohttp.ClientTimeout:
         """aiohttp's timeouts for httpx's ``{"connect", "read", "write", "pool"}`` (cached)."""
@@ -192,6 +283,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             connect=None if connect is None or pool is None else connect + pool,
             sock_connect=connect,
             sock_read=read,
+            ceil_threshold=_EXACT,
         )
         return made
 
@@ -201,6 +293,15 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             return
         with contextlib.suppress(RuntimeError):  # its loop is gone: nothing left to wait on
             await session.close()
+
+
+def _text(value: bytes) -> str:
+    """A header value for aiohttp, which sends text as UTF-8: bytes that are not UTF-8 are
+    taken as Latin-1 (and so go out as the UTF-8 of those characters)."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.decode("latin-1")
 
 
 def _retire(session: aiohttp.ClientSession, loop: asyncio.AbstractEventLoop) -> None:
@@ -225,7 +326,7 @@ def httpx_error(exc: BaseException, request: httpx.Request) -> httpx.TransportEr
     error: httpx.TransportError
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         error = httpx.ConnectTimeout(message, request=request)
-    elif isinstance(exc, (aiohttp.ServerTimeoutError, TimeoutError)):
+    elif isinstance(exc, (aiohttp.ServerTimeoutError, asyncio.TimeoutError)):
         error = httpx.ReadTimeout(message, request=request)
     elif isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ServerFingerprintMismatch)):
         error = httpx.ConnectError(message, request=request)

@@ -26,6 +26,14 @@ pytestmark = pytest.mark.integration
 Handler = Callable[[bytes, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
+@pytest.fixture(autouse=True, params=["direct", "session"])
+def send_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test on both ways of sending: aiohttp's connector directly (the fast path, for
+    the aiohttp release it was checked against), and ``ClientSession.request``."""
+    monkeypatch.setattr(AiohttpTransport, "direct", request.param == "direct")
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[Upstream]:
     with Upstream.start("v1") as started:
@@ -94,6 +102,16 @@ async def test_request_headers_go_out_as_httpx_sends_them(upstream: Upstream) ->
             del request.headers[name]
         bare = (await client.send(request)).json()["headers"]
     assert set(bare) == {"host", "connection"}
+
+
+async def test_credentials_in_the_url_are_sent_once_as_httpx_made_them(
+    upstream: Upstream,
+) -> None:
+    url = upstream.url("/unit/auth").replace("http://", "http://ann:secret@")
+    async with httpx.AsyncClient(transport=AiohttpTransport()) as client:
+        response = await client.get(url)
+    assert response.json()["headers"]["authorization"] == "Basic YW5uOnNlY3JldA=="
+    assert response.request.url.userinfo == b"ann:secret"
 
 
 async def test_repeated_headers_and_no_cookie_jar() -> None:
@@ -453,7 +471,9 @@ def test_without_aiohttp_the_default_is_httpx(monkeypatch: pytest.MonkeyPatch) -
         Mesh.from_yaml(config(), async_transport="aiohttp")
 
 
-async def test_a_mesh_client_on_aiohttp_routes_retries_and_reports(upstream: Upstream) -> None:
+async def test_a_mesh_client_on_aiohttp_routes_retries_and_reports(
+    upstream: Upstream, send_path: str
+) -> None:
     text = (
         config()
         + f"spec:\n  registry:\n    static:\n      reviews: [{{address: {upstream.address}}}]\n"
@@ -464,7 +484,7 @@ async def test_a_mesh_client_on_aiohttp_routes_retries_and_reports(upstream: Ups
     )
     mesh = Mesh.from_yaml(text, async_transport="aiohttp")
     async with mesh.async_client() as client:
-        response = await client.get("http://reviews/unit/mesh?fail=1")
+        response = await client.get(f"http://reviews/unit/mesh/{send_path}?fail=1")
     assert response.status_code == 200
     assert response.extensions["mesh"].attempts == 2
-    assert upstream.hits("/unit/mesh") == 2
+    assert upstream.hits(f"/unit/mesh/{send_path}") == 2
