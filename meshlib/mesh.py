@@ -32,6 +32,7 @@ from meshlib.discovery import Endpoint, Registry, RegistryChain
 from meshlib.discovery.file import FileRegistry
 from meshlib.discovery.static import StaticRegistry
 from meshlib.errors import ConfigError, Problem
+from meshlib.httpcore_transport import HTTPCoreTransport
 from meshlib.inner import async_transport_name, new_async_transport
 from meshlib.policies.breaker import UNLIMITED, Breaker, BreakerSettings, Lease, PoolLimits
 from meshlib.policies.retry import Outcome, RetryBudget, RetryPolicy, policy_for
@@ -492,7 +493,7 @@ class Mesh:
         return httpx.AsyncClient(transport=AsyncMeshTransport(self), **kwargs)
 
     def sync_inner(self) -> httpx.BaseTransport:
-        return self._transport if self._transport is not None else httpx.HTTPTransport()
+        return self._transport if self._transport is not None else HTTPCoreTransport()
 
     def async_inner(self) -> httpx.AsyncBaseTransport:
         chosen = self._async_transport

@@ -330,6 +330,9 @@ class Ticket:
 
     def record(self, status: int | None, error_kind: str | None) -> bool:
         """Settle by outcome through ``counts_as_failure``; returns whether it was a failure."""
+        if error_kind is None and status is not None and status < 500:  # never a failure
+            self._breaker._settle(self, _SUCCESS, None)
+            return False
         failed = counts_as_failure(self._breaker.settings, status, error_kind)
         if failed:
             what = f"HTTP {status}" if error_kind is None else error_kind
