@@ -288,11 +288,14 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         return made
 
     async def aclose(self) -> None:
-        session, self._session, self._loop = self._session, None, None
-        if session is None:
+        session, loop = self._session, self._loop
+        self._session = self._loop = None
+        if session is None or loop is None:
             return
-        with contextlib.suppress(RuntimeError):  # its loop is gone: nothing left to wait on
+        if loop is asyncio.get_running_loop():
             await session.close()
+        else:  # the session of another loop: closed as far as that loop lets
+            _retire(session, loop)
 
 
 def _text(value: bytes) -> str:

@@ -5,6 +5,7 @@ repeated headers, a body in pieces, a gzip body, a connection dropped mid-respon
 from __future__ import annotations
 
 import asyncio
+import gc
 import gzip
 import socket
 import threading
@@ -275,9 +276,11 @@ async def test_waiting_for_a_connection_is_a_connect_timeout(upstream: Upstream)
 
 async def test_refused_port_is_a_connect_error() -> None:
     request = httpx.Request("GET", f"http://127.0.0.1:{free_port()}/")
+    transport = AiohttpTransport()
     with pytest.raises(httpx.ConnectError) as caught:
-        await AiohttpTransport().handle_async_request(request)
+        await transport.handle_async_request(request)
     assert caught.value.request is request
+    await transport.aclose()
 
 
 async def test_server_closing_before_answering_is_a_remote_protocol_error() -> None:
@@ -362,12 +365,63 @@ def test_each_event_loop_gets_a_session_of_its_own(upstream: Upstream) -> None:
         assert transport._session is not None
         sessions.append(transport._session)
 
+    async def call_and_close() -> None:
+        await call()
+        await transport.aclose()
+
+    first = asyncio.new_event_loop()
+    try:
+        first.run_until_complete(call())
+        asyncio.run(call_and_close())  # another loop, while the first one is idle
+        assert sessions[0] is not sessions[1]
+        assert sessions[0].closed
+        assert sessions[1].closed
+        first.run_until_complete(asyncio.sleep(0))  # its connections finish closing there
+    finally:
+        first.close()
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+def test_a_closed_loop_session_is_dropped_for_a_new_one(upstream: Upstream) -> None:
+    transport = AiohttpTransport()
+    sessions: list[aiohttp.ClientSession] = []
+
+    async def call() -> None:
+        response = await transport.handle_async_request(
+            httpx.Request("GET", upstream.url("/unit/closed-loop"))
+        )
+        await response.aread()
+        assert transport._session is not None
+        sessions.append(transport._session)
+
     asyncio.run(call())
-    asyncio.run(call())  # the first loop is closed now
+    asyncio.run(call())  # the first loop is closed: its sockets go with their transports
     assert sessions[0] is not sessions[1]
-    assert sessions[0].closed
+    assert sessions[0].closed  # and it does not complain of being left open
     asyncio.run(transport.aclose())
-    assert sessions[1].closed
+    sessions.clear()
+    gc.collect()
+
+
+def test_aclose_from_another_loop_closes_the_session_all_the_same(upstream: Upstream) -> None:
+    transport = AiohttpTransport()
+
+    async def call() -> None:
+        response = await transport.handle_async_request(
+            httpx.Request("GET", upstream.url("/unit/aclose-elsewhere"))
+        )
+        await response.aread()
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(call())
+        session = transport._session
+        assert session is not None
+        asyncio.run(transport.aclose())  # the session's loop is alive, but not running
+        assert session.closed
+        loop.run_until_complete(asyncio.sleep(0))  # the closing sockets finish there
+    finally:
+        loop.close()
 
 
 def test_a_loop_running_in_another_thread_gets_its_session_closed_there(
@@ -379,20 +433,22 @@ def test_a_loop_running_in_another_thread_gets_its_session_closed_there(
     thread.start()
     try:
 
-        async def call() -> aiohttp.ClientSession:
+        async def call(then_close: bool = False) -> aiohttp.ClientSession:
             response = await transport.handle_async_request(
                 httpx.Request("GET", upstream.url("/unit/threads"))
             )
             await response.aread()
-            assert transport._session is not None
-            return transport._session
+            session = transport._session
+            assert session is not None
+            if then_close:
+                await transport.aclose()
+            return session
 
         first = asyncio.run_coroutine_threadsafe(call(), other).result(10)
-        second = asyncio.run(call())
+        second = asyncio.run(call(then_close=True))
         assert first is not second
         asyncio.run_coroutine_threadsafe(asyncio.sleep(0.05), other).result(10)
         assert first.closed
-        asyncio.run(transport.aclose())
     finally:
         other.call_soon_threadsafe(other.stop)
         thread.join(10)
