@@ -28,6 +28,10 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.route_decision
 	$(BIN)/python -m bench.data_plane
 	$(BIN)/python -m bench.tracing
+	$(BIN)/python -m bench.scaling
+	$(BIN)/python -m bench.reload
+	$(BIN)/python -m bench.memory
+	$(BIN)/python -m bench.fast_fail
 
 SHARED := ../shared/istio-bookinfo
 
