@@ -93,6 +93,18 @@ class AiohttpResponseStream(httpx.AsyncByteStream):
         self._response.release()
 
 
+class _Request(ClientRequest):
+    """aiohttp's request, taking the headers it is given as they are: a ``CIMultiDict`` made
+    for this request alone, in httpx's order (aiohttp would copy them one by one)."""
+
+    def update_headers(self, headers: Any) -> None:
+        self.headers = headers
+        if "Host" not in headers:
+            host = self.url.host_port_subcomponent
+            assert host is not None
+            headers["Host"] = host
+
+
 class AiohttpTransport(httpx.AsyncBaseTransport):
     """Send httpx requests through aiohttp.
 
@@ -221,7 +233,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 if name not in headers:
                     skip = _SKIP_AUTO_HEADERS
                     break
-        req = ClientRequest(
+        req = _Request(
             method,
             url,
             headers=headers,

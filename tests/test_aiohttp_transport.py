@@ -99,10 +99,11 @@ async def test_request_headers_go_out_as_httpx_sends_them(upstream: Upstream) ->
         assert sent == reference
         # Headers httpx leaves out stay out: aiohttp adds none of its own.
         request = client.build_request("GET", url)
-        for name in ("accept", "accept-encoding", "user-agent"):
+        for name in ("accept", "accept-encoding", "user-agent", "host"):
             del request.headers[name]
         bare = (await client.send(request)).json()["headers"]
     assert set(bare) == {"host", "connection"}
+    assert bare["host"] == upstream.address  # from the URL when httpx's request has none
 
 
 async def test_credentials_in_the_url_are_sent_once_as_httpx_made_them(
