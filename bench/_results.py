@@ -211,7 +211,7 @@ def _throughput(result: dict[str, Any], path: Path) -> bool:
     panels = [(t, keys) for t, keys in panels if keys]
     if not panels:
         return False
-    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 5.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 6.4), squeeze=False)
     for ax, (title, keys) in zip(axes[0], panels, strict=True):
         stacks: list[str] = []
         for key in keys:
@@ -224,10 +224,13 @@ def _throughput(result: dict[str, Any], path: Path) -> bool:
             xs = [j + (i - (len(stacks) - 1) / 2) * width for j in range(len(keys))]
             ax.bar(xs, values, width, label=STACKS[stack].label)
         ax.set_xticks(range(len(keys)), [workloads[k]["label"] for k in keys], fontsize=8)
-        ax.set_yscale("log")
-        ax.set_ylabel("calls per second (log scale)")
+        if len(keys) > 2:
+            ax.set_yscale("log")
+            ax.set_ylabel("calls per second (log scale)")
+        else:
+            ax.set_ylabel("calls per second")
         ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=7, ncol=2)
+        ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.08))
         ax.grid(axis="y", alpha=0.3, which="both")
     fig.suptitle("Throughput by stack and concurrency\n" + _subtitle(result), fontsize=9)
     fig.tight_layout()
@@ -249,16 +252,19 @@ def _barh_panels(
     for ax, key in zip(axes[0], keys, strict=True):
         stacks = list(workloads[key]["stacks"])
         height = 0.8 / len(metrics)
+        top = max(workloads[key]["stacks"][s].get(m, 0.0) for s in stacks for m, _ in metrics)
+        scale, unit = (1000.0, "ms") if top > 20_000 else (1.0, "µs")
         for i, (metric, label) in enumerate(metrics):
-            values = [workloads[key]["stacks"][s].get(metric, 0.0) for s in stacks]
+            values = [workloads[key]["stacks"][s].get(metric, 0.0) / scale for s in stacks]
             ys = [j + (i - (len(metrics) - 1) / 2) * height for j in range(len(stacks))]
-            ax.barh(ys, values, height, label=label)
+            bars = ax.barh(ys, values, height, label=label)
+            ax.bar_label(bars, fmt="%.0f" if scale == 1 else "%.1f", fontsize=6, padding=2)
         ax.set_yticks(range(len(stacks)), [STACKS[s].label for s in stacks], fontsize=8)
         ax.invert_yaxis()
         ax.set_title(workloads[key]["label"], fontsize=10)
         ax.grid(axis="x", alpha=0.3)
         ax.legend(fontsize=8)
-        ax.set_xlabel("µs")
+        ax.set_xlabel(unit)
     fig.suptitle(title + "\n" + _subtitle(result), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -277,13 +283,37 @@ def _latency(result: dict[str, Any], path: Path) -> bool:
 
 
 def _cpu(result: dict[str, Any], path: Path) -> bool:
-    return _barh_panels(
-        result,
-        path,
-        ["sync-c1", "async-c32"],
-        [("cpu_us_per_call", "client CPU per call")],
-        "Client process CPU per call (lower is better)",
-    )
+    """Client CPU per call; on the HAProxy rows, the proxy process's CPU stacked on it."""
+    import matplotlib.pyplot as plt
+
+    workloads = result["workloads"]
+    keys = [k for k in ("sync-c1", "async-c32") if k in workloads]
+    if not keys:
+        return False
+    fig, axes = plt.subplots(1, len(keys), figsize=(6.5 * len(keys), 4.8), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=True):
+        rows = workloads[key]["stacks"]
+        stacks = list(rows)
+        client = [rows[s]["cpu_us_per_call"] for s in stacks]
+        proxy = [rows[s]["proxy_cpu_us_per_call"] if s.endswith("haproxy") else 0 for s in stacks]
+        bars = ax.barh(range(len(stacks)), client, 0.6, label="client process")
+        ax.bar_label(bars, fmt="%.0f", fontsize=7, label_type="center", color="white")
+        if any(proxy):
+            extra = ax.barh(range(len(stacks)), proxy, 0.6, left=client, label="HAProxy process")
+            shown = [f"+{v:.0f}" if v else "" for v in proxy]
+            ax.bar_label(extra, labels=shown, fontsize=7, padding=2)
+        ax.set_xlim(0, max(c + x for c, x in zip(client, proxy, strict=True)) * 1.12)
+        ax.set_yticks(range(len(stacks)), [STACKS[s].label for s in stacks], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_title(workloads[key]["label"], fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+        ax.legend(fontsize=8, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.14))
+        ax.set_xlabel("CPU µs per call")
+    fig.suptitle("CPU per call (lower is better)\n" + _subtitle(result), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def _per_hop(result: dict[str, Any], path: Path) -> bool:

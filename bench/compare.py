@@ -25,7 +25,7 @@ client CPU per call (``time.process_time``), the upstream's and HAProxy's CPU, a
 of a fresh process that runs only that stack (``--rss-child``). Each figure is also given as a
 ratio to bare httpx of the same run, beside the A/A row's ratio.
 
-Writes ``results.md``, ``results.json`` and charts (PNG) into ``--out`` (default
+Writes ``results.md``, ``compare.json`` (every figure) and charts (PNG) into ``--out`` (default
 ``bench/results``; with ``--only``, nothing is written unless ``--out`` is given).
 """
 
@@ -49,11 +49,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import _haproxy, _measure, _stacks
+from bench import _haproxy, _measure, _stacks, report
 from bench._stacks import Endpoints, Request, UnavailableError
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
+RESULTS = report.RESULTS
 KIB64 = 65536
 BODY = b"x" * KIB64
 
@@ -384,6 +384,9 @@ def _get(result: dict[str, Any], workload: str, stack: str, *path: str) -> float
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
+TRACING_ROWS = ("meshlib-traced", "meshlib", "otel", "httpx")
+
+
 def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     """Each acceptance target: what it says, the measured value, PASS, MISS or n/a, and whether
     the A/A row moved more than the measured value's distance from the target (then the verdict
@@ -442,14 +445,13 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     )
 
     # tracing: meshlib's added median against a bare OTel span + inject's
-    traced = get("sync-c1", "meshlib-traced", "p50_us")
-    plain = get("sync-c1", "meshlib", "p50_us")
-    otel = get("sync-c1", "otel", "p50_us")
-    bare = get("sync-c1", "httpx", "p50_us")
-    aa_p50 = get("sync-c1", "httpx-aa", "added", "p50_us")
+    sync = result["workloads"].get("sync-c1", {}).get("stacks", {})
+    blocks = {key: sync[key]["block_p50_us"] for key in TRACING_ROWS if key in sync}
+    aa_p50 = get("sync-c1", "httpx-aa", "added", "p50_paired_us")
     value, ok, shown, margin = None, None, "–", None
-    if traced is not None and plain is not None and otel is not None and bare is not None:
-        mesh_added, otel_added = traced - plain, otel - bare
+    if len(blocks) == len(TRACING_ROWS):
+        mesh_added = _measure.paired(blocks["meshlib-traced"], blocks["meshlib"], ratio=False)
+        otel_added = _measure.paired(blocks["otel"], blocks["httpx"], ratio=False)
         if otel_added > 0:
             value = mesh_added / otel_added
             ok = mesh_added <= 1.25 * otel_added
@@ -461,7 +463,8 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
             + (f"; A/A {aa_p50:+.1f} µs" if aa_p50 is not None else "")
         )
     add(
-        "tracing on: added median latency, meshlib vs a bare OTel span + inject (sync c=1)",
+        "tracing on: added median latency, meshlib vs a bare OTel span + inject (sync c=1, "
+        "block medians paired by round)",
         "≤ 1.25×",
         value,
         ok,
@@ -710,10 +713,14 @@ def main(argv: list[str] | None = None) -> None:
     print(text)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(result, indent=1, sort_keys=False) + "\n")
-        (out / "results.md").write_text(text + "\n")
+        if out.resolve() == report.RESULTS.resolve():
+            report.write_json("compare", result)
+        else:
+            (out / "compare.json").write_text(json.dumps(result, indent=2) + "\n")
+        (out / "results.md").write_text(text)
         charts = _results.charts(result, out)
-        print(f"\nwrote {out}/results.md, results.json and {len(charts)} charts", flush=True)
+        names = ", ".join(path.name for path in charts)
+        print(f"\nwrote {out}: results.md, compare.json, {names}", flush=True)
 
 
 def _progress(workload: Workload, rows: dict[str, Any], skipped: dict[str, str], took: float):
