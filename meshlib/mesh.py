@@ -80,6 +80,7 @@ class Cluster:
         "budget",
         "budget_counts",
         "consistent_hash",
+        "counts",
         "keepalive",
         "least_request",
         "name",
@@ -144,6 +145,8 @@ class Cluster:
         )
         self.budget_counts = self.budget.uses_budget
         self.least_request = isinstance(self.balancer.picker, LeastRequest)
+        #: Whether ``begin`` may count anything (in-flight requests, the retry budget).
+        self.counts = self.least_request or self.budget_counts
         self._all: tuple[Endpoint, ...] | None = None
         self._subset: tuple[Endpoint, ...] = ()
 

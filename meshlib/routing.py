@@ -356,6 +356,16 @@ class Route:
     cumulative: tuple[float, ...]
     line: int = 0
     file: str = ""
+    #: Derived: the match as one callable (None: matches everything), so that a route with one
+    #: entry of one condition costs the router one call, not three nested loops.
+    test: Test | None = field(default=None, init=False, repr=False, compare=False)
+    #: Derived: the only decision of an unweighted route (no draw needed), else None.
+    single: RouteDecision | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "test", _route_test(self.entries))
+        single = self.decisions[0] if len(self.decisions) == 1 else None
+        object.__setattr__(self, "single", single)
 
     @property
     def catch_all(self) -> bool:
@@ -376,6 +386,31 @@ class Route:
             return decisions[0]
         cumulative = self.cumulative
         return decisions[bisect.bisect_right(cumulative, rng.random() * cumulative[-1])]
+
+
+def _never(request: RouteRequest) -> bool:
+    return False
+
+
+def _route_test(entries: tuple[MatchEntry, ...] | None) -> Test | None:
+    if entries is None:
+        return None
+    live = tuple(entry for entry in entries if entry.excluded is None)
+    if not live:
+        return _never
+    if len(live) == 1:
+        conditions = live[0].conditions
+        if len(conditions) == 1:
+            return conditions[0].test
+        return live[0].matches
+
+    def any_entry(request: RouteRequest) -> bool:
+        for entry in live:
+            if entry.matches(request):
+                return True
+        return False
+
+    return any_entry
 
 
 @dataclass(frozen=True, slots=True)
@@ -434,8 +469,10 @@ class RouteTable:
         if vhost is None:
             return self.outside(request.host)
         for route in vhost.routes:
-            if route.matches(request):
-                return route.pick(rng)
+            test = route.test
+            if test is None or test(request):
+                single = route.single
+                return single if single is not None else route.pick(rng)
         return vhost.no_route
 
     def outside(self, host: str) -> RouteDecision:

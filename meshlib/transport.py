@@ -123,19 +123,27 @@ def view_of(request: httpx.Request, headers: dict[str, str]) -> RouteRequest:
     normalised what that would (the method is upper case, the host lower case), and a request
     from an httpx client always carries its ``host`` header, the authority the router sees."""
     url = request.url
+    try:  # httpx keeps the parsed URL as a named tuple: read it once, not through 5 properties
+        scheme, _, host, port, path, query, _ = url._uri_reference
+    except (AttributeError, ValueError):  # pragma: no cover - another httpx layout
+        scheme, host, port, path = url.scheme, url.host, url.port, url.path
+        query = url.query.decode("ascii", "replace")
+    else:
+        if host.startswith("xn--"):  # IDNA: the router sees the host as written
+            host = url.host
+        if "%" in path:  # the router sees the path decoded, as httpx's URL.path gives it
+            path = url.path
     view = _new_view(RouteRequest)
     view.method = request.method
-    view.scheme = scheme = url.scheme
-    view.host = url.host
-    port = url.port
+    view.scheme = scheme
+    view.host = host
     view.port = port if port is not None else (443 if scheme == "https" else 80)
-    view.path = url.path or "/"
-    query = url.query
-    view.query = query.decode("ascii", "replace") if query else ""
+    view.path = path or "/"
+    view.query = query or ""
     view.headers = headers
     authority = headers.get("host")
     if authority is None:
-        authority = url.host if port is None else f"{url.host}:{port}"
+        authority = host if port is None else f"{host}:{port}"
     view.authority = authority
     view._params = None
     return view
@@ -329,6 +337,13 @@ class Call:
         """The route's request edits, once per call: rewrite, header operations, keep-alive."""
         request = self.request
         decision = self.decision
+        cluster = self.cluster
+        if (
+            decision.plain
+            and (cluster is None or cluster.keepalive)
+            and TIMEOUT_OVERRIDE_HEADER not in self.view.headers
+        ):
+            return
         rewrite = decision.rewrite
         target = decision.destination
         operations = [
@@ -605,21 +620,16 @@ class Call:
             message, request=self.request, route=route, destination=destination, flag=flags
         )
 
-    def permit(self) -> Any:
-        """The breaker's permission for an attempt; an open breaker fails the call at once."""
-        assert self.cluster is not None
-        try:
-            return self.cluster.permit()
-        except CircuitOpenError as exc:
-            self.flags.append("UO")
-            target = self.decision.destination
-            error = CircuitOpenError(
-                "circuit breaker open: failing fast",
-                request=self.request,
-                route=MeshInfo(self.decision, None, self.attempts, "").route,
-                destination=target.name if target is not None else None,
-            )
-            raise error from exc
+    def refused(self, exc: CircuitOpenError) -> CircuitOpenError:
+        """The error for an attempt the breaker refused (``exc``): the call fails at once."""
+        self.flags.append("UO")
+        target = self.decision.destination
+        return CircuitOpenError(
+            "circuit breaker open: failing fast",
+            request=self.request,
+            route=MeshInfo(self.decision, None, self.attempts, "").route,
+            destination=target.name if target is not None else None,
+        )
 
     def overflow(self) -> httpx.Response:
         """Envoy's answer to a connection-pool overflow: 503, flag UO, never retried."""
@@ -866,17 +876,18 @@ class MeshTransport(httpx.BaseTransport):
                     return call.overflow()
             else:
                 lease = FREE_LEASE
+            ticket: Any
             if cluster.breaker is None:
                 ticket = NO_TICKET
             else:
                 try:
-                    ticket = call.permit()
-                except CircuitOpenError:
+                    ticket = cluster.breaker.permit()
+                except CircuitOpenError as exc:
                     lease.release()
-                    raise
+                    raise call.refused(exc) from exc
             attempt = call.attempt_request(timeout)
             endpoint = call.endpoint
-            counted = cluster.begin(endpoint)
+            counted = cluster.begin(endpoint) if cluster.counts else 0
             token = call.attempt_started(attempt) if call.telemetry.active else None
             try:
                 response = self.inner.handle_request(attempt)
@@ -898,8 +909,10 @@ class MeshTransport(httpx.BaseTransport):
                 raise
             delay = call.settle(response, ticket, token)
             if delay is None:
-                if response.is_closed or (lease is FREE_LEASE and not counted):
-                    cluster.end(endpoint, lease, counted)  # nothing held until the body is read
+                if lease is FREE_LEASE and not counted:
+                    pass  # nothing to give back when the body is read
+                elif response.is_closed:
+                    cluster.end(endpoint, lease, counted)
                 else:
                     response.stream = _ReleasingStream(
                         response.stream,  # type: ignore[arg-type]
@@ -967,17 +980,18 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                     return call.overflow()
             else:
                 lease = FREE_LEASE
+            ticket: Any
             if cluster.breaker is None:
                 ticket = NO_TICKET
             else:
                 try:
-                    ticket = call.permit()
-                except CircuitOpenError:
+                    ticket = cluster.breaker.permit()
+                except CircuitOpenError as exc:
                     lease.release()
-                    raise
+                    raise call.refused(exc) from exc
             attempt = call.attempt_request(timeout)
             endpoint = call.endpoint
-            counted = cluster.begin(endpoint)
+            counted = cluster.begin(endpoint) if cluster.counts else 0
             token = call.attempt_started(attempt) if call.telemetry.active else None
             try:
                 response = await self.inner.handle_async_request(attempt)
@@ -999,8 +1013,10 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                 raise
             delay = call.settle(response, ticket, token)
             if delay is None:
-                if response.is_closed or (lease is FREE_LEASE and not counted):
-                    cluster.end(endpoint, lease, counted)  # nothing held until the body is read
+                if lease is FREE_LEASE and not counted:
+                    pass  # nothing to give back when the body is read
+                elif response.is_closed:
+                    cluster.end(endpoint, lease, counted)
                 else:
                     response.stream = _AsyncReleasingStream(
                         response.stream,  # type: ignore[arg-type]
