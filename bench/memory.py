@@ -113,9 +113,13 @@ class Clock:
 
 
 class DropExporter(SpanExporter):
-    """Takes the spans and does nothing with them."""
+    """Takes the spans and does nothing with them but count them."""
+
+    def __init__(self) -> None:
+        self.spans = 0
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.spans += len(spans)
         return SpanExportResult.SUCCESS
 
 
@@ -142,7 +146,8 @@ class Workload:
         self.clock = Clock()
         self.upstream = Upstream()
         self.provider = TracerProvider()
-        self.provider.add_span_processor(BatchSpanProcessor(DropExporter()))
+        self.exporter = DropExporter()
+        self.provider.add_span_processor(BatchSpanProcessor(self.exporter))
         config = load_texts([("memory.yaml", CONFIG)])
         self.recorder = MetricsRecorder(config.service)
         tracer = MeshTracer(self.provider, service="productpage", clock=self.clock, sampling=100)
@@ -217,12 +222,17 @@ class Workload:
             if not op():
                 wrong[name] = wrong.get(name, 0) + 1
 
-    def settle(self) -> None:
+    def settle(self) -> int:
         """What a checkpoint does before reading the RSS: spans exported, metrics scraped,
-        garbage collected."""
+        garbage collected. Returns the requests the metrics have counted so far."""
         self.provider.force_flush()
-        self.recorder.scrape()
+        _, body = self.recorder.scrape()
         gc.collect()
+        return sum(
+            int(float(line.rsplit(" ", 1)[1]))
+            for line in body.decode().splitlines()
+            if line.startswith("istio_requests_total{")
+        )
 
     def close(self) -> None:
         self.client.close()
@@ -287,7 +297,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"| {verdict(result['met'])} |",
         "",
         f"{result['calls']:,} calls in {result['seconds_calls']:.0f} s "
-        f"({result['us_per_call']:.0f} µs per call): {result['mix']}. "
+        f"({result['us_per_call']:.0f} µs per call): {result['mix']}; "
+        f"{result['spans_exported']:,} spans exported, {result['requests_in_metrics']:,} "
+        "requests in istio_requests_total. "
         + (
             f"Calls that ended otherwise than expected: {result['wrong']}."
             if result["wrong"]
@@ -334,9 +346,10 @@ def main(argv: list[str] | None = None) -> None:
         workload.run(target - done)
         calls_seconds += time.perf_counter() - begun
         done = target
-        workload.settle()
+        counted = workload.settle()
         checkpoints.append({"calls": done, "rss_kib": rss_kib()})
     counts, wrong = dict(workload.counts), dict(workload.wrong)
+    spans = workload.exporter.spans
     workload.close()
     first, last = checkpoints[0]["rss_kib"], checkpoints[-1]["rss_kib"]
     result: dict[str, Any] = {
@@ -352,6 +365,8 @@ def main(argv: list[str] | None = None) -> None:
         "met": last - first <= LIMIT_KIB,
         "mix": ", ".join(f"{name} {n:,}" for name, n in counts.items()),
         "wrong": wrong,
+        "spans_exported": spans,
+        "requests_in_metrics": counted,
         "seconds_calls": calls_seconds,
         "us_per_call": calls_seconds / calls * 1e6,
     }
