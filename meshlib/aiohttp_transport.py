@@ -37,6 +37,7 @@ import httpx
 from aiohttp.client_reqrep import ClientRequest, ClientResponse
 from aiohttp.helpers import TimerNoop
 from aiohttp.http import HttpVersion10
+from aiohttp.streams import EMPTY_PAYLOAD
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -68,14 +69,15 @@ class AiohttpResponseStream(httpx.AsyncByteStream):
     the connection back (to the pool when the body was read to its end, else closed).
 
     Its own async iterator, not an async generator: nothing for the event loop to track per
-    response."""
+    response. Closed, it lets go of aiohttp's response: httpx keeps its response in a reference
+    cycle, and what that holds waits for the garbage collector."""
 
     __slots__ = ("_content", "_request", "_response")
 
     def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request) -> None:
-        self._response = response
+        self._response: aiohttp.ClientResponse | None = response
         self._request = request
-        self._content = response.content
+        self._content: aiohttp.StreamReader = response.content
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self
@@ -90,7 +92,11 @@ class AiohttpResponseStream(httpx.AsyncByteStream):
         return chunk
 
     async def aclose(self) -> None:
-        self._response.release()
+        response = self._response
+        if response is not None:
+            self._response = None
+            self._content = EMPTY_PAYLOAD
+            response.release()
 
 
 class _Request(ClientRequest):
