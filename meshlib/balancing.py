@@ -82,7 +82,7 @@ import random
 import threading
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import accumulate
+from itertools import accumulate, islice
 from typing import Protocol
 
 from meshlib.clock import Clock
@@ -425,9 +425,17 @@ class LeastRequest:
 
 @dataclass(frozen=True, slots=True)
 class _Ring:
+    """The ring: sorted entries, each one int ``hash << shift | i`` for its owner
+    ``endpoints[i]``. Sorted, they order as the pairs (hash, i) would, and the ring is built
+    without a tuple per entry or a second pass to split them (a ring has up to 131,072 entries
+    and is rebuilt on the request path whenever the endpoints change)."""
+
     endpoints: tuple[Endpoint, ...]
-    hashes: tuple[int, ...]
-    owners: tuple[Endpoint, ...]
+    entries: tuple[int, ...]
+    shift: int
+
+    def owner(self, position: int) -> Endpoint:
+        return self.endpoints[self.entries[position] & ((1 << self.shift) - 1)]
 
 
 class RingHash:
@@ -463,11 +471,12 @@ class RingHash:
         if ring is None or not _same(ring.endpoints, endpoints):
             ring = self._build(endpoints)
         key = hash_key & _MASK64 if hash_key is not None else self._rng.getrandbits(64)
-        hashes = ring.hashes
-        index = bisect.bisect_left(hashes, key)
-        if index == len(hashes):
+        entries = ring.entries
+        # the first entry whose hash is >= key: (key << shift) sorts before (key << shift | i)
+        index = bisect.bisect_left(entries, key << ring.shift)
+        if index == len(entries):
             index = 0
-        owner = ring.owners[index]
+        owner = ring.owner(index)
         if avoid and owner in avoid:
             return self._walk(ring, index, avoid)
         return owner
@@ -475,19 +484,18 @@ class RingHash:
     @staticmethod
     def _walk(ring: _Ring, start: int, avoid: Collection[Endpoint]) -> Endpoint:
         """The first endpoint after ``start`` on the ring that was not tried yet."""
-        owners = ring.owners
         fresh = False
         for ep in ring.endpoints:
             if ep not in avoid:
                 fresh = True
                 break
         if fresh:
-            size = len(owners)
+            size = len(ring.entries)
             for step in range(1, size):
-                owner = owners[(start + step) % size]
+                owner = ring.owner((start + step) % size)
                 if owner not in avoid:
                     return owner
-        return owners[start]
+        return ring.owner(start)
 
     def _build(self, endpoints: Sequence[Endpoint]) -> _Ring:
         with self._lock:
@@ -502,17 +510,14 @@ class RingHash:
             total_units = sum(units)
             if total_units * per_unit > MAXIMUM_RING_SIZE:
                 per_unit = max(1, MAXIMUM_RING_SIZE // total_units)
-            entries: list[tuple[int, int]] = []
+            shift = len(members).bit_length()
+            entries: list[int] = []
             for index, (ep, unit) in enumerate(zip(members, units, strict=True)):
                 count = unit * per_unit
                 points = self._points_of(ep.address, count)
-                entries.extend((points[i], index) for i in range(count))
+                entries += [point << shift | index for point in islice(points, count)]
             entries.sort()
-            ring = _Ring(
-                members,
-                tuple(h for h, _ in entries),
-                tuple(members[i] for _, i in entries),
-            )
+            ring = _Ring(members, tuple(entries), shift)
             self._ring = ring
             if len(self._points) > 2 * len(members) + 16:
                 present = {ep.address for ep in members}

@@ -22,6 +22,7 @@ from meshlib.balancing import (
     RandomPicker,
     RingHash,
     RoundRobin,
+    _hash64,
     hash_key,
     make_picker,
 )
@@ -259,6 +260,28 @@ def test_ring_hash_ring_size() -> None:
     assert picker.minimum_ring_size == 64
     pool = _endpoints(4)
     assert _shares(picker, pool, 4_000) == pytest.approx([0.25] * 4, abs=0.1)
+
+
+def test_ring_hash_ring_is_every_entry_in_hash_order() -> None:
+    # Envoy's ring: each endpoint's entries hash("<address>_<i>"), weight units times
+    # minimumRingSize of them; a key goes to the first entry at or after it, wrapping around.
+    pool = _endpoints(5, [2, 1, 4, 1, 3])
+    picker = RingHash(random.Random(1), minimum_ring_size=32)
+    ring = sorted(
+        (_hash64(f"{ep.address}_{i}"), index)
+        for index, ep in enumerate(pool)
+        for i in range(ep.weight * 32)
+    )
+    for position, (point, index) in enumerate(ring):
+        assert picker.pick(pool, point) is pool[index]
+        following = ring[(position + 1) % len(ring)][1]
+        assert picker.pick(pool, point + 1) is pool[following]
+    assert picker.pick(pool, ring[-1][0] + 1) is pool[ring[0][1]]  # wraps around
+    assert picker.pick(pool, 0) is pool[ring[0][1]]
+    # a retry walks on along the ring to the first endpoint not tried
+    point, owner = ring[0]
+    following = next(i for _, i in ring if i != owner)
+    assert picker.pick(pool, point, avoid=[pool[owner]]) is pool[following]
 
 
 # --------------------------------------------------------------------------- make_picker
