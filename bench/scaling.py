@@ -20,9 +20,11 @@ Three families, each a mesh built from generated config (no network: the inner t
   hash key (consistent hash only), then ``Balancer.choose``. Rows: a first attempt; a retry
   (the endpoint of the first attempt to avoid); a pick with outlier detection on and one
   endpoint ejected (none when there is one endpoint); the whole call. Target: flat, or
-  logarithmic (ratio within ``FLAT_OR_LOG``). Rows with unequal endpoint weights are reported
-  for information: smooth weighted round robin and least request's load-adjusted weights
-  recompute every endpoint's weight on each pick, by design (see ``meshlib/balancing.py``).
+  logarithmic (ratio within ``FLAT_OR_LOG``). Reported for information: picks with unequal
+  endpoint weights (smooth weighted round robin and least request's load-adjusted weights
+  recompute every endpoint's weight on each pick, by design: see ``meshlib/balancing.py``), and
+  the first pick after the endpoints changed (an ejection, a return, a registry change), when
+  the picker rebuilds its table or ring.
 
 Measures (per call):
 
@@ -42,6 +44,7 @@ within each round; a slope is ``log(ratio) / log(size ratio)`` (0: flat, 1: line
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -221,6 +224,22 @@ def pick_probe(mesh: Mesh, *, retry: bool = False) -> tuple[Probe, Any]:
     if chosen is None or (retry and len(cluster.endpoints()) > 1 and chosen in tried):
         raise RuntimeError("the pick does not do what the benchmark says")
     return pick, cluster
+
+
+def changed_pick_probe(mesh: Mesh) -> Probe:
+    """A pick from a list that differs from the last one (one endpoint more or less, in turn),
+    as after an ejection, a return or a registry change: what the picker rebuilds then."""
+    _, cluster = pick_probe(mesh)
+    endpoints = cluster.endpoints()
+    lists = (endpoints, endpoints[:-1]) if len(endpoints) > 1 else (endpoints, tuple(endpoints))
+    picker = cluster.balancer.picker
+    turn = itertools.cycle(lists)
+    key = 0x5EED if cluster.consistent_hash is not None else None
+
+    def pick() -> object:
+        return picker.pick(next(turn), key)
+
+    return pick
 
 
 def ejecting_pick_probe(mesh: Mesh) -> Probe:
@@ -433,6 +452,7 @@ def bench_endpoints(
             probes[f"ejected/{count}"] = ejecting_pick_probe(ejecting)
             weighted = in_memory(endpoints_config(count, lb, weighted=True, outlier=False))
             probes[f"weighted/{count}"] = pick_probe(weighted)[0]
+            probes[f"changed/{count}"] = changed_pick_probe(plain)
         family = Family(probes)
         family.measure(rounds, block)
         rows = (
@@ -441,6 +461,7 @@ def bench_endpoints(
             ("ejected", "pick, one endpoint ejected", "flat-or-log", ""),
             ("call", "whole call (in-memory)", "flat-or-log", ""),
             ("weighted", "pick, unequal weights (1, 2, 3, …)", "info", _weighted_note(name)),
+            ("changed", "first pick after the endpoints changed", "info", _changed_note(name)),
         )
         for key, label, target, note in rows:
             names = [f"{key}/{n}" for n in sizes]
@@ -457,6 +478,12 @@ def bench_endpoints(
                 )
             )
     return out
+
+
+def _changed_note(balancer: str) -> str:
+    if balancer == "consistentHash":
+        return "the ring is rebuilt: up to 131,072 entries"
+    return "the picker's weight table is rebuilt"
 
 
 def _weighted_note(balancer: str) -> str:
