@@ -103,7 +103,8 @@ def _inner(result: dict[str, Any]) -> set[str]:
 def _plan(plan: dict[str, Any]) -> str:
     return (
         f"{plan['rounds']} interleaved rounds per workload; each stack ≤ {plan['calls']:,} calls "
-        f"and ≤ {plan['seconds']:g} s per workload (after a warm-up of ≤ {plan['warm_calls']} "
+        f"and ≤ {plan['seconds']:g} s per workload, 2× for sync c=1 and 1.5× for 32 threads and "
+        f"async c=32 (after a warm-up of ≤ {plan['warm_calls']} "
         f"calls or {plan['warm_seconds']:g} s); peak RSS: {plan['rss']} workloads "
         f"(≤ {plan['rss_calls']:,} calls or {plan['rss_seconds']:g} s in a fresh process)"
     )
@@ -153,6 +154,15 @@ def per_hop_table(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _blocks(blocks: dict[str, Any] | None) -> str:
+    if not blocks:
+        return ""
+    return (
+        f" {blocks['rounds']} rounds; blocks of ≤ {blocks['calls']:,} calls or "
+        f"{blocks['seconds']:.2g} s."
+    )
+
+
 def workload_table(key: str, workload: dict[str, Any]) -> list[str]:
     stacks = workload["stacks"]
     baseline = "a-httpx" if workload["shape"] == "async" else "httpx"
@@ -161,7 +171,8 @@ def workload_table(key: str, workload: dict[str, Any]) -> list[str]:
         f"### {workload['label']}",
         "",
         f"A/A noise: p50 {_noise(aa.get('p50'))}, p99 {_noise(aa.get('p99'))}, throughput "
-        f"{_noise(aa.get('throughput'))}, CPU {_noise(aa.get('cpu'))}.",
+        f"{_noise(aa.get('throughput'))}, CPU {_noise(aa.get('cpu'))}."
+        + _blocks(workload.get("blocks")),
         "",
         "| stack | p50 µs | p90 µs | p99 µs | calls/s | client CPU µs/call "
         "| HAProxy CPU µs/call | peak RSS MiB | upstream busy | calls | non-200 |",

@@ -88,6 +88,7 @@ class Workload:
     request: Request
     stacks: tuple[str, ...]
     quick_rss: bool = False  # peak RSS measured in --quick runs too
+    weight: float = 1.0  # more time for the workloads the targets read
 
     @property
     def baseline(self) -> str:
@@ -102,12 +103,14 @@ GET = Request()
 GET64 = Request(query=f"?size={KIB64}")
 POST64 = Request(method="POST", body=BODY)
 WORKLOADS = (
-    Workload("sync-c1", "sync, c=1, GET", "sync", 1, GET, SYNC_ALL, quick_rss=True),
+    Workload("sync-c1", "sync, c=1, GET", "sync", 1, GET, SYNC_ALL, quick_rss=True, weight=2),
     Workload("sync-c1-64k", "sync, c=1, GET 64 KiB response", "sync", 1, GET64, SYNC_BODY),
     Workload("sync-c1-post64k", "sync, c=1, POST 64 KiB", "sync", 1, POST64, SYNC_BODY),
-    Workload("threads-32", "32 threads, one client, GET", "threads", 32, GET, THREADS),
+    Workload("threads-32", "32 threads, one client, GET", "threads", 32, GET, THREADS, weight=1.5),
     Workload("async-c1", "async, c=1, GET", "async", 1, GET, ASYNC_ALL),
-    Workload("async-c32", "async, c=32, GET", "async", 32, GET, ASYNC_ALL, quick_rss=True),
+    Workload(
+        "async-c32", "async, c=32, GET", "async", 32, GET, ASYNC_ALL, quick_rss=True, weight=1.5
+    ),
     Workload("async-c256", "async, c=256, GET", "async", 256, GET, ASYNC_ALL),
     Workload("async-c32-64k", "async, c=32, GET 64 KiB response", "async", 32, GET64, ASYNC_BODY),
     Workload("async-c32-post64k", "async, c=32, POST 64 KiB", "async", 32, POST64, ASYNC_BODY),
@@ -124,13 +127,21 @@ class Plan:
     warm_seconds: float = 0.5
     warm_calls: int = 300
     rss: str = "all"  # "all", "quick" (workloads marked quick_rss) or "none"
-    rss_seconds: float = 1.5
-    rss_calls: int = 2000
+    rss_seconds: float = 1.0
+    rss_calls: int = 1000
+
+    def blocks(self, workload: Workload) -> tuple[int, int, float]:
+        """Rounds, calls per block and seconds per block for ``workload``: a workload of
+        weight w gets w times the rounds, calls and seconds (never fewer calls per block than
+        its concurrency)."""
+        rounds = max(1, round(self.rounds * workload.weight))
+        calls = max(workload.concurrency, int(self.calls * workload.weight) // rounds)
+        return rounds, calls, self.seconds * workload.weight / rounds
 
     @classmethod
     def quick(cls) -> Plan:
         return cls(
-            seconds=0.6,
+            seconds=0.5,
             rounds=3,
             calls=4000,
             warm_seconds=0.1,
@@ -210,10 +221,9 @@ def run_sync(workload: Workload, stacks: list[str], where: Endpoints, plan: Plan
     try:
         for key in list(calls):
             block(key, max(plan.warm_calls, workload.concurrency), plan.warm_seconds)
-        per_block = max(1, plan.calls // plan.rounds)
-        block_seconds = plan.seconds / plan.rounds
+        rounds, per_block, block_seconds = plan.blocks(workload)
         outcome.series = {key: _measure.Series() for key in calls}
-        for order in _measure.rotations(list(calls), plan.rounds):
+        for order in _measure.rotations(list(calls), rounds):
             for key in order:
                 gc.collect()
                 before = others.sample()
@@ -245,10 +255,9 @@ async def _run_async(
         for call in calls.values():
             n = max(plan.warm_calls, concurrency)
             await _measure.async_block(call, concurrency, n, plan.warm_seconds)
-        per_block = max(concurrency, plan.calls // plan.rounds)
-        block_seconds = plan.seconds / plan.rounds
+        rounds, per_block, block_seconds = plan.blocks(workload)
         outcome.series = {key: _measure.Series() for key in calls}
-        for order in _measure.rotations(list(calls), plan.rounds):
+        for order in _measure.rotations(list(calls), rounds):
             for key in order:
                 gc.collect()
                 before = others.sample()
@@ -681,6 +690,9 @@ def main(argv: list[str] | None = None) -> None:
                 "shape": workload.shape,
                 "concurrency": workload.concurrency,
                 "method": workload.request.method,
+                "blocks": dict(
+                    zip(("rounds", "calls", "seconds"), plan.blocks(workload), strict=True)
+                ),
                 "stacks": rows,
                 "skipped": outcome.skipped,
                 "details": {k: v for k, v in outcome.details.items() if v},
