@@ -58,7 +58,7 @@ def markdown(result: dict[str, Any]) -> str:
         "# meshlib side by side: results",
         "",
         f"- Command: `{result['command']}` ({result['seconds']:.0f} s)",
-        f"- Date: {result['date']}",
+        f"- Date: {result['date']}; meshlib at commit {m.get('commit', 'unknown')}",
         f"- Machine: {m['cpu']}, {m['cpus']} CPUs, {m['memory']}; {m['os']}, Linux "
         f"{m['kernel']}; {m['python']}",
         f"- Load average (1, 5, 15 min) at start {m['load_average_start']}, at end "

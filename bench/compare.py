@@ -584,6 +584,7 @@ def machine() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             versions[package] = "not installed"
     return {
+        "commit": _commit(),
         "cpu": model,
         "cpus": os.cpu_count(),
         "memory": mem,
@@ -593,6 +594,22 @@ def machine() -> dict[str, Any]:
         "packages": versions,
         "load_average_start": [round(x, 2) for x in os.getloadavg()],
     }
+
+
+def _commit() -> str:
+    """The checkout's commit, and whether meshlib/ differs from it."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=False
+        )
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD")
+    if not commit:
+        return "unknown"
+    changed = git("status", "--porcelain", "--", "meshlib")
+    return commit + (" with uncommitted changes in meshlib/" if changed else "")
 
 
 # --------------------------------------------------------------------------- main
