@@ -156,29 +156,14 @@ _current_context = context._current.get
 class Call:
     """One request's way through the mesh: every decision, no I/O."""
 
-    __slots__ = (
-        "attempts",
-        "cluster",
-        "deadline",
-        "decision",
-        "endpoint",
-        "extensions",
-        "fault",
-        "flags",
-        "info",
-        "mesh",
-        "original_headers",
-        "original_url",
-        "replayable",
-        "request",
-        "retry",
-        "started",
-        "telemetry",
-        "tried",
-        "url",
-        "user_deadline",
-        "view",
-    )
+    # Not slotted: what most calls never change is a class default, so that starting a call
+    # writes only what differs per request.
+    attempts: int = 0
+    endpoint: Endpoint | None = None
+    fault: FaultAction | None = None
+    cluster: Cluster | None = None
+    retry: RetryState | None = None
+    info: RequestInfo | None = None
 
     def __init__(self, mesh: Mesh, request: httpx.Request) -> None:
         self.mesh = mesh
@@ -191,17 +176,10 @@ class Call:
         self.view = view = view_of(request, headers)
         self.decision = decision = mesh._snapshot.table.route(view, mesh.rng)
         self.flags: list[str] = []
-        self.attempts = 0
-        self.endpoint: Endpoint | None = None
         self.tried: list[Endpoint] = []
-        self.fault: FaultAction | None = None
-        self.cluster: Cluster | None = None
-        self.retry: RetryState | None = None
-        self.replayable = isinstance(request.stream, httpx.ByteStream)
         self.original_url = self.url = request.url
         self.extensions = extensions = request.extensions
         self.telemetry = mesh.telemetry
-        self.info: RequestInfo | None = None
         self.started = now = mesh.now()
         timeout = decision.timeout
         if headers.get(TIMEOUT_OVERRIDE_HEADER) is not None:
@@ -212,6 +190,11 @@ class Call:
         user = extensions.get("timeout")
         user = user.get("read") if user else None
         self.user_deadline = now + user if user else None
+
+    @property
+    def replayable(self) -> bool:
+        """Whether the request body can be sent again (a retry, a mirror): it is in memory."""
+        return isinstance(self.request.stream, httpx.ByteStream)
 
     # ------------------------------------------------------------------ before the upstream
 
