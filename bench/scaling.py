@@ -452,7 +452,8 @@ def bench_endpoints(
             probes[f"ejected/{count}"] = ejecting_pick_probe(ejecting)
             weighted = in_memory(endpoints_config(count, lb, weighted=True, outlier=False))
             probes[f"weighted/{count}"] = pick_probe(weighted)[0]
-            probes[f"changed/{count}"] = changed_pick_probe(plain)
+            other = in_memory(endpoints_config(count, lb, weighted=False, outlier=False))
+            probes[f"changed/{count}"] = changed_pick_probe(other)  # a picker of its own
         family = Family(probes)
         family.measure(rounds, block)
         rows = (
@@ -498,6 +499,8 @@ def _weighted_note(balancer: str) -> str:
 
 
 def _figure(ns: float) -> str:
+    if ns >= 1e6:
+        return f"{ns / 1e6:,.1f} ms"
     return f"{ns / 1000:,.1f} µs" if ns >= 10_000 else f"{ns:,.0f} ns"
 
 
