@@ -180,7 +180,7 @@ def workload_table(key: str, workload: dict[str, Any]) -> list[str]:
     ]
     lines += [_row(stack, row) for stack, row in stacks.items()]
     for stack, why in workload.get("skipped", {}).items():
-        lines.append(f"| {STACKS[stack].label} | not run: {why} |||||||||| ")
+        lines.append(f"| {STACKS[stack].label} | not run: {why} ||||||||||")
     lines.append("")
     return lines
 
@@ -189,7 +189,11 @@ def workload_table(key: str, workload: dict[str, Any]) -> list[str]:
 
 
 def charts(result: dict[str, Any], out: Path) -> list[Path]:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        print("no charts: matplotlib is not installed (the bench extra)")
+        return []
 
     matplotlib.use("Agg")
     made = []

@@ -167,6 +167,8 @@ def aiohttp_inner(concurrency: int) -> tuple[Any, str]:
     """meshlib's aiohttp inner transport for ``concurrency`` concurrent calls, and how it was
     made; ``UnavailableError`` when this meshlib has none."""
     try:
+        import aiohttp  # noqa: F401 - only whether it is there
+
         from meshlib import aiohttp_transport
     except ImportError as error:
         raise UnavailableError(f"meshlib.aiohttp_transport is not importable ({error})") from None
@@ -330,7 +332,10 @@ async def build_async(stack: str, where: Endpoints, request: Request, concurrenc
         return Built(call, client.aclose)
 
     if stack == "aiohttp":
-        import aiohttp
+        try:
+            import aiohttp
+        except ImportError:
+            raise UnavailableError("aiohttp is not installed (the bench extra)") from None
 
         connector = aiohttp.TCPConnector(limit=MAX_CONNECTIONS, keepalive_timeout=KEEPALIVE_S)
         session = aiohttp.ClientSession(connector=connector)
