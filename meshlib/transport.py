@@ -528,8 +528,8 @@ class Call:
             self.telemetry.emit(RetryScheduled(self.request_info(), self.attempts, delay))
 
     def finished(self, response: httpx.Response | None, error: BaseException | None) -> None:
-        """Tell telemetry the request is over (metrics, access log)."""
-        if not self.telemetry.active:
+        """Tell the listeners the request is over (metrics, access log)."""
+        if not self.telemetry.listening:
             return
         status = response.status_code if response is not None else None
         if status is None and isinstance(error, MeshRequestError):

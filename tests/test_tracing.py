@@ -232,7 +232,6 @@ def test_one_client_span_per_attempt(kind: str) -> None:
         "server.port": 9080,
         "network.peer.address": "reviews-v2.upstream.test",
         "network.peer.port": 80,
-        "meshlib.endpoint": "reviews-v2.upstream.test:80",
         "meshlib.virtual_service": "default/reviews-route",
         "meshlib.route.name": "to-v2",
         "meshlib.route.index": 1,

@@ -171,14 +171,16 @@ class AttemptTracer(Protocol):
 class Telemetry:
     """The hub one mesh reports to."""
 
-    __slots__ = ("_listeners", "active", "tracer")
+    __slots__ = ("_listeners", "active", "listening", "tracer")
 
     def __init__(
         self, listeners: Sequence[MeshListener] = (), tracer: AttemptTracer | None = None
     ) -> None:
         self._listeners: tuple[MeshListener, ...] = tuple(listeners)
         self.tracer = tracer
-        self.active = bool(self._listeners) or tracer is not None
+        #: Whether anything listens for events (a tracer alone needs only the attempt ones).
+        self.listening = bool(self._listeners)
+        self.active = self.listening or tracer is not None
 
     @property
     def listeners(self) -> tuple[MeshListener, ...]:
@@ -186,15 +188,16 @@ class Telemetry:
 
     def add_listener(self, listener: MeshListener) -> None:
         self._listeners = (*self._listeners, listener)
-        self.active = True
+        self.listening = self.active = True
 
     def remove_listener(self, listener: MeshListener) -> None:
         self._listeners = tuple(x for x in self._listeners if x is not listener)
-        self.active = bool(self._listeners) or self.tracer is not None
+        self.listening = bool(self._listeners)
+        self.active = self.listening or self.tracer is not None
 
     def set_tracer(self, tracer: AttemptTracer | None) -> None:
         self.tracer = tracer
-        self.active = bool(self._listeners) or tracer is not None
+        self.active = self.listening or tracer is not None
 
     def close(self) -> None:
         """Release what the listeners and the tracer hold (a scrape server, exporters): each

@@ -33,6 +33,7 @@ import logging
 import os
 import random
 import sys
+import time
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -56,7 +57,7 @@ from opentelemetry.trace import (
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 import meshlib
-from meshlib.clock import SYSTEM_CLOCK, Clock
+from meshlib.clock import SYSTEM_CLOCK, Clock, SystemClock
 from meshlib.config import model as m
 from meshlib.config.load import ServiceInfo
 from meshlib.errors import ConfigError
@@ -65,6 +66,8 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+    from meshlib.discovery import Endpoint
+    from meshlib.routing import RouteDecision
     from meshlib.telemetry import AttemptEnded, AttemptStarted
 
 log = logging.getLogger("meshlib.telemetry")
@@ -145,6 +148,7 @@ class MeshTracer:
     """
 
     __slots__ = (
+        "_attributes",
         "_clock",
         "_inject",
         "_random",
@@ -168,6 +172,7 @@ class MeshTracer:
         self._tracer = provider.get_tracer("meshlib", getattr(meshlib, "__version__", None))
         self._clock = clock
         self._random = random.Random()
+        self._attributes: dict[tuple[int, int], tuple[Any, Any, dict[str, Any]]] = {}
         self.service = service
         self.sampling = sampling
         names = tuple(propagation) if propagation is not None else DEFAULT_PROPAGATION
@@ -247,21 +252,20 @@ class MeshTracer:
         The parent is the current span (the inbound request's SERVER span, or the app's own
         span inside it); with none, the trace headers already on the request (carried from the
         inbound request, or set by the app); with none either, the attempt starts a trace."""
-        kept: list[tuple[bytes, bytes]] = []
+        kept: list[tuple[bytes, bytes, bytes]] = []
         carried: dict[str, str] = {}
-        for key, value in request.headers.raw:  # one pass: the span headers out, the rest kept
-            lower = key.lower()
+        for entry in _raw_entries(request.headers):  # one pass: span headers out, the rest kept
+            lower = entry[1]
             if lower in _SPAN_HEADER_BYTES:
-                carried[lower.decode("latin-1")] = value.decode("latin-1")
+                carried[lower.decode("latin-1")] = entry[2].decode("latin-1")
             else:
-                kept.append((key, value))
+                kept.append(entry)
         parent = otel_context.get_current()
         if carried and not trace.get_current_span(parent).get_span_context().is_valid:
             parent = extract(carried)
         info = event.request
         url = info.url
         port = url.port or _DEFAULT_PORTS.get(url.scheme)
-        decision = info.decision
         attributes: dict[str, Any] = {
             "http.request.method": info.method,
             "url.full": _full_url(url),
@@ -271,37 +275,19 @@ class MeshTracer:
             attributes["server.port"] = port
         if event.attempt > 1:
             attributes["http.request.resend_count"] = event.attempt - 1
-        endpoint = event.endpoint
-        if endpoint is not None:
-            attributes["meshlib.endpoint"] = endpoint.address
-            attributes["network.peer.address"] = endpoint.host
-            attributes["network.peer.port"] = endpoint.port
-        if decision.virtual_service is not None:
-            attributes["meshlib.virtual_service"] = decision.virtual_service
-        if decision.route_name is not None:
-            attributes["meshlib.route.name"] = decision.route_name
-        if decision.route_index is not None:
-            attributes["meshlib.route.index"] = decision.route_index
-        target = decision.destination
-        if target is not None:
-            attributes["meshlib.destination"] = target.host
-            if target.subset is not None:
-                attributes["meshlib.destination.subset"] = target.subset
+        attributes.update(self._route_attributes(info.decision, event.endpoint))
         start_ns = self._now_ns()
         span = self._start(
             info.method, parent, SpanKind.CLIENT, attributes, start_ns, info.request_id
         )
         own = span.get_span_context()
         if self._w3c and own.is_valid:  # TraceContextTextMapPropagator's output, made directly
-            kept.append(
-                (
-                    b"traceparent",
-                    f"00-{own.trace_id:032x}-{own.span_id:016x}-{own.trace_flags:02x}".encode(),
-                )
-            )
+            value = f"00-{own.trace_id:032x}-{own.span_id:016x}-{own.trace_flags:02x}".encode()
+            kept.append((b"traceparent", b"traceparent", value))
             if own.trace_state:
-                kept.append((b"tracestate", own.trace_state.to_header().encode("latin-1")))
-        headers = httpx.Headers(kept, encoding=request.headers.encoding)
+                state = own.trace_state.to_header().encode("latin-1")
+                kept.append((b"tracestate", b"tracestate", state))
+        headers = _headers_of(kept, request.headers)
         if self._inject:
             current = trace.set_span_in_context(span, parent)
             for propagator in self._inject:
@@ -327,10 +313,38 @@ class MeshTracer:
                     span.set_attribute("meshlib.fault", "delay")
         span.end(end_time=attempt.start_ns + int(event.duration * 1e9))
 
+    def _route_attributes(self, decision: RouteDecision, endpoint: Endpoint | None) -> Any:
+        """The span attributes of a route and an endpoint: the same for every attempt that
+        takes them, so made once per pair (decisions and endpoints are immutable)."""
+        key = (id(decision), id(endpoint))
+        found = self._attributes.get(key)
+        if found is not None and found[0] is decision and found[1] is endpoint:
+            return found[2]
+        attributes: dict[str, Any] = {}
+        if endpoint is not None:
+            attributes["network.peer.address"] = endpoint.host
+            attributes["network.peer.port"] = endpoint.port
+        if decision.virtual_service is not None:
+            attributes["meshlib.virtual_service"] = decision.virtual_service
+        if decision.route_name is not None:
+            attributes["meshlib.route.name"] = decision.route_name
+        if decision.route_index is not None:
+            attributes["meshlib.route.index"] = decision.route_index
+        target = decision.destination
+        if target is not None:
+            attributes["meshlib.destination"] = target.host
+            if target.subset is not None:
+                attributes["meshlib.destination.subset"] = target.subset
+        if len(self._attributes) >= 4096:
+            self._attributes.clear()
+        self._attributes[key] = (decision, endpoint, attributes)
+        return attributes
+
     # ------------------------------------------------------------------ shared
 
     def _now_ns(self) -> int:
-        return int(self._clock.wall() * 1e9)
+        clock = self._clock
+        return time.time_ns() if type(clock) is SystemClock else int(clock.wall() * 1e9)
 
     def _start(
         self,
@@ -376,6 +390,27 @@ def extract(headers: Any) -> otel_context.Context:
     for propagator in _EXTRACTORS:
         found = propagator.extract(headers, found)
     return found
+
+
+def _raw_entries(headers: httpx.Headers) -> list[tuple[bytes, bytes, bytes]]:
+    """``(name as sent, lowercase name, value)`` of every header, as httpx keeps them."""
+    try:
+        return headers._list
+    except AttributeError:  # pragma: no cover - another httpx layout: take the public way
+        return [(key, key.lower(), value) for key, value in headers.raw]
+
+
+def _headers_of(entries: list[tuple[bytes, bytes, bytes]], like: httpx.Headers) -> httpx.Headers:
+    """New ``httpx.Headers`` holding ``entries`` — already in httpx's own normalised form, so
+    they are not parsed and checked again one by one — with ``like``'s encoding."""
+    encoding = getattr(like, "_encoding", None)  # not ``like.encoding``: that may decode all
+    headers = httpx.Headers(encoding=encoding)
+    if hasattr(headers, "_list"):
+        headers._list = entries
+        return headers
+    return httpx.Headers(  # pragma: no cover - another httpx layout
+        [(key, value) for key, _, value in entries], encoding=like.encoding
+    )
 
 
 def _full_url(url: httpx.URL) -> str:

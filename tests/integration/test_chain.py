@@ -232,10 +232,11 @@ def test_one_trace_and_the_context_across_three_processes(
     assert a_server["name"] == f"GET /{outbound}"
     assert a_server["attributes"]["http.route"] == f"/{outbound}"
     assert a_client["attributes"]["url.full"] == f"http://b:9080/{outbound}"
-    assert a_client["attributes"]["meshlib.endpoint"] == f"{HOST}:{chain['b'].port}"
+    assert a_client["attributes"]["network.peer.address"] == HOST
+    assert a_client["attributes"]["network.peer.port"] == chain["b"].port
     subset = "v2" if user == "jason" else "v1"
     assert b_client["attributes"]["meshlib.destination.subset"] == subset
-    assert b_client["attributes"]["meshlib.endpoint"] == f"{HOST}:{chain['c-' + subset].port}"
+    assert b_client["attributes"]["network.peer.port"] == chain["c-" + subset].port
     assert b_client["attributes"]["http.response.status_code"] == 200
     assert c_server["attributes"]["url.path"] == f"/{outbound}"
 
