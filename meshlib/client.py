@@ -5,10 +5,10 @@ from meshlib import client
 
 response = client.get("http://reviews:9080/reviews/0")       # routed, retried, traced
 
-with client.Client(timeout=3.0) as http:                      # a stock httpx.Client
+with client.Client(timeout=3.0) as http:                      # an httpx.Client
     http.get("http://ratings/ratings/0")
 
-async with client.AsyncClient() as http:                      # a stock httpx.AsyncClient
+async with client.AsyncClient() as http:                      # an httpx.AsyncClient
     await http.get("http://details/details/0")
 ```
 
@@ -80,12 +80,12 @@ def configure(config: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] 
 
 
 def Client(**kwargs: Any) -> httpx.Client:  # noqa: N802 - reads as the class it returns
-    """A stock ``httpx.Client`` whose transport is the default mesh."""
+    """An ``httpx.Client`` whose transport is the default mesh (see ``Mesh.client``)."""
     return default_mesh().client(**kwargs)
 
 
 def AsyncClient(**kwargs: Any) -> httpx.AsyncClient:  # noqa: N802 - reads as the class it returns
-    """A stock ``httpx.AsyncClient`` whose transport is the default mesh."""
+    """An ``httpx.AsyncClient`` whose transport is the default mesh (``Mesh.async_client``)."""
     return default_mesh().async_client(**kwargs)
 
 

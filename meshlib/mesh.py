@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from meshlib.balancing import Balancer, LeastRequest
+from meshlib.clients import MeshAsyncClient, MeshClient
 from meshlib.clock import SYSTEM_CLOCK, Clock, SystemClock
 from meshlib.config import model as m
 from meshlib.config.compile import compile_table, fqdn
@@ -488,12 +489,13 @@ class Mesh:
     # ------------------------------------------------------------------ clients
 
     def client(self, **kwargs: Any) -> httpx.Client:
-        """A stock ``httpx.Client`` whose transport is this mesh."""
-        return httpx.Client(transport=MeshTransport(self), **kwargs)
+        """An ``httpx.Client`` whose transport is this mesh (a ``MeshClient``: httpx's own
+        client with cheaper per-request bookkeeping, see ``meshlib.clients``)."""
+        return MeshClient(transport=MeshTransport(self), **kwargs)
 
     def async_client(self, **kwargs: Any) -> httpx.AsyncClient:
-        """A stock ``httpx.AsyncClient`` whose transport is this mesh."""
-        return httpx.AsyncClient(transport=AsyncMeshTransport(self), **kwargs)
+        """An ``httpx.AsyncClient`` whose transport is this mesh (a ``MeshAsyncClient``)."""
+        return MeshAsyncClient(transport=AsyncMeshTransport(self), **kwargs)
 
     def sync_inner(self) -> httpx.BaseTransport:
         return self._transport if self._transport is not None else HTTPCoreTransport()

@@ -193,11 +193,11 @@ def test_module_functions_go_through_the_whole_pipeline(upstreams: Upstreams) ->
 # --------------------------------------------------------------------------- stock clients
 
 
-def test_client_is_a_stock_httpx_client_on_the_default_mesh(upstreams: Upstreams) -> None:
+def test_client_is_an_httpx_client_on_the_default_mesh(upstreams: Upstreams) -> None:
     mesh = client.configure(in_memory(upstreams))
 
     with client.Client(timeout=3.0, headers={"x-team": "blue"}) as http:
-        assert type(http) is httpx.Client
+        assert isinstance(http, httpx.Client)
         assert http.timeout == httpx.Timeout(3.0)
         response = http.get("http://reviews:9080/reviews/0")
     assert response.status_code == 200
@@ -206,13 +206,13 @@ def test_client_is_a_stock_httpx_client_on_the_default_mesh(upstreams: Upstreams
     assert client.default_mesh() is mesh
 
 
-async def test_async_client_is_a_stock_httpx_async_client_on_the_default_mesh(
+async def test_async_client_is_an_httpx_async_client_on_the_default_mesh(
     upstreams: Upstreams,
 ) -> None:
     client.configure(in_memory(upstreams))
 
     async with client.AsyncClient(headers={"x-team": "blue"}) as http:
-        assert type(http) is httpx.AsyncClient
+        assert isinstance(http, httpx.AsyncClient)
         response = await http.get("http://reviews:9080/reviews/0")
     assert response.status_code == 200
     assert info(response).endpoint == "reviews.upstream.test:80"

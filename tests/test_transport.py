@@ -127,11 +127,11 @@ class Caller:
         self._threads: ThreadPoolExecutor | None = None
         if mode == "sync":
             self._sync = mesh.client(**options)
-            assert type(self._sync) is httpx.Client
+            assert isinstance(self._sync, httpx.Client)
         else:
             self._loop = asyncio.new_event_loop()
             self._async = mesh.async_client(**options)
-            assert type(self._async) is httpx.AsyncClient
+            assert isinstance(self._async, httpx.AsyncClient)
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         assert self._loop is not None
