@@ -21,7 +21,10 @@ interleaved blocks whose order rotates every round:
 * the same two through the mesh's transport alone (``handle_request`` /
   ``handle_async_request`` on a prebuilt request): the mesh's own share, without httpx's client.
 * floors, for reference: a bare client whose transport raises at once, and one whose transport
-  answers a 503 from memory — what any failure through ``httpx.Client`` costs, mesh or not.
+  answers a 503 from memory — what any failure through ``httpx.Client`` costs, mesh or not;
+  and the same with the client class the mesh hands out (``Mesh.client()`` may return a
+  subclass of httpx's with cheaper bookkeeping: ``meshlib.clients``). A client row less its
+  floor is what the mesh adds.
 
 Target: every fast failure's median ≤ 1/50 of the sync loopback call's p50 (the client rows are
 the target; the transport rows say how much of it is the mesh's). A row that misses is profiled
@@ -56,6 +59,8 @@ BREAKER_URL = "http://reviews:9080/reviews/0"
 ABORT_URL = "http://ratings:9080/ratings/0"
 FLOOR_RAISE = "bare client, its transport raises (floor)"
 FLOOR_REPLY = "bare client, in-memory 503 (floor)"
+MESH_FLOOR_RAISE = "mesh's client class, its transport raises (floor)"
+MESH_FLOOR_REPLY = "mesh's client class, in-memory 503 (floor)"
 
 
 def mesh_config(address: str) -> str:
@@ -127,6 +132,9 @@ def sync_rows(mesh: Mesh, bare_url: str, outcomes: Outcomes) -> dict[str, Callab
     aborted = httpx.Request("GET", ABORT_URL)
     floor_reply = httpx.Client(transport=httpx.MockTransport(_abort_reply))
     floor_raise = httpx.Client(transport=_Refusing())
+    kind = type(meshed)  # the client class the mesh hands out
+    mesh_reply = kind(transport=httpx.MockTransport(_abort_reply))
+    mesh_raise = kind(transport=_Refusing())
 
     def reply_floor() -> None:
         floor_reply.get(ABORT_URL)
@@ -134,6 +142,13 @@ def sync_rows(mesh: Mesh, bare_url: str, outcomes: Outcomes) -> dict[str, Callab
     def raise_floor() -> None:
         with contextlib.suppress(httpx.ConnectError):
             floor_raise.get(BREAKER_URL)
+
+    def mesh_reply_floor() -> None:
+        mesh_reply.get(ABORT_URL)
+
+    def mesh_raise_floor() -> None:
+        with contextlib.suppress(httpx.ConnectError):
+            mesh_raise.get(BREAKER_URL)
 
     def loopback() -> None:
         if bare.get(bare_url).status_code != 200:
@@ -170,6 +185,8 @@ def sync_rows(mesh: Mesh, bare_url: str, outcomes: Outcomes) -> dict[str, Callab
         "fault abort, transport only": abort_transport,
         FLOOR_RAISE: raise_floor,
         FLOOR_REPLY: reply_floor,
+        MESH_FLOOR_RAISE: mesh_raise_floor,
+        MESH_FLOOR_REPLY: mesh_reply_floor,
     }
 
 
@@ -183,6 +200,9 @@ def async_rows(
     aborted = httpx.Request("GET", ABORT_URL)
     floor_reply = httpx.AsyncClient(transport=httpx.MockTransport(_abort_reply))
     floor_raise = httpx.AsyncClient(transport=_Refusing())
+    kind = type(meshed)  # the client class the mesh hands out
+    mesh_reply = kind(transport=httpx.MockTransport(_abort_reply))
+    mesh_raise = kind(transport=_Refusing())
 
     async def reply_floor() -> None:
         await floor_reply.get(ABORT_URL)
@@ -190,6 +210,13 @@ def async_rows(
     async def raise_floor() -> None:
         with contextlib.suppress(httpx.ConnectError):
             await floor_raise.get(BREAKER_URL)
+
+    async def mesh_reply_floor() -> None:
+        await mesh_reply.get(ABORT_URL)
+
+    async def mesh_raise_floor() -> None:
+        with contextlib.suppress(httpx.ConnectError):
+            await mesh_raise.get(BREAKER_URL)
 
     async def loopback() -> None:
         if (await bare.get(bare_url)).status_code != 200:
@@ -226,6 +253,8 @@ def async_rows(
         "fault abort, transport only": abort_transport,
         FLOOR_RAISE: raise_floor,
         FLOOR_REPLY: reply_floor,
+        MESH_FLOOR_RAISE: mesh_raise_floor,
+        MESH_FLOOR_REPLY: mesh_reply_floor,
     }
 
 
