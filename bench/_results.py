@@ -114,7 +114,8 @@ def per_hop_rows(result: dict[str, Any]) -> list[tuple[str, float, float, float]
     """(what, added p50, p90, p99 in µs) for the sync c=1 GET workload."""
     stacks = result["workloads"].get("sync-c1", {}).get("stacks", {})
     rows = []
-    for key in ("meshlib", "meshlib-traced", "hand", "otel", "haproxy", "httpx-aa"):
+    keys = ("meshlib", "meshlib-stock", "meshlib-traced", "hand", "otel", "haproxy", "httpx-aa")
+    for key in keys:
         row = stacks.get(key)
         if row is None or "added" not in row:
             continue

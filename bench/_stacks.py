@@ -43,6 +43,12 @@ STACKS: dict[str, Stack] = {
         Stack("otel", "httpx + OTel span", True, "a CLIENT span and inject() around each call"),
         Stack("hand", "hand-wired", True, "tenacity + pybreaker + OTel span and inject()"),
         Stack("meshlib", "meshlib", True, "Bookinfo rules, tracing off"),
+        Stack(
+            "meshlib-stock",
+            "meshlib on stock httpx",
+            True,
+            "the same mesh in a stock httpx.Client on httpx.HTTPTransport: the mesh's own cost",
+        ),
         Stack("meshlib-traced", "meshlib traced", True, "Bookinfo rules, tracing on"),
         Stack("haproxy", "httpx via HAProxy", True, "bare httpx.Client through one HAProxy hop"),
         Stack("a-httpx", "httpx", False, "bare httpx.AsyncClient: the baseline"),
@@ -292,16 +298,22 @@ def build_sync(stack: str, where: Endpoints, request: Request, concurrency: int)
 
         return Built(call, client.close)
 
-    if stack in ("meshlib", "meshlib-traced"):
+    if stack in ("meshlib", "meshlib-traced", "meshlib-stock"):
         from meshlib import Mesh
+        from meshlib.httpcore_transport import HTTPCoreTransport
+        from meshlib.transport import MeshTransport
 
         traced = stack == "meshlib-traced"
         if traced:
             install_tracing()
-        mesh = Mesh.from_yaml(
-            mesh_yaml(where.upstream, traced), seed=1, transport=httpx.HTTPTransport(limits=limits)
-        )
-        client = mesh.client()
+        if stack == "meshlib-stock":  # httpx's own client and transport around the mesh
+            mesh = Mesh.from_yaml(mesh_yaml(where.upstream, traced), seed=1)
+            inner = httpx.HTTPTransport(limits=limits)
+            client = httpx.Client(transport=MeshTransport(mesh, inner))
+        else:  # what mesh.client() gives, with the bench's pool size
+            inner_sync = HTTPCoreTransport(limits=limits)
+            mesh = Mesh.from_yaml(mesh_yaml(where.upstream, traced), seed=1, transport=inner_sync)
+            client = mesh.client()
         url = MESH_BASE + PATH + request.query
         _check_mesh(mesh, client.get(MESH_BASE + PATH, headers=HEADERS), traced)
 
@@ -394,6 +406,7 @@ async def build_async(stack: str, where: Endpoints, request: Request, concurrenc
 
     if stack.startswith("a-meshlib"):
         from meshlib import Mesh
+        from meshlib.clients import MeshAsyncClient
         from meshlib.transport import AsyncMeshTransport
 
         traced = stack.endswith("-traced")
@@ -405,7 +418,7 @@ async def build_async(stack: str, where: Endpoints, request: Request, concurrenc
         if traced:
             install_tracing()
         mesh = Mesh.from_yaml(mesh_yaml(where.upstream, traced), seed=1)
-        client = httpx.AsyncClient(transport=AsyncMeshTransport(mesh, inner))
+        client = MeshAsyncClient(transport=AsyncMeshTransport(mesh, inner))  # async_client()'s
         url = MESH_BASE + PATH + request.query
         _check_mesh(mesh, await client.get(MESH_BASE + PATH, headers=HEADERS), traced)
 

@@ -289,8 +289,13 @@ class MeshTracer:
                 kept.append((b"tracestate", b"tracestate", state))
         headers = _headers_of(kept, request.headers)
         if self._inject:
-            current = trace.set_span_in_context(span, parent)
+            current = None
             for propagator in self._inject:
+                if isinstance(propagator, W3CBaggagePropagator):
+                    propagator.inject(headers, parent)  # baggage lives in the context, not span
+                    continue
+                if current is None:
+                    current = trace.set_span_in_context(span, parent)
                 propagator.inject(headers, current)
         request.headers = headers
         return AttemptSpan(span, start_ns)
