@@ -16,7 +16,9 @@ and access log are left at their defaults. The bare clients call the server's ad
 Rows, each measured in interleaved blocks (bare, meshlib, bare again, in an order that rotates
 every round) so that drift — CPU frequency, the other process, the allocator — hits all alike:
 
-* sync, concurrency 1: median and p99 latency, client CPU per call (``time.process_time``).
+* sync, concurrency 1: median and p99 latency, client CPU per call (``time.process_time``);
+  the meshlib client is a stock ``httpx.Client(transport=MeshTransport(mesh))``, so the figures
+  are the data plane's own cost (``bench.compare`` also measures ``mesh.client()``).
 * A/A: the second bare client against the first, measured the same way: the noise floor.
 * async, concurrency 1 and 32: throughput of ``httpx.AsyncClient`` bare and through the mesh
   (a new client for each block: see ``_bench_async``).
@@ -46,7 +48,7 @@ from typing import Any
 import httpx
 
 from meshlib import Mesh
-from meshlib.transport import AsyncMeshTransport, MeshInfo
+from meshlib.transport import AsyncMeshTransport, MeshInfo, MeshTransport
 from tests.integration.upstream import Upstream
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -183,7 +185,13 @@ class SyncSeries:
 
 
 def bench_sync(mesh: Mesh, bare_url: str, calls: int, block: int) -> dict[str, dict[str, Any]]:
-    with httpx.Client() as bare, httpx.Client() as bare2, mesh.client() as meshed:
+    # the data plane as shipped (MeshTransport on its default inner transport) in a stock
+    # httpx.Client: what the mesh itself costs (mesh.client()'s lighter bookkeeping is left out)
+    with (
+        httpx.Client() as bare,
+        httpx.Client() as bare2,
+        httpx.Client(transport=MeshTransport(mesh)) as meshed,
+    ):
         clients: dict[str, Callable[[], int]] = {
             "bare": lambda: bare.get(bare_url, headers=HEADERS).status_code,
             "mesh": lambda: meshed.get(MESH_URL, headers=HEADERS).status_code,

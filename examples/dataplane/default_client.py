@@ -31,7 +31,7 @@ print("  route:", info.route, "| endpoint:", info.endpoint, "| attempts:", info.
 retry = info.decision.retry
 print("  retry policy:", retry.attempts, "retries on", ",".join(retry.retry_on))
 
-# 3. Client() and AsyncClient() are stock httpx clients whose transport is the mesh.
+# 3. Client() and AsyncClient() are httpx clients whose transport is the mesh.
 with client.Client(base_url="http://reviews:9080", timeout=2.0) as http:
     response = http.get("/reviews/1")
     print("Client() is an httpx.Client:", isinstance(http, httpx.Client), response.status_code)
