@@ -17,7 +17,9 @@ calls, whose latencies are left out), in an order that rotates every round:
 * ``steady``: no reload.
 * ``steady (A/A)``: the same again — the noise floor of the comparison.
 * ``apply``: a thread (as ``Mesh.watch`` runs one) calls ``Mesh.apply`` with A and B in turn
-  every ``--interval-ms`` (parsed once beforehand: compile and swap).
+  every ``--interval-ms`` (parsed once beforehand: compile and swap). The default, 500 ms, is
+  ``Mesh.watch``'s poll interval: a watcher never reloads more often, so this is a config that
+  changes at every look; ``--interval-ms 75`` is a stress test well beyond that.
 * ``reload``: the same with ``Mesh.reload`` of the two files in turn (read, parse, validate,
   compile, swap: what the watcher does on a change).
 
@@ -304,7 +306,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="fewer, shorter rounds")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--block", type=float, default=None, help="seconds per arm and round")
-    parser.add_argument("--interval-ms", type=float, default=75.0, help="time between swaps")
+    parser.add_argument(
+        "--interval-ms",
+        type=float,
+        default=500.0,
+        help="time between swaps (default: Mesh.watch's poll interval, the most often a "
+        "watcher reloads; lower it for a stress test)",
+    )
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
     args = parser.parse_args(argv)
     rounds = args.rounds or (4 if args.quick else 8)
