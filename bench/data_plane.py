@@ -47,6 +47,7 @@ from typing import Any
 
 import httpx
 
+from bench.report import percentile, rss_kib
 from meshlib import Mesh
 from meshlib.transport import AsyncMeshTransport, MeshInfo, MeshTransport
 from tests.integration.upstream import Upstream
@@ -122,19 +123,6 @@ def check_mesh(mesh: Mesh, response: httpx.Response) -> None:
     missing = [what for what, ok in checks.items() if not ok]
     if missing:
         raise RuntimeError(f"the meshlib client is not set up as described: {missing}")
-
-
-def rss_kib() -> int:
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS in /proc/self/status")
-
-
-def percentile(sorted_values: list[int], q: float) -> float:
-    index = min(len(sorted_values) - 1, round(q * (len(sorted_values) - 1)))
-    return float(sorted_values[index])
 
 
 def rotations(names: list[str], rounds: int) -> list[list[str]]:

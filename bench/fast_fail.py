@@ -37,7 +37,6 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
-import json
 import os
 import platform
 import pstats
@@ -48,7 +47,7 @@ from typing import Any
 
 import httpx
 
-from bench.report import percentile, verdict, write_json
+from bench.report import percentile, publish, verdict
 from meshlib import Mesh
 from meshlib.errors import CircuitOpenError
 from meshlib.transport import AsyncMeshTransport, MeshTransport
@@ -473,12 +472,7 @@ def main(argv: list[str] | None = None) -> None:
     result["profile_calls"] = profile_calls
     result["wrong_outcomes"] = outcomes.wrong
     result["seconds"] = round(time.perf_counter() - started, 1)
-    path = write_json("fast_fail", result)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print(markdown(result))
-        print(f"\n({result['seconds']} s; JSON in {path})")
+    publish("fast_fail", result, args.json, markdown)
 
 
 if __name__ == "__main__":

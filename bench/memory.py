@@ -34,7 +34,6 @@ import argparse
 import asyncio
 import gc
 import itertools
-import json
 import os
 import platform
 import random
@@ -47,7 +46,7 @@ import httpx
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-from bench.report import rss_kib, verdict, write_json
+from bench.report import publish, rss_kib, verdict
 from meshlib import Mesh
 from meshlib.config.load import load_texts
 from meshlib.errors import CircuitOpenError
@@ -375,12 +374,7 @@ def main(argv: list[str] | None = None) -> None:
         result["tracemalloc_calls"] = diagnose_calls
         result["tracemalloc"] = diagnose(diagnose_calls)
     result["seconds"] = round(time.perf_counter() - started, 1)
-    path = write_json("memory", result)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print(markdown(result))
-        print(f"\n({result['seconds']} s; JSON in {path})")
+    publish("memory", result, args.json, markdown)
 
 
 if __name__ == "__main__":

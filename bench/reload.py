@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
 import os
 import platform
 import statistics
@@ -51,7 +50,7 @@ from typing import Any
 
 import httpx
 
-from bench.report import percentile, verdict, write_json
+from bench.report import percentile, publish, verdict
 from meshlib import Mesh
 from meshlib.config.load import MeshConfig, load_config
 from meshlib.transport import AsyncMeshTransport
@@ -354,12 +353,7 @@ def main(argv: list[str] | None = None) -> None:
         "met": all(row["met"] for row in arms.values() if "met" in row),
     }
     result["seconds"] = round(time.perf_counter() - started, 1)
-    path = write_json("reload", result)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print(markdown(result))
-        print(f"\n({result['seconds']} s; JSON in {path})")
+    publish("reload", result, args.json, markdown)
 
 
 if __name__ == "__main__":

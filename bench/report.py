@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,3 +40,17 @@ def verdict(met: bool | None) -> str:
     if met is None:
         return "–"
     return "PASS" if met else "**MISS**"
+
+
+def publish(
+    name: str, result: dict[str, Any], as_json: bool, markdown: Callable[[dict[str, Any]], str]
+) -> Path:
+    """Write ``bench/results/<name>.json`` and print the result: as JSON, or its markdown table
+    and where the JSON went."""
+    path = write_json(name, result)
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(markdown(result))
+        print(f"\n({result['seconds']} s; JSON in {path})")
+    return path
