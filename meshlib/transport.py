@@ -131,6 +131,8 @@ def view_of(request: httpx.Request, headers: dict[str, str]) -> RouteRequest:
     else:
         if host.startswith("xn--"):  # IDNA: the router sees the host as written
             host = url.host
+        elif ":" in host:  # an IPv6 literal: httpx keeps its hex digits as written
+            host = host.lower()
         if "%" in path:  # the router sees the path decoded, as httpx's URL.path gives it
             path = url.path
     view = _new_view(RouteRequest)
@@ -362,10 +364,12 @@ class Call:
         """Per-try timeout, bounded by the route deadline and the caller's own timeout."""
         per_try = self.decision.retry.per_try_timeout
         if self.deadline is None and (
-            self.user_deadline is None or (not per_try and not self.attempts and not self.fault)
+            self.user_deadline is None
+            or (not per_try and not self.attempts and not self.fault and self._read_bounds_all())
         ):
             # the common case, no clock read: no route deadline, and either no caller timeout
-            # or a first attempt that nothing has delayed and the caller's own timeouts bound
+            # or a first attempt that nothing has delayed, which the caller's own timeouts
+            # bound as tightly as the deadline would (none of them is longer than the read one)
             return max(per_try, 0.0) if per_try else None
         limits = []
         if per_try:
@@ -401,6 +405,19 @@ class Call:
             if detector is not None:
                 detector.record(endpoint, status)
         return self.retry_delay(outcome) if retryable else None
+
+    def _read_bounds_all(self) -> bool:
+        """Whether the caller's connect, write and pool timeouts are set and no longer than its
+        read timeout (httpx's default ``Timeout(5.0)``: all four the same)."""
+        own = self.extensions.get("timeout") or {}
+        read = own.get("read")
+        if read is None:
+            return False
+        for name in ("connect", "write", "pool"):
+            value = own.get(name)
+            if value is None or value > read:
+                return False
+        return True
 
     def outcome_of_error(self, exc: Exception) -> Outcome:
         per_try = isinstance(exc, httpx.TimeoutException) and not isinstance(

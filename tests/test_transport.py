@@ -722,6 +722,33 @@ def test_the_callers_own_shorter_timeout_wins(
     assert clock.now() - start == pytest.approx(3.0)
 
 
+@pytest.mark.parametrize(
+    ("timeout", "sent"),
+    [
+        # httpx's default: every phase already within the call's deadline, sent as it is
+        (httpx.Timeout(5.0), {"connect": 5.0, "read": 5.0, "write": 5.0, "pool": 5.0}),
+        # a longer connect timeout than the read one: bounded by the deadline (the read one)
+        (
+            httpx.Timeout(3.0, connect=10.0),
+            {"connect": 3.0, "read": 3.0, "write": 3.0, "pool": 3.0},
+        ),
+        # no pool timeout at all: bounded too
+        (httpx.Timeout(2.0, pool=None), {"connect": 2.0, "read": 2.0, "write": 2.0, "pool": 2.0}),
+    ],
+)
+def test_the_first_attempt_never_waits_past_the_callers_deadline(
+    connect: Connect,
+    upstreams: Upstreams,
+    timeout: httpx.Timeout,
+    sent: dict[str, float],
+) -> None:
+    upstreams.script("reviews", [Reply(200)])
+    caller = connect(build(docs(vs("reviews", catch_all())), upstreams), timeout=timeout)
+    assert caller.send("GET", REVIEWS).status_code == 200
+    got = upstreams.calls("reviews")[0].request.extensions["timeout"]
+    assert got == pytest.approx(sent)
+
+
 PER_TRY = "retries: {attempts: 3, perTryTimeout: 2s, retryOn: 'gateway-error,connect-failure'}"
 
 
