@@ -264,22 +264,24 @@ class MeshTracer:
         if carried and not trace.get_current_span(parent).get_span_context().is_valid:
             parent = extract(carried)
         info = event.request
-        url = info.url
-        port = url.port or _DEFAULT_PORTS.get(url.scheme)
-        attributes: dict[str, Any] = {
-            "http.request.method": info.method,
-            "url.full": _full_url(url),
-            "server.address": url.host,
-        }
-        if port is not None:
-            attributes["server.port"] = port
-        if event.attempt > 1:
-            attributes["http.request.resend_count"] = event.attempt - 1
-        attributes.update(self._route_attributes(info.decision, event.endpoint))
         start_ns = self._now_ns()
-        span = self._start(
-            info.method, parent, SpanKind.CLIENT, attributes, start_ns, info.request_id
-        )
+        span = self._unsampled(parent, info.request_id)
+        if span is None:  # recorded (or left to the provider's sampler): with its attributes
+            url = info.url
+            port = url.port or _DEFAULT_PORTS.get(url.scheme)
+            attributes: dict[str, Any] = {
+                "http.request.method": info.method,
+                "url.full": _full_url(url),
+                "server.address": url.host,
+            }
+            if port is not None:
+                attributes["server.port"] = port
+            if event.attempt > 1:
+                attributes["http.request.resend_count"] = event.attempt - 1
+            attributes.update(self._route_attributes(info.decision, event.endpoint))
+            span = self._tracer.start_span(
+                info.method, parent, SpanKind.CLIENT, attributes=attributes, start_time=start_ns
+            )
         own = span.get_span_context()
         if self._w3c and own.is_valid:  # TraceContextTextMapPropagator's output, made directly
             value = f"00-{own.trace_id:032x}-{own.span_id:016x}-{own.trace_flags:02x}".encode()
@@ -360,22 +362,29 @@ class MeshTracer:
         start_ns: int,
         request_id: str | None,
     ) -> Span:
-        if (
-            self.sampling is not None
-            and not trace.get_current_span(parent).get_span_context().is_valid
-            and not self.sample(request_id)
-        ):
-            # a new trace meshlib decided not to sample: ids for the headers, nothing recorded
-            return NonRecordingSpan(
-                SpanContext(
-                    trace_id=self._random.getrandbits(128) or 1,
-                    span_id=self._random.getrandbits(64) or 1,
-                    is_remote=False,
-                    trace_flags=TraceFlags(TraceFlags.DEFAULT),
-                )
-            )
+        span = self._unsampled(parent, request_id)
+        if span is not None:
+            return span
         return self._tracer.start_span(
             method, parent, kind, attributes=attributes, start_time=start_ns
+        )
+
+    def _unsampled(self, parent: otel_context.Context, request_id: str | None) -> Span | None:
+        """The span of a new trace meshlib decided not to sample (ids for the headers, nothing
+        recorded), or None: the span is to be started, with its attributes."""
+        if (
+            self.sampling is None
+            or trace.get_current_span(parent).get_span_context().is_valid
+            or self.sample(request_id)
+        ):
+            return None
+        return NonRecordingSpan(
+            SpanContext(
+                trace_id=self._random.getrandbits(128) or 1,
+                span_id=self._random.getrandbits(64) or 1,
+                is_remote=False,
+                trace_flags=TraceFlags(TraceFlags.DEFAULT),
+            )
         )
 
     def sample(self, request_id: str | None) -> bool:
