@@ -478,13 +478,8 @@ class Mesh:
         self.telemetry.remove_listener(listener)
 
     def retry_policy(self, decision: RetryDecision) -> RetryPolicy:
-        """The compiled retry policy of a decision's retry settings, kept on the settings (the
-        router hands out the same settings object for every request of a route)."""
-        policy: RetryPolicy | None = decision.compiled
-        if policy is None:
-            policy = policy_for(decision)
-            object.__setattr__(decision, "compiled", policy)  # derived, not part of its value
-        return policy
+        """The compiled retry policy of a decision's retry settings (``policy_for``)."""
+        return policy_for(decision)
 
     # ------------------------------------------------------------------ clients
 

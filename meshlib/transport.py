@@ -44,7 +44,7 @@ from meshlib.errors import (
     NoRouteError,
 )
 from meshlib.policies.fault import FaultAction, abort_response_parts, decide
-from meshlib.policies.retry import Outcome, RetryState
+from meshlib.policies.retry import Outcome, RetryState, policy_for
 from meshlib.routing import RouteDecision, RouteRequest
 from meshlib.telemetry import (
     AttemptEnded,
@@ -386,7 +386,7 @@ class Call:
         delay before the next attempt, or None: this response is the call's answer."""
         status = response.status_code
         retry = self.decision.retry
-        policy = retry.compiled or self.mesh.retry_policy(retry)
+        policy = retry.compiled or policy_for(retry)  # the attribute read inlined: hot path
         retryable = policy.may_retry_response(status, response.headers)
         if retryable:
             outcome = Outcome.of_response(

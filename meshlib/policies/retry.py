@@ -46,7 +46,6 @@ import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timezone
-from functools import lru_cache
 from types import TracebackType
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
@@ -372,10 +371,14 @@ class RetryPolicy:
         )
 
 
-@lru_cache(maxsize=512)
 def policy_for(decision: RetryDecision) -> RetryPolicy:
-    """The compiled ``RetryPolicy`` of ``decision``, cached (decisions are frozen and hashable)."""
-    return RetryPolicy.from_decision(decision)
+    """The compiled ``RetryPolicy`` of ``decision``, made once and kept on it (the router hands
+    out the same settings object for every request of a route: one attribute read per call)."""
+    policy: RetryPolicy | None = decision.compiled
+    if policy is None:
+        policy = RetryPolicy.from_decision(decision)
+        object.__setattr__(decision, "compiled", policy)  # derived, not part of its value
+    return policy
 
 
 # --------------------------------------------------------------------------- waits

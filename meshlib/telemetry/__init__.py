@@ -178,9 +178,13 @@ class Telemetry:
     ) -> None:
         self._listeners: tuple[MeshListener, ...] = tuple(listeners)
         self.tracer = tracer
+        self._refresh()
+
+    def _refresh(self) -> None:
         #: Whether anything listens for events (a tracer alone needs only the attempt ones).
         self.listening = bool(self._listeners)
-        self.active = self.listening or tracer is not None
+        #: Whether the pipeline reports at all: a listener or a tracer.
+        self.active = self.listening or self.tracer is not None
 
     @property
     def listeners(self) -> tuple[MeshListener, ...]:
@@ -188,16 +192,15 @@ class Telemetry:
 
     def add_listener(self, listener: MeshListener) -> None:
         self._listeners = (*self._listeners, listener)
-        self.listening = self.active = True
+        self._refresh()
 
     def remove_listener(self, listener: MeshListener) -> None:
         self._listeners = tuple(x for x in self._listeners if x is not listener)
-        self.listening = bool(self._listeners)
-        self.active = self.listening or self.tracer is not None
+        self._refresh()
 
     def set_tracer(self, tracer: AttemptTracer | None) -> None:
         self.tracer = tracer
-        self.active = self.listening or tracer is not None
+        self._refresh()
 
     def close(self) -> None:
         """Release what the listeners and the tracer hold (a scrape server, exporters): each
