@@ -24,6 +24,8 @@ from typing import Any
 
 import httpx
 
+from meshlib.headers import entries, with_entries
+
 __all__ = ["MeshAsyncClient", "MeshClient"]
 
 #: Parsed URLs kept per client, by the string the app passed.
@@ -36,12 +38,11 @@ class _Cookies(httpx.Cookies):
     """``httpx.Cookies`` that skips the cookie jar for a response without cookies."""
 
     def extract_cookies(self, response: httpx.Response) -> None:
-        try:
-            entries = response.headers._list
-        except AttributeError:  # pragma: no cover - another httpx layout
+        found = entries(response.headers)
+        if found is None:  # pragma: no cover - another httpx layout
             super().extract_cookies(response)
             return
-        for entry in entries:
+        for entry in found:
             if entry[1] in _COOKIE_HEADERS:
                 super().extract_cookies(response)
                 return
@@ -83,16 +84,14 @@ class _Lean:
         if not headers:
             return merged
         given = httpx.Headers(headers)
-        try:
-            ours, theirs = merged._list, given._list
-        except AttributeError:  # pragma: no cover - another httpx layout
+        ours, theirs = entries(merged), entries(given)
+        if ours is None or theirs is None:  # pragma: no cover - another httpx layout
             merged.update(given)
             return merged
         if ours:
             names = {entry[1] for entry in theirs}
-            merged._list = [entry for entry in ours if entry[1] not in names]
-        merged._list.extend(theirs)
-        return merged
+            ours = [entry for entry in ours if entry[1] not in names]
+        return with_entries(ours + theirs, merged)
 
 
 class MeshClient(_Lean, httpx.Client):

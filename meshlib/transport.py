@@ -43,6 +43,7 @@ from meshlib.errors import (
     NoHealthyUpstream,
     NoRouteError,
 )
+from meshlib.headers import entries
 from meshlib.policies.fault import FaultAction, abort_response_parts, decide
 from meshlib.policies.retry import Outcome, RetryState, policy_for
 from meshlib.routing import RouteDecision, RouteRequest
@@ -92,17 +93,16 @@ def header_map(headers: httpx.Headers) -> dict[str, str]:
     """Request headers as a plain dict with lowercase names, values of repeated headers joined
     with ", " as httpx and Envoy join them. One pass, so that each later lookup — every header
     match of every route, the timeout override — costs a dict probe, not a scan of the list."""
-    try:
-        raw = headers._list
-        if headers._encoding in _ASCII_SUPERSETS:
-            try:  # all ASCII, as headers nearly always are: every such encoding reads the same
-                found = {key.decode("ascii"): value.decode("ascii") for _, key, value in raw}
-            except UnicodeDecodeError:
-                found = _decoded(raw, headers.encoding)
-        else:
-            found = _decoded(raw, headers.encoding)
-    except AttributeError:  # pragma: no cover - another httpx layout: take the public way
+    raw = entries(headers)
+    if raw is None:  # pragma: no cover - another httpx layout: take the public way
         return dict(headers.items())
+    if getattr(headers, "_encoding", None) in _ASCII_SUPERSETS:
+        try:  # all ASCII, as headers nearly always are: every such encoding reads the same
+            found = {key.decode("ascii"): value.decode("ascii") for _, key, value in raw}
+        except UnicodeDecodeError:
+            found = _decoded(raw, headers.encoding)
+    else:
+        found = _decoded(raw, headers.encoding)
     if len(found) != len(raw):
         return dict(headers.items())
     return found

@@ -55,6 +55,7 @@ import tenacity
 from meshlib.clock import Clock
 from meshlib.config import model as m
 from meshlib.errors import MeshError
+from meshlib.headers import entries
 from meshlib.routing import RetryDecision
 
 ErrorKind = Literal["connect-failure", "reset", "refused-stream", "per-try-timeout", "other"]
@@ -113,9 +114,10 @@ def _header(headers: HeaderLookup, name: str) -> str | None:
 def _screened(headers: HeaderLookup) -> tuple[str | None, bool]:
     """``grpc-status`` (or None) and whether ``x-envoy-ratelimited`` is present, in one pass.
 
-    ``httpx.Headers`` is read through its list of lowercased raw names: a miss through its
-    public lookup raises and catches a ``KeyError`` inside, three times the cost of the scan."""
-    raw = getattr(headers, "_list", None)
+    ``httpx.Headers`` is read through its list of lowercased raw names (``meshlib.headers``): a
+    miss through its public lookup raises and catches a ``KeyError`` inside, three times the
+    cost of the scan."""
+    raw = entries(headers)
     if raw is None:
         return _header(headers, "grpc-status"), "x-envoy-ratelimited" in headers
     grpc: str | None = None

@@ -61,6 +61,7 @@ from meshlib.clock import SYSTEM_CLOCK, Clock, SystemClock
 from meshlib.config import model as m
 from meshlib.config.load import ServiceInfo
 from meshlib.errors import ConfigError
+from meshlib.headers import Entry, entries, with_entries
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
@@ -252,9 +253,12 @@ class MeshTracer:
         The parent is the current span (the inbound request's SERVER span, or the app's own
         span inside it); with none, the trace headers already on the request (carried from the
         inbound request, or set by the app); with none either, the attempt starts a trace."""
-        kept: list[tuple[bytes, bytes, bytes]] = []
+        kept: list[Entry] = []
         carried: dict[str, str] = {}
-        for entry in _raw_entries(request.headers):  # one pass: span headers out, the rest kept
+        found = entries(request.headers)
+        if found is None:  # pragma: no cover - another httpx layout: take the public way
+            found = [(key, key.lower(), value) for key, value in request.headers.raw]
+        for entry in found:  # one pass: span headers out, the rest kept
             lower = entry[1]
             if lower in _SPAN_HEADER_BYTES:
                 carried[lower.decode("latin-1")] = entry[2].decode("latin-1")
@@ -289,7 +293,7 @@ class MeshTracer:
             if own.trace_state:
                 state = own.trace_state.to_header().encode("latin-1")
                 kept.append((b"tracestate", b"tracestate", state))
-        headers = _headers_of(kept, request.headers)
+        headers = with_entries(kept, request.headers)
         if self._inject:
             current = None
             for propagator in self._inject:
@@ -404,27 +408,6 @@ def extract(headers: Any) -> otel_context.Context:
     for propagator in _EXTRACTORS:
         found = propagator.extract(headers, found)
     return found
-
-
-def _raw_entries(headers: httpx.Headers) -> list[tuple[bytes, bytes, bytes]]:
-    """``(name as sent, lowercase name, value)`` of every header, as httpx keeps them."""
-    try:
-        return headers._list
-    except AttributeError:  # pragma: no cover - another httpx layout: take the public way
-        return [(key, key.lower(), value) for key, value in headers.raw]
-
-
-def _headers_of(entries: list[tuple[bytes, bytes, bytes]], like: httpx.Headers) -> httpx.Headers:
-    """New ``httpx.Headers`` holding ``entries`` — already in httpx's own normalised form, so
-    they are not parsed and checked again one by one — with ``like``'s encoding."""
-    encoding = getattr(like, "_encoding", None)  # not ``like.encoding``: that may decode all
-    headers = httpx.Headers(encoding=encoding)
-    if hasattr(headers, "_list"):
-        headers._list = entries
-        return headers
-    return httpx.Headers(  # pragma: no cover - another httpx layout
-        [(key, value) for key, _, value in entries], encoding=like.encoding
-    )
 
 
 def _full_url(url: httpx.URL) -> str:
