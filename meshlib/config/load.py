@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from meshlib.config import model as m
+from meshlib.config import validation
 from meshlib.config.source import Document, Path, format_path, parse_yaml
 from meshlib.errors import ConfigError, Problem, Severity
 
@@ -220,6 +221,17 @@ class _Loader:
                 return
         if metadata is None:
             return
+        if spec is not None:
+            for finding in validation.check(kind, spec, metadata):
+                self.problems.append(
+                    Problem(
+                        doc.file,
+                        doc.line_of(finding.path),
+                        format_path(finding.path),
+                        finding.message,
+                        finding.severity,
+                    )
+                )
         if isinstance(spec, m.Service):
             self.service_docs.append((doc, spec, metadata))
             for i, pattern in enumerate(spec.include or ()):
