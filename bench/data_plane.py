@@ -42,18 +42,17 @@ import statistics
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
 
 from bench.report import percentile, rss_kib
+from examples.bookinfo import RULES
 from meshlib import Mesh
 from meshlib.transport import AsyncMeshTransport, MeshInfo, MeshTransport
 from tests.integration.upstream import Upstream
 
-ROOT = Path(__file__).resolve().parents[1]
-BOOKINFO = ROOT.parent / "shared" / "istio-bookinfo"
+BOOKINFO = RULES
 MESH_URL = "http://reviews:9080/reviews/0"
 HEADERS = {"end-user": "alice", "accept": "application/json"}
 

@@ -17,10 +17,10 @@ import tempfile
 import timeit
 from pathlib import Path
 
+from examples.bookinfo import RULES
 from meshlib import Mesh, RouteRequest
 
-ROOT = Path(__file__).resolve().parents[1]
-BOOKINFO = ROOT.parent / "shared" / "istio-bookinfo"
+BOOKINFO = RULES
 
 REVIEWS = """
 apiVersion: networking.istio.io/v1

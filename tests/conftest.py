@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator
@@ -15,27 +17,113 @@ from typing import Any
 import httpx
 import pytest
 
+from examples.bookinfo import RULES as BOOKINFO_DIR
 from meshlib import Mesh
 
-#: Istio's Bookinfo networking samples, kept unmodified beside the repository (``../shared``).
-BOOKINFO_DIR = Path(__file__).parents[1].parent / "shared" / "istio-bookinfo"
+ROOT = Path(__file__).resolve().parents[1]
 
 WriteYaml = Callable[[str, str], Path]
 Send = Callable[..., httpx.Response]
 
+# --------------------------------------------------------------------------- Istio's own files
+
+
+def _istio_files(variable: str, folder: str) -> tuple[Path | None, str]:
+    """Istio's own files for the compatibility tests: ``$variable``, else ``folder`` of the
+    ``shared`` folder beside the repository when there is one. Returns the folder, or None and
+    why the tests that need it skip."""
+    named = os.environ.get(variable)
+    if named:
+        path = Path(named).resolve()
+        return (path, "") if path.is_dir() else (None, f"${variable} ({named}) is not a folder")
+    beside = ROOT.parent / "shared" / folder  # the default when $variable is unset
+    if beside.is_dir():
+        return beside, ""
+    return None, f"Istio's files are not here: set ${variable} to a folder of them"
+
+
+ISTIO_BOOKINFO, ISTIO_BOOKINFO_MISSING = _istio_files("ISTIO_BOOKINFO_SAMPLES", "istio-bookinfo")
+ISTIO_SECURITY, ISTIO_SECURITY_MISSING = _istio_files("ISTIO_SECURITY_SAMPLES", "istio-security")
+#: The fixtures through which a test may read Istio's own files, and only those tests.
+ISTIO_FIXTURES = frozenset({"istio_bookinfo_dir", "istio_bookinfo_file", "istio_security_dir"})
+
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Tests that take ``bookinfo_file`` run once for each YAML file of the Bookinfo samples."""
+    """``bookinfo_file``: once for each of the project's Bookinfo rule files.
+    ``istio_bookinfo_file``: once for each of Istio's (one skipped case when they are absent)."""
     if "bookinfo_file" in metafunc.fixturenames:
         files = sorted(BOOKINFO_DIR.glob("*.yaml"))
         metafunc.parametrize("bookinfo_file", files, ids=[f.name for f in files])
+    if "istio_bookinfo_file" in metafunc.fixturenames:
+        if ISTIO_BOOKINFO is None:
+            skipped = pytest.param(None, marks=pytest.mark.skip(reason=ISTIO_BOOKINFO_MISSING))
+            metafunc.parametrize("istio_bookinfo_file", [skipped], ids=["absent"])
+        else:
+            files = sorted(ISTIO_BOOKINFO.glob("*.yaml"))
+            metafunc.parametrize("istio_bookinfo_file", files, ids=[f.name for f in files])
 
 
 @pytest.fixture(scope="session")
 def bookinfo_dir() -> Path:
-    """The directory of Istio's Bookinfo networking samples."""
-    assert BOOKINFO_DIR.is_dir(), f"Istio's Bookinfo samples are missing: {BOOKINFO_DIR}"
+    """The project's Bookinfo rule files (``examples/bookinfo/rules``), named after Istio's."""
     return BOOKINFO_DIR
+
+
+@pytest.fixture(scope="session")
+def istio_bookinfo_dir() -> Path:
+    """Istio's Bookinfo networking samples, unmodified (``$ISTIO_BOOKINFO_SAMPLES``)."""
+    if ISTIO_BOOKINFO is None:
+        pytest.skip(ISTIO_BOOKINFO_MISSING)
+    return ISTIO_BOOKINFO
+
+
+@pytest.fixture(scope="session")
+def istio_security_dir() -> Path:
+    """Istio's security test data, unmodified (``$ISTIO_SECURITY_SAMPLES``)."""
+    if ISTIO_SECURITY is None:
+        pytest.skip(ISTIO_SECURITY_MISSING)
+    return ISTIO_SECURITY
+
+
+# --------------------------------------------------------------------------- standing alone
+
+_OUTSIDE = [str(ROOT.parent)] + [str(p) for p in (ISTIO_BOOKINFO, ISTIO_SECURITY) if p]
+#: The repository, and the Python installation that runs the tests (a venv may sit beside it).
+_INSIDE = tuple({str(ROOT), sys.prefix, sys.base_prefix, sys.exec_prefix})
+_READ_EVENTS = frozenset({"open", "os.listdir", "os.scandir"})
+_reads_outside: list[str] = []
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    """Notes every file or folder read beside the repository (or in Istio's folders)."""
+    if event not in _READ_EVENTS or not args or isinstance(args[0], int) or args[0] is None:
+        return
+    try:
+        path = os.path.abspath(os.fsdecode(args[0]))
+    except (TypeError, ValueError):
+        return
+    for inside in _INSIDE:
+        if path == inside or path.startswith(inside + os.sep):
+            return
+    for outside in _OUTSIDE:
+        if path == outside or path.startswith(outside + os.sep):
+            _reads_outside.append(path)
+            return
+
+
+sys.addaudithook(_audit)
+
+
+@pytest.fixture(autouse=True)
+def _stands_alone(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A user clones only the repository: no test but those given Istio's files through
+    ``istio_*`` fixtures may read anything outside it (the folder around the clone included)."""
+    _reads_outside.clear()
+    yield
+    if _reads_outside and not ISTIO_FIXTURES & set(request.fixturenames):
+        read = sorted(set(_reads_outside))
+        _reads_outside.clear()
+        pytest.fail(f"read outside the repository: {', '.join(read[:5])}", pytrace=False)
 
 
 def dedent_yaml(text: str) -> str:

@@ -80,7 +80,7 @@ def test_validate_exits_0_with_warnings(bookinfo_dir: Path, capsys: Capsys) -> N
     code, out, _ = run(capsys, "validate", path)
     assert code == 0
     assert out == [
-        f"{path}:12: warning: spec.http[0].route[0].destination.subset: subset 'v2' of "
+        f"{path}:9: warning: spec.http[0].route[0].destination.subset: subset 'v2' of "
         "'details' is not defined (no DestinationRule defines subsets for it): calls get 503 (NC)",
         "valid: 1 file(s), 1 resource(s) (1 used in-process), 1 warning(s)",
     ]
@@ -100,7 +100,7 @@ def test_validate_finds_the_unreachable_route_in_bookinfo(
     code, out, _ = run(capsys, "validate", path)
     assert code == 0
     assert out == [
-        f"{path}:18: warning: spec.http[1]: unreachable: route http[0] has no match and "
+        f"{path}:15: warning: spec.http[1]: unreachable: route http[0] has no match and "
         "catches every request",
         "valid: 1 file(s), 2 resource(s) (2 used in-process), 1 warning(s)",
     ]

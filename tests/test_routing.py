@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
+from examples.bookinfo import RULES
 from meshlib import Mesh, RouteRequest
 
-BOOKINFO = Path(__file__).resolve().parents[1].parent / "shared" / "istio-bookinfo"
+BOOKINFO = RULES  # the project's Bookinfo rule files
 
 
 def bookinfo(*names: str, seed: int | None = 7) -> Mesh:

@@ -16,13 +16,13 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import pytest
 import tenacity
 
+from examples.bookinfo import RULES
 from meshlib import CircuitOpenError, DeadlineExceeded, Mesh, MeshRequestError, RouteRequest
 from meshlib.config.load import load_texts
 from meshlib.discovery import Endpoint
@@ -30,7 +30,7 @@ from meshlib.mesh import Cluster
 from meshlib.testing import FakeClock, Reply, Upstreams, in_memory_mesh
 from meshlib.transport import FLAGS_HEADER, MeshInfo
 
-BOOKINFO = Path(__file__).resolve().parents[1].parent / "shared" / "istio-bookinfo"
+BOOKINFO = RULES  # the project's Bookinfo rule files
 
 T = TypeVar("T")
 
@@ -44,7 +44,7 @@ spec:
 
 
 def bookinfo(*names: str) -> str:
-    """Istio's Bookinfo subsets plus the named sample files, unmodified."""
+    """Bookinfo's subsets plus the named rule files."""
     files = ("destination-rule-all.yaml", *names)
     return "\n---\n".join([SERVICE, *((BOOKINFO / name).read_text() for name in files)])
 

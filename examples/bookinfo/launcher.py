@@ -13,9 +13,9 @@ free port. The launcher lays out the run directory that ``meshctl bookinfo`` wor
     DIR/bookinfo.json           the services, their URLs and config files; removed at the end
 
 It binds every port itself, then hands each service its socket: a port in use is reported before
-anything starts. The baseline rules are Istio's ``destination-rule-all.yaml`` from ``--samples``
-(default: ``../shared/istio-bookinfo`` beside the repository, or ``$BOOKINFO_SAMPLES``), applied
-first as Istio's tasks have it.
+anything starts. The baseline rules are ``destination-rule-all.yaml`` from ``--samples`` (default
+``$BOOKINFO_SAMPLES``, else the demo's own ``examples/bookinfo/rules/``; Istio's
+``samples/bookinfo/networking`` folder works as well), applied first as Istio's tasks have it.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from types import FrameType
 import httpx
 import yaml
 
+from examples.bookinfo import RULES as DEFAULT_SAMPLES
 from meshlib import control
 from meshlib.bookinfo import RUN_DIR_ENV, STATE_FILE, default_run_dir
 from meshlib.errors import ConfigError
@@ -46,7 +47,6 @@ HOST = "127.0.0.1"
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 CONFIGS = HERE / "config"
-DEFAULT_SAMPLES = ROOT.parent / "shared" / "istio-bookinfo"
 BASELINE = "destination-rule-all.yaml"
 RULES = "bookinfo.yaml"
 START_TIMEOUT = 30.0
@@ -213,7 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--samples",
         default=os.environ.get("BOOKINFO_SAMPLES", str(DEFAULT_SAMPLES)),
-        help="Istio's Bookinfo networking samples (for the baseline destination-rule-all.yaml)",
+        help="a folder of Bookinfo rule files, for the baseline destination-rule-all.yaml "
+        "(default $BOOKINFO_SAMPLES, else examples/bookinfo/rules; Istio's "
+        "samples/bookinfo/networking works too)",
     )
     parser.add_argument(
         "--no-baseline", action="store_true", help="start with no rules at all (no subsets)"
@@ -229,8 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     for path in baseline:
         if not os.path.exists(path):
             print(
-                f"bookinfo: {path} not found: name Istio's Bookinfo samples with --samples "
-                "(or $BOOKINFO_SAMPLES), or start with --no-baseline",
+                f"bookinfo: {path} not found: name a folder of Bookinfo rule files with "
+                "--samples (or $BOOKINFO_SAMPLES), or start with --no-baseline",
                 file=sys.stderr,
             )
             return 1

@@ -9,8 +9,10 @@ apply``, loads the product page as a browser would (a stock ``httpx.Client`` and
 task says to expect and what the page showed. The test suite runs the same steps
 (``tests/e2e/test_bookinfo_walkthrough.py``).
 
-The Istio files come from ``../shared/istio-bookinfo`` beside the repository (``--samples``);
-the few rules Istio's tasks write inline are written to a temporary directory.
+The rule files are the demo's own (``examples/bookinfo/rules/``, named after Istio's files and
+meaning what Istio's mean); ``--samples DIR`` runs the steps on another folder of them, such as
+Istio's ``samples/bookinfo/networking``. The few rules Istio's tasks write inline are written to a
+temporary directory.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from meshlib import Mesh
 from meshlib.bookinfo import default_run_dir
 
 ROOT = Path(__file__).resolve().parents[2]
-SAMPLES = ROOT.parent / "shared" / "istio-bookinfo"
+SAMPLES = ROOT / "examples" / "bookinfo" / "rules"
 CLIENTS = ("sync", "async")
 REVIEWS_ERROR = "Sorry, product reviews are currently unavailable for this book."
 RATINGS_ERROR = "Ratings service is currently unavailable"
@@ -702,7 +704,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--attach", action="store_true", help="use the demo that runs already")
     parser.add_argument("--run-dir", default=None, help="the running demo's run directory")
-    parser.add_argument("--samples", type=Path, default=SAMPLES, help="Istio's Bookinfo samples")
+    parser.add_argument(
+        "--samples", type=Path, default=SAMPLES, help="a folder of Bookinfo rule files"
+    )
     parser.add_argument(
         "--steps", default=None, metavar="N,N", help="run only these steps (1-based, comma list)"
     )

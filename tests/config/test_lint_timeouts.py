@@ -74,9 +74,9 @@ def test_istios_7s_delay_outlasts_productpages_timeout_on_reviews(
 ) -> None:
     rules = load_config([bookinfo_dir / "virtual-service-ratings-test-delay.yaml"])
     assert messages(rules, bookinfo) == [
-        "16: spec.http[0].fault.delay.fixedDelay: a 7s delay on ratings outlasts reviews v3's "
+        "15: spec.http[0].fault.delay.fixedDelay: a 7s delay on ratings outlasts reviews v3's "
         "2.5s timeout on ratings: reviews v3 gives up after 2.5s, before the delay ends",
-        "16: spec.http[0].fault.delay.fixedDelay: a 7s delay on ratings outlasts productpage "
+        "15: spec.http[0].fault.delay.fixedDelay: a 7s delay on ratings outlasts productpage "
         "v1's 3s timeout on reviews (productpage v1 → reviews v2 → ratings): productpage v1 "
         "gives up after 2 tries × 3s = 6s, before the delay ends",
     ]

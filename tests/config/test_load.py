@@ -1,5 +1,6 @@
-"""Loading config files: Istio's Bookinfo samples as they are, meshlib's Service document,
-includes, replacement of earlier definitions, and every Istio field kept on the model."""
+"""Loading config files: the Bookinfo rule files (the project's, and Istio's own as they are),
+meshlib's Service document, includes, replacement of earlier definitions, and every Istio field
+kept on the model."""
 
 from __future__ import annotations
 
@@ -53,8 +54,52 @@ def spec_of(config: MeshConfig, kind: str, name: str) -> m.Model:
 # --------------------------------------------------------------------------- Istio's Bookinfo
 
 
-def test_bookinfo_samples_are_all_present(bookinfo_dir: Path) -> None:
-    assert {p.name for p in bookinfo_dir.glob("*.yaml")} >= BOOKINFO_FILES
+def test_the_project_has_a_rule_file_for_each_of_istios(bookinfo_dir: Path) -> None:
+    assert {p.name for p in bookinfo_dir.glob("*.yaml")} == BOOKINFO_FILES
+
+
+def test_istios_bookinfo_samples_are_all_present(istio_bookinfo_dir: Path) -> None:
+    assert {p.name for p in istio_bookinfo_dir.glob("*.yaml")} >= BOOKINFO_FILES
+
+
+def _meaning(config: MeshConfig) -> dict[tuple[str, str], object]:
+    """Each resource's spec as data, Istio's legacy integer ``percent`` of a fault written as
+    the ``percentage`` it means."""
+
+    def plain(value: object, key: str = "") -> object:
+        if isinstance(value, dict):
+            out = {k: plain(v, k) for k, v in value.items()}
+            if key in ("delay", "abort") and "percent" in out:
+                out.setdefault("percentage", {"value": float(out.pop("percent"))})  # type: ignore[arg-type]
+            return out
+        if isinstance(value, list):
+            return [plain(v) for v in value]
+        return value
+
+    return {
+        (r.kind, r.name): plain(r.spec.model_dump(by_alias=True, exclude_none=True))
+        if r.spec is not None
+        else None
+        for r in config.resources
+    }
+
+
+def test_project_rule_file_means_what_istios_file_means(
+    istio_bookinfo_file: Path, bookinfo_dir: Path
+) -> None:
+    ours = load_config([bookinfo_dir / istio_bookinfo_file.name])
+    istios = load_config([istio_bookinfo_file])
+    assert _meaning(ours) == _meaning(istios)
+
+
+def test_istio_bookinfo_file_loads_alone(istio_bookinfo_file: Path) -> None:
+    test_bookinfo_file_loads_alone(istio_bookinfo_file)
+
+
+def test_istio_bookinfo_file_loads_with_destination_rule_all(
+    istio_bookinfo_file: Path, istio_bookinfo_dir: Path
+) -> None:
+    test_bookinfo_file_loads_with_destination_rule_all(istio_bookinfo_file, istio_bookinfo_dir)
 
 
 def test_bookinfo_file_loads_alone(bookinfo_file: Path) -> None:
@@ -95,8 +140,25 @@ def test_meshctl_validate_accepts_bookinfo_file(
     assert "is not defined" not in together
 
 
-def test_legacy_percent_and_percentage_value_both_load(bookinfo_dir: Path) -> None:
-    delay = load_config([bookinfo_dir / "virtual-service-ratings-test-delay.yaml"])
+def test_legacy_percent_and_percentage_value_both_load(
+    write_yaml: WriteYaml, bookinfo_dir: Path
+) -> None:
+    legacy = write_yaml(
+        "ratings.yaml",
+        """
+        apiVersion: networking.istio.io/v1alpha3
+        kind: VirtualService
+        metadata: {name: ratings}
+        spec:
+          hosts: [ratings]
+          http:
+          - fault:
+              delay: {percent: 100, fixedDelay: 7s}
+            route:
+            - destination: {host: ratings, subset: v1}
+        """,
+    )
+    delay = load_config([legacy])
     vs = spec_of(delay, "VirtualService", "ratings")
     assert isinstance(vs, m.VirtualService)
     assert vs.http is not None
@@ -367,11 +429,11 @@ def test_gateway_is_loaded_but_not_applicable(
     assert main(["validate", str(path)]) == 0
     out = capsys.readouterr().out
     assert (
-        f"{path}:1: warning: kind: Gateway 'bookinfo-gateway' is not applicable in-process: "
+        f"{path}:4: warning: kind: Gateway 'bookinfo-gateway' is not applicable in-process: "
         "loaded and ignored"
     ) in out.splitlines()
     assert (
-        f"{path}:25: warning: spec.gateways: bound only to gateways ['bookinfo-gateway']: "
+        f"{path}:18: warning: spec.gateways: bound only to gateways ['bookinfo-gateway']: "
         "takes no part in mesh routing"
     ) in out.splitlines()
 
@@ -416,7 +478,7 @@ def test_later_definition_replaces_earlier_with_a_warning(bookinfo_dir: Path) ->
     (warning,) = config.warnings
     assert str(warning) == (
         f"{second}:4: warning: metadata.name: VirtualService default/reviews replaces the one "
-        f"at {first}:1"
+        f"at {first}:3"
     )
     decision = Mesh(config).explain("GET", "http://reviews/", {"end-user": "jason"})
     assert decision.destination is not None
@@ -604,7 +666,7 @@ spec:
         connectionPool:
           http: {http1MaxPendingRequests: 2}
     retryBudget:
-      percent: {value: 25}
+      percent: 25
       minRetryConcurrency: 5
   subsets:
     - name: v1
@@ -816,9 +878,7 @@ def test_destination_rule_traffic_policy(rich: MeshConfig) -> None:
         "min_health_percent": 20,
     }
     assert policy.tls == m.ClientTLSSettings(mode="ISTIO_MUTUAL", sni="reviews.local")
-    assert policy.retry_budget == m.RetryBudget(
-        percent=m.Percent(value=25.0), min_retry_concurrency=5
-    )
+    assert policy.retry_budget == m.RetryBudget(percent=25.0, min_retry_concurrency=5)
     (level,) = policy.port_level_settings or []
     assert level.port == m.PortSelector(number=9080)
     assert level.load_balancer is not None

@@ -17,12 +17,11 @@ if str(ROOT) not in sys.path:  # examples/ is not installed: import it from the 
 
 from examples.bookinfo import walkthrough  # noqa: E402
 
-SAMPLES = ROOT.parent / "shared" / "istio-bookinfo"
+SAMPLES = walkthrough.SAMPLES  # the project's Bookinfo rule files
 
 
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[walkthrough.Demo]:
-    assert SAMPLES.is_dir(), f"Istio's Bookinfo samples are missing: {SAMPLES}"
     running = walkthrough.Demo.start(tmp_path_factory.mktemp("bookinfo-run"), SAMPLES)
     pids = running.service_pids()
     try:

@@ -14,20 +14,20 @@ import json
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from examples.bookinfo import RULES
 from meshlib import Mesh
 from meshlib.inner import new_async_transport
 from meshlib.transport import AsyncMeshTransport
 
 from .upstream import Upstream
 
-#: Istio's Bookinfo networking samples, kept unmodified beside the repository.
-BOOKINFO = Path(__file__).resolve().parents[2] / ".." / "shared" / "istio-bookinfo"
+#: The project's Bookinfo rule files.
+BOOKINFO = RULES
 
 Result = httpx.Response | Exception
 
@@ -139,7 +139,6 @@ class Caller:
 @pytest.fixture(scope="session")
 def upstreams() -> Iterator[dict[str, Upstream]]:
     """Three upstream processes for the whole run, labelled v1, v2 and v3."""
-    assert BOOKINFO.is_dir(), f"Istio's Bookinfo samples are missing: {BOOKINFO}"
     started = Upstream.start_many(["v1", "v2", "v3"])
     try:
         yield {u.version: u for u in started}
