@@ -102,6 +102,28 @@ def is_wildcarded(host: str) -> bool:
     return host.startswith("*")
 
 
+def hosts_match(a: str, b: str) -> bool:
+    """Istio's ``host.Name.Matches``: the two hosts have a name in common (``*.bar`` and
+    ``*.foo.bar``, ``*.bar`` and ``a.bar``, or the same name)."""
+    if is_wildcarded(a) and is_wildcarded(b):
+        shorter, longer = (a, b) if len(a) < len(b) else (b, a)
+        return longer[1:].endswith(shorter[1:])
+    if is_wildcarded(a):
+        return b.endswith(a[1:])
+    if is_wildcarded(b):
+        return a.endswith(b[1:])
+    return a == b
+
+
+def host_subset_of(host: str, other: str) -> bool:
+    """Istio's ``host.Name.SubsetOf``: every name ``host`` stands for is one of ``other``'s."""
+    if is_wildcarded(host):
+        return is_wildcarded(other) and len(host) >= len(other) and host[1:].endswith(other[1:])
+    if is_wildcarded(other):
+        return host.endswith(other[1:])
+    return host == other
+
+
 def check_namespace_slash_hostname(host: str, *, gateway: bool) -> list[str]:
     """A ``namespace/dnsName`` host as Sidecar egress and Gateway servers write them.
 
