@@ -42,7 +42,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.memory
 	$(BIN)/python -m bench.fast_fail
 
-# The demo's own rule files (examples/bookinfo/rules); BOOKINFO_SAMPLES=DIR names another folder.
+# The demo's own rule files (examples/bookinfo/networking); BOOKINFO_SAMPLES=DIR names another folder.
 demo: $(STAMP)
 	$(BIN)/python -m examples.bookinfo
 

@@ -47,12 +47,12 @@ from typing import Any
 import httpx
 
 from bench.report import percentile, rss_kib
-from examples.bookinfo import RULES
+from examples.bookinfo import NETWORKING
 from meshlib import Mesh
 from meshlib.transport import AsyncMeshTransport, MeshInfo, MeshTransport
 from tests.integration.upstream import Upstream
 
-BOOKINFO = RULES
+BOOKINFO = NETWORKING
 MESH_URL = "http://reviews:9080/reviews/0"
 HEADERS = {"end-user": "alice", "accept": "application/json"}
 

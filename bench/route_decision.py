@@ -17,10 +17,10 @@ import tempfile
 import timeit
 from pathlib import Path
 
-from examples.bookinfo import RULES
+from examples.bookinfo import NETWORKING
 from meshlib import Mesh, RouteRequest
 
-BOOKINFO = RULES
+BOOKINFO = NETWORKING
 
 REVIEWS = """
 apiVersion: networking.istio.io/v1

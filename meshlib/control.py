@@ -79,7 +79,7 @@ def describe(key: Key) -> str:
 def resources_of(sources: Sequence[Source]) -> list[dict[str, Any]]:
     """The resources of ``sources``, validated together, each annotated with its file.
     Raises ``ConfigError`` (every problem) when they do not load or hold a ``Service``."""
-    config = load_texts([(s.name, s.text) for s in sources])
+    config = load_texts([(s.name, s.text) for s in sources], names_are_paths=True)
     services = config.of_kind("Service")
     if services:
         first = services[0]

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from examples.bookinfo import RULES as BOOKINFO_DIR
+from examples.bookinfo import NETWORKING as BOOKINFO_DIR
 from meshlib import Mesh
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +65,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.fixture(scope="session")
 def bookinfo_dir() -> Path:
-    """The project's Bookinfo rule files (``examples/bookinfo/rules``), named after Istio's."""
+    """The project's Bookinfo rule files (``examples/bookinfo/networking``), named after Istio's."""
     return BOOKINFO_DIR
 
 

@@ -7,10 +7,10 @@ from collections import Counter
 
 import pytest
 
-from examples.bookinfo import RULES
-from meshlib import Mesh, RouteRequest
+from examples.bookinfo import NETWORKING
+from meshlib import ConfigError, Mesh, RouteRequest
 
-BOOKINFO = RULES  # the project's Bookinfo rule files
+BOOKINFO = NETWORKING  # the project's Bookinfo rule files
 
 
 def bookinfo(*names: str, seed: int | None = 7) -> Mesh:
@@ -289,6 +289,29 @@ def test_header_names_match_any_case_in_the_request() -> None:
     assert mesh.explain("GET", "http://svc/", {"End-User": "jason"}).destination.subset == "b"  # type: ignore[union-attr]
 
 
+def test_header_names_match_any_case_in_the_rule() -> None:
+    # Istio accepts `X-Requested-With` in a match; Envoy matches header names in any case
+    mesh = vs(rule("    - headers: {X-Requested-With: {exact: XMLHttpRequest}}"))
+    assert subset_of(mesh, x_requested_with="XMLHttpRequest") == "b"
+    assert subset_of(mesh, X_Requested_With="XMLHttpRequest") == "b"
+    assert subset_of(mesh) == "a"
+    without = vs(rule("    - withoutHeaders: {X-Beta: {}}"))
+    assert subset_of(without) == "b"
+    assert subset_of(without, x_beta="1") == "a"
+
+
+def test_an_empty_match_entry_matches_every_request_and_ends_the_list() -> None:
+    # `match: [{}]` is valid in Istio; pilot translates it to prefix "/", a catch-all
+    mesh = vs(
+        "  - match: [{}]\n"
+        "    route: [{destination: {host: svc, subset: b}}]\n"
+        "  - route: [{destination: {host: svc, subset: a}}]\n"
+    )
+    assert subset_of(mesh) == "b"
+    assert subset_of(mesh, "http://svc/any/path", "POST", x_any="1") == "b"
+    assert [r.index for r in mesh.table.lookup("svc").routes] == [0]  # type: ignore[union-attr]
+
+
 def test_regex_is_re2_case_insensitive_flag_and_unicode_classes() -> None:
     mesh = vs(rule("    - headers: {x-name: {regex: '(?i)jason'}}"))
     assert subset_of(mesh, x_name="JaSoN") == "b"
@@ -439,8 +462,8 @@ def test_route_retries_timeout_and_retry_on_codes() -> None:
     assert decision.retry.retriable_status_codes == frozenset({409})
     disabled = vs("  - retries: {attempts: 0}\n    route: [{destination: {host: svc}}]")
     assert disabled.explain("GET", "http://svc/").retry.attempts == 0
-    zero = vs("  - timeout: 0s\n    route: [{destination: {host: svc}}]")
-    assert zero.explain("GET", "http://svc/").timeout is None
+    with pytest.raises(ConfigError, match=r"timeout: must be at least 1ms"):
+        vs("  - timeout: 0s\n    route: [{destination: {host: svc}}]")  # as Istio: omit it
 
 
 def test_fault_turns_off_the_routes_retries_and_timeout() -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from examples.bookinfo import RULES
+from examples.bookinfo import NETWORKING
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,8 +41,8 @@ def test_a_read_beside_the_repository_is_caught(request: pytest.FixtureRequest) 
 
 def test_reads_inside_the_repository_are_not_counted(request: pytest.FixtureRequest) -> None:
     reads = _guard(request)
-    (RULES / "destination-rule-all.yaml").read_text(encoding="utf-8")
-    sorted(RULES.glob("*.yaml"))
+    (NETWORKING / "destination-rule-all.yaml").read_text(encoding="utf-8")
+    sorted(NETWORKING.glob("*.yaml"))
     assert reads == []
 
 
@@ -53,7 +53,7 @@ def test_the_demo_needs_no_folder_beside_the_repository() -> None:
     for text in (launcher, walkthrough, makefile):
         assert '"shared"' not in text
         assert "../shared" not in text
-    assert (RULES / "destination-rule-all.yaml").is_file()
+    assert (NETWORKING / "destination-rule-all.yaml").is_file()
 
 
 def test_bookinfo_samples_names_the_demos_rule_files(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ import httpx
 import pytest
 import tenacity
 
-from examples.bookinfo import RULES
+from examples.bookinfo import NETWORKING
 from meshlib import CircuitOpenError, DeadlineExceeded, Mesh, MeshRequestError, RouteRequest
 from meshlib.config.load import load_texts
 from meshlib.discovery import Endpoint
@@ -30,7 +30,7 @@ from meshlib.mesh import Cluster
 from meshlib.testing import FakeClock, Reply, Upstreams, in_memory_mesh
 from meshlib.transport import FLAGS_HEADER, MeshInfo
 
-BOOKINFO = RULES  # the project's Bookinfo rule files
+BOOKINFO = NETWORKING  # the project's Bookinfo rule files
 
 T = TypeVar("T")
 

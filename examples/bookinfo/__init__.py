@@ -2,11 +2,12 @@
 of its own with its own mesh.yaml (``config/``), started together by ``python -m examples.bookinfo``
 (``make demo``) and driven by ``meshctl bookinfo``. See docs/tutorial.md.
 
-``rules/`` holds the demo's rule files, one for each step of Istio's Bookinfo tasks, each named
+``networking/`` holds the demo's rule files, one for each step of Istio's Bookinfo tasks, each named
 after Istio's file for that step and meaning what Istio's file means: Istio's own files can be
 used in their place (``--samples``, ``$BOOKINFO_SAMPLES``)."""
 
 from pathlib import Path
 
-#: The project's Bookinfo rule files, in Istio's resource language.
-RULES = Path(__file__).resolve().parent / "rules"
+#: The project's Bookinfo rule files, in Istio's resource language (Istio keeps its own in
+#: ``samples/bookinfo/networking``).
+NETWORKING = Path(__file__).resolve().parent / "networking"

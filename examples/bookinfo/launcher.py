@@ -14,7 +14,7 @@ free port. The launcher lays out the run directory that ``meshctl bookinfo`` wor
 
 It binds every port itself, then hands each service its socket: a port in use is reported before
 anything starts. The baseline rules are ``destination-rule-all.yaml`` from ``--samples`` (default
-``$BOOKINFO_SAMPLES``, else the demo's own ``examples/bookinfo/rules/``; Istio's
+``$BOOKINFO_SAMPLES``, else the demo's own ``examples/bookinfo/networking/``; Istio's
 ``samples/bookinfo/networking`` folder works as well), applied first as Istio's tasks have it.
 """
 
@@ -37,7 +37,7 @@ from types import FrameType
 import httpx
 import yaml
 
-from examples.bookinfo import RULES as DEFAULT_SAMPLES
+from examples.bookinfo import NETWORKING as DEFAULT_SAMPLES
 from meshlib import control
 from meshlib.bookinfo import RUN_DIR_ENV, STATE_FILE, default_run_dir
 from meshlib.errors import ConfigError
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         "--samples",
         default=os.environ.get("BOOKINFO_SAMPLES", str(DEFAULT_SAMPLES)),
         help="a folder of Bookinfo rule files, for the baseline destination-rule-all.yaml "
-        "(default $BOOKINFO_SAMPLES, else examples/bookinfo/rules; Istio's "
+        "(default $BOOKINFO_SAMPLES, else examples/bookinfo/networking; Istio's "
         "samples/bookinfo/networking works too)",
     )
     parser.add_argument(

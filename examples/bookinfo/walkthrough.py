@@ -9,7 +9,7 @@ apply``, loads the product page as a browser would (a stock ``httpx.Client`` and
 task says to expect and what the page showed. The test suite runs the same steps
 (``tests/e2e/test_bookinfo_walkthrough.py``).
 
-The rule files are the demo's own (``examples/bookinfo/rules/``, named after Istio's files and
+The rule files are the demo's own (``examples/bookinfo/networking/``, named after Istio's files and
 meaning what Istio's mean); ``--samples DIR`` runs the steps on another folder of them, such as
 Istio's ``samples/bookinfo/networking``. The few rules Istio's tasks write inline are written to a
 temporary directory.
@@ -41,7 +41,7 @@ from meshlib import Mesh
 from meshlib.bookinfo import default_run_dir
 
 ROOT = Path(__file__).resolve().parents[2]
-SAMPLES = ROOT / "examples" / "bookinfo" / "rules"
+SAMPLES = ROOT / "examples" / "bookinfo" / "networking"
 CLIENTS = ("sync", "async")
 REVIEWS_ERROR = "Sorry, product reviews are currently unavailable for this book."
 RATINGS_ERROR = "Ratings service is currently unavailable"

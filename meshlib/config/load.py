@@ -108,11 +108,14 @@ def load_config(paths: Sequence[str | os.PathLike[str]]) -> MeshConfig:
     return loader.finish()
 
 
-def load_texts(texts: Iterable[tuple[str, str]]) -> MeshConfig:
-    """Like ``load_config``, from ``(name, yaml_text)`` pairs; includes resolve relative to cwd."""
+def load_texts(texts: Iterable[tuple[str, str]], *, names_are_paths: bool = False) -> MeshConfig:
+    """Like ``load_config``, from ``(name, yaml_text)`` pairs. Includes resolve relative to the
+    current directory, or with ``names_are_paths`` (each text was read from the file it names)
+    relative to that file's folder, as ``load_config`` resolves them."""
     loader = _Loader()
     for name, text in texts:
-        loader.load_text(text, name, base_dir=os.getcwd())
+        base_dir = (os.path.dirname(name) or ".") if names_are_paths else os.getcwd()
+        loader.load_text(text, name, base_dir=base_dir)
     return loader.finish()
 
 

@@ -150,7 +150,7 @@ def test_a_bad_rule_file_changes_nothing(demo: Demo, samples: Path, tmp_path: Pa
     demo.apply(samples / "virtual-service-reviews-v3.yaml")
     bad = tmp_path / "bad.yaml"
     text = (samples / "virtual-service-reviews-v3.yaml").read_text()
-    bad.write_text(text.replace("subset: v3", "subset: v3\n      weight: -5"))
+    bad.write_text(text.replace("subset: v3}", "subset: v3}\n      weight: -5"))
     with pytest.raises(RuntimeError, match=r"bad\.yaml:\d+: spec.http\[0\].route\[0\].weight"):
         demo.apply(bad)
     page = walkthrough.Visitor(demo.base_url, "sync").load()

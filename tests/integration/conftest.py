@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from examples.bookinfo import RULES
+from examples.bookinfo import NETWORKING
 from meshlib import Mesh
 from meshlib.inner import new_async_transport
 from meshlib.transport import AsyncMeshTransport
@@ -27,7 +27,7 @@ from meshlib.transport import AsyncMeshTransport
 from .upstream import Upstream
 
 #: The project's Bookinfo rule files.
-BOOKINFO = RULES
+BOOKINFO = NETWORKING
 
 Result = httpx.Response | Exception
 
