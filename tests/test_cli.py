@@ -100,9 +100,11 @@ def test_validate_finds_the_unreachable_route_in_bookinfo(
     code, out, _ = run(capsys, "validate", path)
     assert code == 0
     assert out == [
+        f"{path}:15: warning: spec.http[1]: virtualService rule #1 not used (only the last rule "
+        "can have no matches)",  # Istio's own validation warning
         f"{path}:15: warning: spec.http[1]: unreachable: route http[0] has no match and "
         "catches every request",
-        "valid: 1 file(s), 2 resource(s) (2 used in-process), 1 warning(s)",
+        "valid: 1 file(s), 2 resource(s) (2 used in-process), 2 warning(s)",
     ]
 
 
@@ -177,9 +179,11 @@ def test_validate_lint_warnings_name_their_lines(
         "destination gets weight/60 of the traffic",
         "lint.yaml:40: warning: spec.http[2].retries.perTryTimeout: perTryTimeout 0.5s × 4 "
         "tries = 2s exceeds the route timeout 1s: later retries will be cut short",
+        'lint.yaml:46: warning: spec.http[4]: virtualService rule "dead" not used (only the last '
+        "rule can have no matches)",
         "lint.yaml:46: warning: spec.http[4]: unreachable: route http[3] has no match and "
         "catches every request",
-        "valid: 1 file(s), 2 resource(s) (2 used in-process), 7 warning(s)",
+        "valid: 1 file(s), 2 resource(s) (2 used in-process), 8 warning(s)",
     ]
 
 

@@ -152,11 +152,12 @@ def compile_entry(
     if entry.port is not None:
         port = entry.port
         add("port", f"{port}", lambda r: r.port == port, lambda r: r.port)
+    # header names match in any case (Envoy lowercases them); the router's map is lowercase
     for name, header in (entry.headers or {}).items():
         if name in _IGNORED_HEADER_KEYS:
             continue
         text, ok = string_test(header)
-        if name.startswith("@request.auth.claims"):
+        if name.lower().startswith("@request.auth.claims"):
             add(
                 f"headers.{name}",
                 f"{text} (JWT claim: needs RequestAuthentication)",
@@ -164,7 +165,8 @@ def compile_entry(
                 lambda r: None,
             )
             continue
-        add(f"headers.{name}", text, _header_test(name, ok), _header_value(name))
+        lower = name.lower()
+        add(f"headers.{name}", text, _header_test(lower, ok), _header_value(lower))
     for name, header in (entry.without_headers or {}).items():
         if name in _IGNORED_HEADER_KEYS:
             continue
@@ -174,8 +176,8 @@ def compile_entry(
         add(
             f"withoutHeaders.{name}",
             f"not {text}",
-            _without_test(name, ok, presence),
-            _header_value(name),
+            _without_test(name.lower(), ok, presence),
+            _header_value(name.lower()),
         )
     for name, param in (entry.query_params or {}).items():
         text, ok = string_test(param)
@@ -630,12 +632,13 @@ NO_RETRY_LOCAL = RetryDecision(attempts=0, source="route")
 
 def catches_all(http: m.HTTPRoute) -> bool:
     """A route pilot treats as a catch-all: no match, or a match entry that is only
-    ``uri: {prefix: /}`` (or regex ``.*``) — later routes of the VirtualService are dead."""
+    ``uri: {prefix: /}`` (or regex ``.*``), or empty (``{}``, which pilot translates to prefix
+    ``/``) — later routes of the VirtualService are dead."""
     if not http.match:
         return True
     for entry in http.match:
         uri = entry.uri
-        if uri is None or (uri.prefix != "/" and uri.regex not in (".*", "/.*")):
+        if uri is not None and uri.prefix != "/" and uri.regex not in (".*", "/.*"):
             continue
         others = entry.model_dump(exclude_none=True, exclude={"uri", "name", "ignore_uri_case"})
         if not others:

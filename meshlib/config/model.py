@@ -136,12 +136,19 @@ class PortSelector(Model):
     number: int = Field(ge=1, le=65535)
 
 
+def _check_match_regex(pattern: str) -> str:
+    """RE2, except ``*``: not a regex, but pilot's "present" in ``withoutHeaders`` (istio#20629).
+    Where else ``*`` is invalid, ``meshlib.config.validation`` says so."""
+    return pattern if pattern == "*" else _check_re2(pattern)
+
+
 class StringMatch(Model):
-    """One of ``exact``, ``prefix``, ``regex`` (RE2, full match). Empty (``{}``) means "present"."""
+    """One of ``exact``, ``prefix``, ``regex`` (RE2, full match). Empty (``{}``) means "present".
+    Which empty strings are allowed depends on the field (``meshlib.config.validation``)."""
 
     exact: str | None = None
     prefix: str | None = None
-    regex: Regex | None = None
+    regex: Annotated[str, AfterValidator(_check_match_regex)] | None = None
 
     @model_validator(mode="after")
     def _one_of(self) -> StringMatch:
@@ -171,13 +178,8 @@ class Headers(Model):
 # --------------------------------------------------------------------------- VirtualService
 
 
-def _lowercase_name(key: str) -> str:
-    if key != key.lower():
-        raise ValueError(f"header name {key!r} must be lowercase")
-    return key
-
-
-HeaderMatches = dict[Annotated[str, AfterValidator(_lowercase_name)], StringMatch] | None
+#: Header name → match. Names are matched in any case, as HTTP and Envoy match them.
+HeaderMatches = dict[str, StringMatch] | None
 
 
 class HTTPMatchRequest(Model):
@@ -225,13 +227,25 @@ _RETRY_ON = frozenset(
 )
 
 
+#: The statuses Go's ``net/http`` names (``http.StatusText``): the numbers Istio takes in retryOn.
+HTTP_STATUS_CODES = frozenset(
+    {100, 101, 102, 103, *range(200, 209), 226, *range(300, 306), 307, 308, *range(400, 419)}
+    | {421, 422, 423, 424, 425, 426, 428, 429, 431, 451, *range(500, 509), 510, 511}
+)
+
+
 def _check_retry_on(value: str) -> str:
-    for raw in value.split(","):
-        item = raw.strip()
+    """Istio's rule: a comma-separated list, no spaces, of Envoy retry conditions and HTTP
+    statuses; an empty string means unset."""
+    if not value:
+        return value
+    for item in value.split(","):
         if item in _RETRY_ON:
             continue
-        if item.isdigit() and 100 <= int(item) <= 599:
+        if re.fullmatch(r"[+-]?[0-9]+", item) and int(item) in HTTP_STATUS_CODES:
             continue
+        if item.strip() != item:
+            raise ValueError(f"{item!r}: write retryOn's conditions without spaces ('5xx,503')")
         known = ", ".join(sorted(_RETRY_ON))
         raise ValueError(
             f"{item!r} is not a retry condition (use an HTTP status or one of {known})"
@@ -256,8 +270,8 @@ class Delay(Model):
 
     @model_validator(mode="after")
     def _one_of(self) -> Delay:
-        if (self.fixed_delay is None) == (self.exponential_delay is None):
-            raise ValueError("set exactly one of fixedDelay, exponentialDelay")
+        if self.fixed_delay is not None and self.exponential_delay is not None:
+            raise ValueError("set only one of fixedDelay, exponentialDelay")
         return self
 
 
@@ -291,7 +305,7 @@ def _check_grpc_status(value: str) -> str:
 
 
 class Abort(Model):
-    http_status: int | None = Field(default=None, ge=200, le=599)
+    http_status: int | None = Field(default=None, ge=200, le=600)
     grpc_status: Annotated[str, AfterValidator(_check_grpc_status)] | None = None
     http2_error: str | None = None
     percentage: Percent | None = None
@@ -302,8 +316,8 @@ class Abort(Model):
         given = [
             n for n in ("http_status", "grpc_status", "http2_error") if getattr(self, n) is not None
         ]
-        if len(given) != 1:
-            raise ValueError("set exactly one of httpStatus, grpcStatus, http2Error")
+        if len(given) > 1:
+            raise ValueError("set only one of httpStatus, grpcStatus, http2Error")
         return self
 
 
@@ -346,12 +360,8 @@ class HTTPRedirect(Model):
 
     @model_validator(mode="after")
     def _check(self) -> HTTPRedirect:
-        if self.redirect_code not in (None, 0, 301, 302, 303, 307, 308):
-            raise ValueError(f"redirectCode {self.redirect_code} must be 301, 302, 303, 307 or 308")
         if self.port is not None and self.derive_port is not None:
             raise ValueError("set only one of port, derivePort")
-        if self.uri is not None and self.prefix_rewrite is not None:
-            raise ValueError("set only one of uri, prefixRewrite")
         return self
 
 
@@ -361,16 +371,13 @@ class HTTPBody(Model):
 
     @model_validator(mode="after")
     def _one_of(self) -> HTTPBody:
-        if (self.string is None) == (self.bytes is None):
-            raise ValueError("set exactly one of string, bytes")
-        size = len((self.string or self.bytes or "").encode())
-        if size > 1024 * 1024:
-            raise ValueError("body must be at most 1 MiB")
+        if self.string is not None and self.bytes is not None:
+            raise ValueError("set only one of string, bytes")
         return self
 
 
 class HTTPDirectResponse(Model):
-    status: int = Field(ge=200, le=599)
+    status: int = Field(ge=200, le=600)
     body: HTTPBody | None = None
 
 
@@ -385,7 +392,7 @@ class CorsPolicy(Model):
     allow_methods: list[str] | None = None
     allow_headers: list[str] | None = None
     expose_headers: list[str] | None = None
-    max_age: Duration | None = None
+    max_age: PositiveDuration | None = None
     allow_credentials: bool | None = None
     unmatched_preflights: Literal["UNSPECIFIED", "FORWARD", "IGNORE"] | None = None
 
@@ -396,6 +403,9 @@ class Delegate(Model):
 
 
 class HTTPRoute(Model):
+    """One HTTP rule. Which of route, redirect, directResponse and delegate it may combine
+    depends on the VirtualService (a delegate's rules differ): ``meshlib.config.validation``."""
+
     name: str | None = None
     match: list[HTTPMatchRequest] | None = None
     route: list[HTTPRouteDestination] | None = None
@@ -403,7 +413,7 @@ class HTTPRoute(Model):
     direct_response: HTTPDirectResponse | None = None
     delegate: Delegate | None = None
     rewrite: HTTPRewrite | None = None
-    timeout: Duration | None = None
+    timeout: PositiveDuration | None = None
     retries: HTTPRetry | None = None
     fault: HTTPFaultInjection | None = None
     mirror: Destination | None = None
@@ -421,36 +431,6 @@ class HTTPRoute(Model):
         if route and len(route) > 1 and sum(d.weight for d in route) == 0:
             raise ValueError("total destination weight = 0: give the destinations weights")
         return route
-
-    @model_validator(mode="after")
-    def _check(self) -> HTTPRoute:
-        actions = [
-            n
-            for n in ("route", "redirect", "direct_response", "delegate")
-            if getattr(self, n) not in (None, [])
-        ]
-        if self.route is not None and not self.route:
-            raise ValueError("route must list at least one destination")
-        if not actions:
-            raise ValueError("a route needs one of route, redirect, directResponse, delegate")
-        if "direct_response" in actions and len(actions) > 1:
-            raise ValueError("directResponse cannot be combined with route, redirect or delegate")
-        if "redirect" in actions and "route" in actions:
-            raise ValueError("set only one of route, redirect")
-        if "delegate" in actions and len(actions) > 1:
-            raise ValueError("a delegate route cannot also have route, redirect or directResponse")
-        if self.redirect is not None and self.rewrite is not None:
-            raise ValueError("rewrite cannot be combined with redirect")
-        if self.mirror is not None and self.mirrors:
-            raise ValueError("set only one of mirror, mirrors")
-        if self.match is not None:
-            for i, entry in enumerate(self.match):
-                if entry == _EMPTY_MATCH:
-                    raise ValueError(f"match[{i}] is empty: an HTTPMatchRequest cannot be empty")
-        return self
-
-
-_EMPTY_MATCH = HTTPMatchRequest()
 
 
 class L4Match(Model):

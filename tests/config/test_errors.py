@@ -196,13 +196,13 @@ spec:
         + """\
   - fault:
       abort:
-        httpStatus: 600
+        httpStatus: 601
         percentage: {value: 1}
     route:
     - destination:
         host: reviews
 """,
-        "reviews.yaml:10: spec.http[0].fault.abort.httpStatus: must be <= 599",
+        "reviews.yaml:10: spec.http[0].fault.abort.httpStatus: must be <= 600",
     ),
     (
         "direct-response-status-too-low",
@@ -340,19 +340,19 @@ spec: {replicas: 1}
         "VirtualService)",
     ),
     (
-        "uppercase-header-name",
+        "bad-header-name",
         VS
         + """\
   - match:
     - headers:
-        End-User:
+        end user:
           exact: jason
     route:
     - destination:
         host: reviews
 """,
-        "reviews.yaml:10: spec.http[0].match[0].headers.End-User: header name 'End-User' "
-        "must be lowercase",
+        "reviews.yaml:10: spec.http[0].match[0].headers[\"end user\"]: header name 'end user' is "
+        "not a valid header name (letters, digits and !#$%&'*+-.^_`|~)",
     ),
     (
         "bad-retry-on",
@@ -389,8 +389,8 @@ spec: {replicas: 1}
     - uri:
         prefix: /
 """,
-        "reviews.yaml:8: spec.http[0]: a route needs one of route, redirect, directResponse, "
-        "delegate",
+        "reviews.yaml:8: spec.http[0]: HTTP route, redirect or directResponse is required (give "
+        "route: [{destination: {host: ...}}])",
     ),
     (
         "route-and-redirect",
@@ -400,18 +400,21 @@ spec: {replicas: 1}
     route:
     - destination: {host: reviews}
 """,
-        "reviews.yaml:8: spec.http[0]: set only one of route, redirect",
+        "reviews.yaml:9: spec.http[0].route: HTTP route cannot contain both route and redirect",
     ),
     (
-        "empty-match-entry",
+        "empty-prefix-header-match",
         VS
         + """\
   - match:
-    - {}
+    - headers:
+        end-user: {prefix: ""}
     route:
     - destination: {host: reviews}
 """,
-        "reviews.yaml:8: spec.http[0]: match[0] is empty: an HTTPMatchRequest cannot be empty",
+        "reviews.yaml:10: spec.http[0].match[0].headers.end-user.prefix: prefix string match "
+        "should not be empty (to match any value, remove the match; for a header that must be "
+        "present, write {})",
     ),
     (
         "fault-without-delay-or-abort",
