@@ -64,7 +64,7 @@ spec:
   endpoints:
   - {address: 10.0.0.1, ports: {https: 8443}, labels: {zone: a}}
   - {address: 10.0.0.2}
-  - {address: "10.0.0.3:9000", weight: 5}
+  - {address: 10.0.0.3, ports: {https: 9000}, weight: 5}
 """,
             )
         ]

@@ -219,7 +219,7 @@ def test_a_sink_sees_the_retry_budget_run_out(
     send: Send, upstreams: Upstreams, meshes: Any, sink: Sink
 ) -> None:
     upstreams.script("reviews", [Reply(503)])
-    rule = dr("  trafficPolicy: {retryBudget: {percent: {value: 0}, minRetryConcurrency: 0}}\n")
+    rule = dr("  trafficPolicy: {retryBudget: {percent: 0, minRetryConcurrency: 0}}\n")
     mesh = meshes(docs(rule), upstreams)
 
     send(mesh, "GET", REVIEWS)

@@ -303,7 +303,7 @@ def test_no_route_is_404_nr(send: Send, upstreams: Upstreams, meshes: Any) -> No
 
 def test_retry_budget_exhausted_is_counted(send: Send, upstreams: Upstreams, meshes: Any) -> None:
     upstreams.script("reviews", [Reply(503)] * 3)
-    rule = dr("  trafficPolicy: {retryBudget: {percent: {value: 0}, minRetryConcurrency: 0}}\n")
+    rule = dr("  trafficPolicy: {retryBudget: {percent: 0, minRetryConcurrency: 0}}\n")
     mesh = meshes(docs(rule), upstreams)
 
     response = send(mesh, "GET", REVIEWS)

@@ -478,19 +478,24 @@ class VirtualService(Model):
 # --------------------------------------------------------------------------- DestinationRule
 
 
+class HTTPCookieAttribute(Model):
+    name: str
+    value: str | None = None
+
+
 class HTTPCookie(Model):
     name: str
     path: str | None = None
     ttl: Duration | None = None
-    attributes: list[dict[str, str]] | None = None
+    attributes: list[HTTPCookieAttribute] | None = None
 
 
 class RingHash(Model):
-    minimum_ring_size: int | None = Field(default=None, ge=1)
+    minimum_ring_size: int | None = Field(default=None, ge=0)
 
 
 class Maglev(Model):
-    table_size: int | None = Field(default=None, ge=1)
+    table_size: int | None = Field(default=None, ge=0)
 
 
 class ConsistentHashLB(Model):
@@ -500,10 +505,11 @@ class ConsistentHashLB(Model):
     http_query_parameter_name: str | None = None
     ring_hash: RingHash | None = None
     maglev: Maglev | None = None
-    minimum_ring_size: int | None = Field(default=None, ge=1)
+    minimum_ring_size: int | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _one_of(self) -> ConsistentHashLB:
+        """At most one hash key (with none, Envoy picks endpoints at random)."""
         keys = [
             n
             for n in (
@@ -512,11 +518,11 @@ class ConsistentHashLB(Model):
                 "use_source_ip",
                 "http_query_parameter_name",
             )
-            if getattr(self, n) not in (None, False)
+            if getattr(self, n) is not None
         ]
-        if len(keys) != 1:
+        if len(keys) > 1:
             raise ValueError(
-                "set exactly one hash key: httpHeaderName, httpCookie, useSourceIp or "
+                "set only one hash key: httpHeaderName, httpCookie, useSourceIp or "
                 "httpQueryParameterName"
             )
         if self.ring_hash is not None and self.maglev is not None:
@@ -541,10 +547,26 @@ class LocalityLoadBalancerSetting(Model):
     enabled: bool | None = None
 
 
+class ZoneAwareLoadBalancerSetting(Model):
+    """Envoy's zone-aware routing: region-, zone- and subzone-level routing are automatic;
+    ``failover`` orders regions only."""
+
+    enabled: bool | None = None
+    failover: list[LocalityFailover] | None = None
+    failover_priority: list[str] | None = None
+    min_cluster_size: int | None = Field(default=None, ge=1)
+
+
+def _check_aggression(value: float) -> float:
+    if value <= 0:
+        raise ValueError("aggression should be greater than 0 (1.0 is linear)")
+    return value
+
+
 class WarmupConfiguration(Model):
-    duration: Duration
+    duration: PositiveDuration
     minimum_percent: Annotated[float, AfterValidator(_check_percent)] | None = None
-    aggression: float | None = Field(default=None, ge=1.0)
+    aggression: Annotated[float, AfterValidator(_check_aggression)] | None = None
 
 
 SimpleLB = Literal[
@@ -556,7 +578,8 @@ class LoadBalancerSettings(Model):
     simple: SimpleLB | None = None
     consistent_hash: ConsistentHashLB | None = None
     locality_lb_setting: LocalityLoadBalancerSetting | None = None
-    warmup_duration_secs: Duration | None = None
+    zone_aware_lb_setting: ZoneAwareLoadBalancerSetting | None = None
+    warmup_duration_secs: PositiveDuration | None = None
     warmup: WarmupConfiguration | None = None
 
     @model_validator(mode="after")
@@ -568,8 +591,16 @@ class LoadBalancerSettings(Model):
 
 class TcpKeepalive(Model):
     probes: int | None = Field(default=None, ge=0)
-    time: Duration | None = None
-    interval: Duration | None = None
+    time: PositiveDuration | None = None
+    interval: PositiveDuration | None = None
+
+
+class ConnectionKeepalive(Model):
+    """``http2KeepAlive``: HTTP/2 PINGs every ``interval``, the connection closed when one is
+    not answered within ``timeout``. Istio requires both."""
+
+    interval: PositiveDuration | None = None
+    timeout: PositiveDuration | None = None
 
 
 class TCPSettings(Model):
@@ -585,11 +616,11 @@ class HTTPSettings(Model):
     http2_max_requests: int | None = Field(default=None, ge=0)
     max_requests_per_connection: int | None = Field(default=None, ge=0)
     max_retries: int | None = Field(default=None, ge=0)
-    idle_timeout: Duration | None = None
+    idle_timeout: PositiveDuration | None = None
     h2_upgrade_policy: Literal["DEFAULT", "DO_NOT_UPGRADE", "UPGRADE"] | None = None
     use_client_protocol: bool | None = None
     max_concurrent_streams: int | None = Field(default=None, ge=0)
-    http2_keep_alive: TcpKeepalive | None = Field(default=None, alias="http2KeepAlive")
+    http2_keep_alive: ConnectionKeepalive | None = Field(default=None, alias="http2KeepAlive")
 
 
 class ConnectionPoolSettings(Model):
@@ -607,7 +638,7 @@ class OutlierDetection(Model):
     base_ejection_time: PositiveDuration | None = None
     max_ejection_percent: int | None = Field(default=None, ge=0, le=100)
     min_health_percent: int | None = Field(default=None, ge=0, le=100)
-    outlier_detection_http_error_codes: list[int] | None = None
+    outlier_detection_http_error_codes: list[Annotated[int, Field(ge=100, le=599)]] | None = None
 
 
 class ClientTLSSettings(Model):
@@ -621,21 +652,6 @@ class ClientTLSSettings(Model):
     insecure_skip_verify: bool | None = None
     ca_crl: str | None = None
 
-    @model_validator(mode="after")
-    def _check(self) -> ClientTLSSettings:
-        if self.mode == "MUTUAL" and self.credential_name is None:
-            missing = [
-                n
-                for n, v in (
-                    ("clientCertificate", self.client_certificate),
-                    ("privateKey", self.private_key),
-                )
-                if not v
-            ]
-            if missing:
-                raise ValueError(f"mode MUTUAL needs {' and '.join(missing)} (or credentialName)")
-        return self
-
 
 class TunnelSettings(Model):
     protocol: Literal["CONNECT", "POST"] | None = None
@@ -648,7 +664,9 @@ class ProxyProtocol(Model):
 
 
 class RetryBudget(Model):
-    percent: Percent | None = None
+    """Istio's ``percent`` is a bare number (a ``DoubleValue``): ``percent: 25``."""
+
+    percent: Annotated[float, AfterValidator(_check_percent)] | None = None
     min_retry_concurrency: int | None = Field(default=None, ge=0)
     budget_interval: Duration | None = None
 
@@ -679,6 +697,8 @@ class Subset(Model):
 
 
 class WorkloadSelector(Model):
+    """A DestinationRule's ``workloadSelector`` (Istio's ``type.v1beta1.WorkloadSelector``)."""
+
     match_labels: Labels | None = None
 
 
@@ -689,15 +709,6 @@ class DestinationRule(Model):
     export_to: list[str] | None = None
     workload_selector: WorkloadSelector | None = None
 
-    @model_validator(mode="after")
-    def _unique_subsets(self) -> DestinationRule:
-        seen: set[str] = set()
-        for subset in self.subsets or ():
-            if subset.name in seen:
-                raise ValueError(f"subset name {subset.name!r} is defined twice")
-            seen.add(subset.name)
-        return self
-
 
 # --------------------------------------------------------------------------- ServiceEntry
 
@@ -705,7 +716,7 @@ class DestinationRule(Model):
 class ServicePort(Model):
     number: int = Field(ge=1, le=65535)
     protocol: str | None = None
-    name: str | None = None
+    name: str
     target_port: int | None = Field(default=None, ge=1, le=65535)
 
 
@@ -719,6 +730,13 @@ class WorkloadEntry(Model):
     service_account: str | None = None
 
 
+class ServiceEntryWorkloadSelector(Model):
+    """A ServiceEntry's ``workloadSelector`` (Istio's ``networking.v1.WorkloadSelector``):
+    ``labels``, not ``matchLabels``."""
+
+    labels: Labels | None = None
+
+
 class ServiceEntry(Model):
     hosts: list[str] = Field(min_length=1)
     addresses: list[str] | None = None
@@ -726,7 +744,8 @@ class ServiceEntry(Model):
     location: Literal["MESH_EXTERNAL", "MESH_INTERNAL"] | None = None
     resolution: Literal["NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN", "DYNAMIC_DNS"] | None = None
     endpoints: list[WorkloadEntry] | None = None
-    workload_selector: WorkloadSelector | None = None
+    workload_selector: ServiceEntryWorkloadSelector | None = None
+
     export_to: list[str] | None = None
     subject_alt_names: list[str] | None = None
 

@@ -523,7 +523,7 @@ class RetryBudget:
         if budget is None:
             return cls(max_retries=max_retries)
         return cls(
-            percent=budget.percent.value if budget.percent is not None else DEFAULT_BUDGET_PERCENT,
+            percent=budget.percent if budget.percent is not None else DEFAULT_BUDGET_PERCENT,
             min_retry_concurrency=(
                 budget.min_retry_concurrency
                 if budget.min_retry_concurrency is not None

@@ -185,7 +185,7 @@ def test_every_istio_api_version_is_accepted(version: str, kind: str) -> None:
     specs = {
         "VirtualService": "{hosts: [reviews], http: [{route: [{destination: {host: reviews}}]}]}",
         "DestinationRule": "{host: reviews, subsets: [{name: v1, labels: {version: v1}}]}",
-        "ServiceEntry": "{hosts: [api.example.com], ports: [{number: 443, protocol: TLS}]}",
+        "ServiceEntry": "{hosts: [a.example.com], ports: [{number: 443, protocol: TLS, name: t}]}",
     }
     text = (
         f"apiVersion: networking.istio.io/{version}\n"
@@ -644,7 +644,7 @@ spec:
         maxRequestsPerConnection: 10
         maxRetries: 3
         idleTimeout: 90s
-        h2UpgradePolicy: UPGRADE
+        h2UpgradePolicy: DO_NOT_UPGRADE
         useClientProtocol: true
         maxConcurrentStreams: 50
     outlierDetection:
@@ -862,7 +862,7 @@ def test_destination_rule_traffic_policy(rich: MeshConfig) -> None:
         "max_requests_per_connection": 10,
         "max_retries": 3,
         "idle_timeout": 90.0,
-        "h2_upgrade_policy": "UPGRADE",
+        "h2_upgrade_policy": "DO_NOT_UPGRADE",
         "use_client_protocol": True,
         "max_concurrent_streams": 50,
     }

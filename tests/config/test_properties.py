@@ -207,7 +207,7 @@ traffic_policies = st.fixed_dictionaries(
                     {"http1MaxPendingRequests": st.integers(0, 100), "idleTimeout": durations()}
                 ),
             },
-        ),
+        ).filter(bool),  # Istio: "connection pool must have at least one field"
         "outlierDetection": st.fixed_dictionaries(
             {
                 "consecutive5xxErrors": st.integers(0, 10),
@@ -217,7 +217,7 @@ traffic_policies = st.fixed_dictionaries(
             }
         ),
     },
-)
+).filter(bool)  # Istio: "traffic policy must have at least one field"
 
 
 @st.composite

@@ -13,7 +13,6 @@ import pytest
 import tenacity
 
 from meshlib.clock import Clock
-from meshlib.config.model import Percent
 from meshlib.config.model import RetryBudget as RetryBudgetConfig
 from meshlib.errors import CircuitOpenError, DeadlineExceeded, NoHealthyUpstream
 from meshlib.policies.retry import (
@@ -572,7 +571,7 @@ def test_budget_percent_with_many_requests() -> None:
 
 
 def test_budget_from_explicit_config() -> None:
-    config = RetryBudgetConfig(percent=Percent(value=50), min_retry_concurrency=1)
+    config = RetryBudgetConfig(percent=50.0, min_retry_concurrency=1)
     budget = RetryBudget.from_config(config, max_retries=2)
     assert fill(budget, 10) == 5  # the budget replaces maxRetries
     zero = RetryBudget.from_config(RetryBudgetConfig(min_retry_concurrency=0))
