@@ -3,6 +3,9 @@
 ```
 MeshError
  ├─ ConfigError            (also ValueError)   every problem with file, line and field path
+ ├─ IdentityError                              this workload's identity: CA, keys, certificates
+ │   └─ SpiffeIdError      (also ValueError)   a string that is not a valid SPIFFE ID
+ ├─ PeerIdentityError                          a peer's certificate was refused (expected/presented)
  └─ MeshRequestError       (also httpx.TransportError)  a call the mesh could not complete
      ├─ NoRouteError                           no route matched (flag NR)
      ├─ NoHealthyUpstream                      no endpoint to send to (flags UH / NC)
@@ -66,6 +69,25 @@ class ConfigError(MeshError, ValueError):
         return cls([Problem(file, line, path, message)])
 
 
+class IdentityError(MeshError):
+    """This workload's identity cannot be set up: a CA directory, key file or certificate that is
+    missing, malformed or not private enough."""
+
+
+class SpiffeIdError(IdentityError, ValueError):
+    """A string that is not a valid SPIFFE ID (``spiffe://<td>/ns/<namespace>/sa/<sa>``)."""
+
+
+class PeerIdentityError(MeshError):
+    """A peer's certificate was refused: no certificate, a chain the mesh CA did not sign, or not
+    the SPIFFE ID expected. ``expected`` and ``presented`` say what was wanted and what came."""
+
+    def __init__(self, message: str, *, expected: str = "", presented: str = "") -> None:
+        self.expected = expected
+        self.presented = presented
+        super().__init__(message)
+
+
 class MeshRequestError(MeshError, httpx.TransportError):
     """A request the mesh could not complete; says which route, destination and response flag."""
 
@@ -126,9 +148,12 @@ __all__ = [
     "CircuitOpenError",
     "ConfigError",
     "DeadlineExceeded",
+    "IdentityError",
     "MeshError",
     "MeshRequestError",
     "NoHealthyUpstream",
     "NoRouteError",
+    "PeerIdentityError",
     "Problem",
+    "SpiffeIdError",
 ]
