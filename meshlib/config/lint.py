@@ -1,7 +1,9 @@
 """Warnings about configs that are valid but do not do what their authors think.
 
 Each is a trap Istio users fall into: unreachable routes, subsets that do not exist, faults that
-silently turn off retries, weights that do not add up, retries cut short by the route timeout,
+silently turn off retries, an empty ``retries`` that does not do what it seems to (null keeps the
+default retries, ``{}`` turns them off), weights that do not add up, retries cut short by the
+route timeout,
 faults that inject nothing because no percentage was given, and delays that outlast a caller's
 timeout somewhere up the call chain (Bookinfo's 7s ratings delay against productpage's 3s × 2
 timeout on reviews) — the caller's timeouts come from route ``timeout``s and from the
@@ -17,6 +19,7 @@ from meshlib.config import model as m
 from meshlib.config.compile import catches_all, fqdn, mesh_bound
 from meshlib.config.load import NOT_APPLICABLE, MeshConfig, Resource
 from meshlib.errors import ConfigError, Problem
+from meshlib.routing import DEFAULT_RETRY
 
 
 def lint(config: MeshConfig, services: Sequence[MeshConfig] = ()) -> list[Problem]:
@@ -142,6 +145,7 @@ def _virtual_service(
                         "of the traffic",
                     )
                 )
+        out += _empty_retries(resource, at)
         if http.fault is not None:
             for name in ("retries", "timeout"):
                 if getattr(http, name) is not None:
@@ -166,6 +170,44 @@ def _virtual_service(
                         )
                     )
     return out
+
+
+def _default_retries() -> str:
+    codes = ",".join(str(c) for c in sorted(DEFAULT_RETRY.retriable_status_codes))
+    return f"{DEFAULT_RETRY.attempts} retries on {','.join(DEFAULT_RETRY.retry_on)}" + (
+        f" (status {codes})" if codes else ""
+    )
+
+
+def _empty_retries(resource: Resource, at: tuple[str | int, ...]) -> list[Problem]:
+    """``retries:`` with nothing under it (YAML null: its fields lost their indentation) reads
+    as no ``retries`` at all, and ``retries: {}`` as ``attempts: 0``, retries off: Istio's
+    ``retry.ConvertPolicy`` (nil: the default policy; attempts 0: none), which meshlib follows.
+    """
+    spec = resource.document.data.get("spec") if isinstance(resource.document.data, dict) else None
+    routes = spec.get("http") if isinstance(spec, dict) else None
+    index = at[-1]
+    if not isinstance(routes, list) or not isinstance(index, int) or index >= len(routes):
+        return []
+    route = routes[index]
+    if not isinstance(route, dict) or "retries" not in route or route.get("fault") is not None:
+        return []
+    retries = route["retries"]
+    if retries is None:
+        message = (
+            "empty: 'retries:' with nothing under it is read as no retries field at all (as "
+            f"Istio reads it), so this route keeps the default policy, {_default_retries()}; "
+            "retry fields go indented under 'retries', and 'attempts: 0' turns retries off"
+        )
+    elif retries == {}:
+        message = (
+            "'retries: {}' means attempts 0 (as in Istio): this route is not retried at all, "
+            f"where leaving 'retries' out keeps the default policy, {_default_retries()}; "
+            "write 'attempts: 0' if no retries is what you mean"
+        )
+    else:
+        return []
+    return [resource.problem((*at, "retries"), message)]
 
 
 def _destination(

@@ -9,11 +9,12 @@ from __future__ import annotations
 import difflib
 import glob
 import os
+import types
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Annotated, Any, Union, get_args, get_origin
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from meshlib.config import model as m
 from meshlib.config import validation
@@ -151,7 +152,7 @@ class _Loader:
 
     def load_text(self, text: str, name: str, base_dir: str) -> None:
         self.files.append(name)
-        documents, problems = parse_yaml(text, name)
+        documents, problems = parse_yaml(text, name, _misfits)
         self.problems.extend(problems)
         for document in documents:
             self.load_document(document, base_dir)
@@ -209,7 +210,7 @@ class _Loader:
         allowed_top = {"apiVersion", "kind", "metadata", "spec", "status"}
         for key in data:
             if key not in allowed_top:
-                self.error(doc, (key,), f"unknown field{_suggest(key, sorted(allowed_top))}")
+                self.error(doc, (key,), _unknown_top_field(key, allowed_top, kind))
         metadata = self.validate(doc, ("metadata",), m.Metadata, data.get("metadata"))
         spec_data = data.get("spec")
         if applicable and spec_data is None:
@@ -283,10 +284,13 @@ class _Loader:
         except ValidationError as exc:
             for err in exc.errors(include_url=False):
                 # a dict key's own error ends in "[key]": the key itself is the place
-                loc = (*base, *(part for part in err["loc"] if part != "[key]"))
-                self.problems.append(
-                    Problem(doc.file, doc.line_of(loc), format_path(loc), _message(err, loc))
-                )
+                inner = tuple(part for part in err["loc"] if part != "[key]")
+                loc = (*base, *inner)
+                if err["type"] == "extra_forbidden":
+                    message = _unknown_field(doc, base, model, inner)
+                else:
+                    message = _message(err, loc)
+                self.problems.append(Problem(doc.file, doc.line_of(loc), format_path(loc), message))
             return None
 
     def error(self, doc: Document, path: Path, message: str) -> None:
@@ -372,26 +376,161 @@ def _service_info(entry: tuple[Document, m.Service, m.Metadata] | None) -> Servi
 
 # --------------------------------------------------------------------------- messages
 
-_VOCABULARY: list[str] | None = None
 
-
-def _vocabulary() -> list[str]:
-    """Every Istio/meshlib field name meshlib knows, for "did you mean" suggestions."""
-    global _VOCABULARY  # noqa: PLW0603 - computed once, read-only afterwards
-    if _VOCABULARY is None:
-        names: set[str] = set()
-        for obj in vars(m).values():
-            if isinstance(obj, type) and issubclass(obj, m.Model) and obj is not m.Model:
-                for name, info in obj.model_fields.items():
-                    names.add(info.alias or name)
-        _VOCABULARY = sorted(names)
-    return _VOCABULARY
+def _misfits(data: Any) -> int:
+    """How many problems a parsed document has against its kind's schema: the judge that tells
+    which mend of a YAML syntax error the author meant."""
+    if not isinstance(data, dict):
+        return 1
+    top = {"apiVersion", "kind", "metadata", "spec", "status"}
+    count = sum(1 for key in data if key not in top)
+    model = m.SPEC_MODELS.get(str(data.get("kind")))
+    spec = data.get("spec")
+    metadata = data.get("metadata")
+    if isinstance(metadata, dict):
+        count += sum(1 for key in metadata if key in top)
+    if model is not None and spec is None and model is not m.Service:
+        count += 1
+    if model is not None and spec is not None:
+        try:
+            model.model_validate(spec)
+        except ValidationError as exc:
+            count += exc.error_count()
+    return count
 
 
 def _suggest(word: str, choices: Sequence[str]) -> str:
     others = [choice for choice in choices if choice != word]
     close = difflib.get_close_matches(word, others, n=1, cutoff=0.75)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _unknown_top_field(key: str, allowed: set[str], kind: str) -> str:
+    """An unknown top-level field: a typo of one, or a field of ``spec`` or ``metadata`` that
+    lost its indentation."""
+    close = _suggest(key, sorted(allowed))
+    if close:
+        return f"unknown field{close}"
+    spec = m.SPEC_MODELS.get(kind)
+    for parent, model in (("spec", spec), ("metadata", m.Metadata)):
+        if model is not None and key in _fields(model):
+            return f"unknown field at the top level: did you mean it under {parent!r}?"
+    return "unknown field"
+
+
+def _unknown_field(doc: Document, base: Path, model: type[Any], loc: Path) -> str:
+    """What to say about an unknown field at ``loc`` (relative to ``model``, read at ``base``):
+    a field of the same level it is a typo of, or the nearby level (a field's own fields, or
+    the level above) where a field of that name exists: such a field lost or gained
+    indentation."""
+    key, where = str(loc[-1]), loc[:-1]
+    level = _name((*base, *where))
+    here = _models(_walk(model, where))
+    names = sorted({name for found in here for name in _fields(found)})
+    # one level down: the fields of this level's fields
+    under = [
+        name
+        for found in here
+        for name, annotation in _fields(found).items()
+        if any(key in _fields(child) for child in _models(_descend([annotation])))
+    ]
+    if under:
+        choices = " or ".join(repr(name) for name in dict.fromkeys(under))
+        message = f"unknown field at the level of {level}: did you mean it under {choices}?"
+        value = _value_at(doc.data, (*base, *where))
+        empty = [n for n in under if isinstance(value, dict) and n in value and value[n] is None]
+        if empty:
+            line = doc.line_of((*base, *where, empty[0]))
+            message += f" ({empty[0]!r} on line {line} is empty: its fields go under it)"
+        return message
+    # one level up: the level holding this one
+    if where:
+        up = where
+        while up and isinstance(up[-1], int):
+            up = up[:-1]
+        above = up[:-1]
+        if any(key in _fields(found) for found in _models(_walk(model, above))):
+            return (
+                f"unknown field in {level}: did you mean it one level up, in "
+                f"{_name((*base, *above))} (beside {_name((*base, *up))!r})?"
+            )
+    close = _suggest(key, names)
+    return f"unknown field{close}"
+
+
+def _name(path: Path) -> str:
+    """The last key of ``path`` with its indexes: ``route[1]``, ``destination``."""
+    out = ""
+    for part in reversed(path):
+        if isinstance(part, int):
+            out = f"[{part}]{out}"
+        else:
+            return f"{part}{out}"
+    return out or "the top level"
+
+
+def _value_at(data: Any, path: Path) -> Any:
+    for part in path:
+        fits = isinstance(data, dict) and part in data
+        if not fits and not (isinstance(part, int) and isinstance(data, list) and part < len(data)):
+            return None
+        data = data[part]
+    return data
+
+
+def _fields(model: type[Any]) -> dict[str, Any]:
+    """A model's YAML field names (Istio's camelCase) and their types."""
+    return {info.alias or name: info.annotation for name, info in model.model_fields.items()}
+
+
+def _flat(annotation: Any) -> list[Any]:
+    """The types an annotation allows: unions and ``Annotated`` unwrapped."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _flat(get_args(annotation)[0])
+    if origin is Union or origin is types.UnionType:
+        return [t for arg in get_args(annotation) for t in _flat(arg)]
+    return [annotation]
+
+
+def _models(found: list[Any]) -> list[type[BaseModel]]:
+    return [t for t in found if isinstance(t, type) and issubclass(t, BaseModel)]
+
+
+def _descend(found: list[Any]) -> list[Any]:
+    """The types under lists and map values: the level a field's own fields are at."""
+    out: list[Any] = []
+    for annotation in found:
+        for flat in _flat(annotation):
+            origin = get_origin(flat)
+            if origin in (list, tuple, set, frozenset):
+                out += _descend([get_args(flat)[0]])
+            elif origin is dict:
+                out += _descend([get_args(flat)[1]])
+            else:
+                out.append(flat)
+    return out
+
+
+def _walk(model: type[Any], path: Path) -> list[Any]:
+    """The types at ``path`` under ``model`` (a list index or a map key steps into the list
+    or the map)."""
+    found: list[Any] = [model]
+    for part in path:
+        step: list[Any] = []
+        for annotation in found:
+            for flat in _flat(annotation):
+                origin = get_origin(flat)
+                if isinstance(part, int) and origin in (list, tuple):
+                    step += _flat(get_args(flat)[0])
+                elif isinstance(part, str) and origin is dict:
+                    step += _flat(get_args(flat)[1])
+                elif isinstance(part, str) and _models([flat]):
+                    field = _fields(flat).get(part)
+                    if field is not None:
+                        step += _flat(field)
+        found = step
+    return found
 
 
 _TYPE_NAMES = {
@@ -416,8 +555,6 @@ def _message(err: Any, loc: Path) -> str:
     value = err.get("input")
     if kind == "missing":
         return "required field is missing"
-    if kind == "extra_forbidden":
-        return f"unknown field{_suggest(str(loc[-1]), _vocabulary())}"
     if kind in _TYPE_NAMES:
         return f"must be {_TYPE_NAMES[kind]}, not {_show(value)}"
     if kind == "literal_error":

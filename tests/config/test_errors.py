@@ -251,7 +251,8 @@ metadata:
 spec:
   hosts: [reviews]
 """,
-        "reviews.yaml:4: invalid YAML: mapping values are not allowed here",
+        "reviews.yaml:4: metadata.name: invalid YAML: the value of 'name' has ': ' in it, which "
+        'YAML reads as another key: quote the value (name: "reviews: v1")',
     ),
     (
         "invalid-yaml-tab",
@@ -261,8 +262,8 @@ kind: VirtualService
 metadata:
 \tname: reviews
 """,
-        "reviews.yaml:4: invalid YAML: while scanning for the next token, found character '\\t' "
-        "that cannot start any token",
+        "reviews.yaml:4: metadata.name: invalid YAML: 'name' is indented with a tab, and YAML "
+        "indents with spaces only: indent it 2 spaces, under 'metadata'",
     ),
     (
         "duplicate-key",
@@ -659,7 +660,7 @@ def test_config_error_is_a_value_error_and_a_mesh_error() -> None:
     assert isinstance(error, MeshError)
     assert_clean(error)
     # callers that only know ValueError still catch it
-    with pytest.raises(ValueError, match=r"^x\.yaml:\d+: invalid YAML"):
+    with pytest.raises(ValueError, match=r"^x\.yaml:\d+: a: invalid YAML"):
         load_texts([("x.yaml", "a: [")])
 
 
