@@ -3,6 +3,7 @@
 meshctl validate [-s SERVICE.yaml]... FILE...  every problem as file:line: path: message
 meshctl explain -c FILE [-H 'name: value'] METHOD URL [--json]
 meshctl bookinfo apply|delete|reset|routes     the running Bookinfo demo's rules (bookinfo.py)
+meshctl ca init|issue                          the mesh's local CA (security/cli.py)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from meshlib.config.load import load_config
 from meshlib.errors import ConfigError
 from meshlib.mesh import Mesh
 from meshlib.routing import RouteDecision
+from meshlib.security import cli as security_cli
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -86,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     explain.set_defaults(run=_explain)
 
     bookinfo.add_parser(commands)
+    security_cli.register(commands)
     return parser
 
 
