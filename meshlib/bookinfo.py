@@ -14,6 +14,9 @@ meshctl bookinfo apply FILE...     create or replace the resources of FILE (``-`
 meshctl bookinfo delete FILE...    remove the resources named in FILE
 meshctl bookinfo reset             back to the baseline: Istio's destination-rule-all.yaml
 meshctl bookinfo routes            the rules in force, and whether each service runs them
+meshctl bookinfo load              concurrent calls to a service through a mesh of meshctl's
+                                   own with the rules in force (fortio in Istio's tasks): the
+                                   status codes and response flags, counted
 
 The baseline is what Istio's tasks apply before their first step: the DestinationRules of
 ``destination-rule-all.yaml``, which define the subsets (v1, v2, v3) the VirtualServices route
@@ -28,16 +31,22 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TextIO
+
+import httpx
 
 from meshlib import control
 from meshlib.config import model as m
 from meshlib.config.lint import lint
 from meshlib.config.load import MeshConfig, load_config, load_texts
 from meshlib.errors import ConfigError, Problem
+from meshlib.mesh import Mesh
 
 RUN_DIR_ENV = "BOOKINFO_RUN_DIR"
 STATE_FILE = "bookinfo.json"
@@ -170,6 +179,58 @@ def add_parser(commands: Any) -> None:
     common(routes)
     routes.set_defaults(run=_routes)
 
+    load = sub.add_parser(
+        "load",
+        help="send concurrent calls to a service through the mesh, count codes and flags",
+        description="Send calls to a service of the demo, several at a time, through a mesh of "
+        "meshctl's own that knows where the services are and runs the rules in force (as "
+        "fortio and its sidecar do in Istio's circuit-breaking task), and print how many got "
+        "each status code and each response flag. Exit 0 once every call is done.",
+    )
+    common(load)
+    load.add_argument(
+        "--service",
+        default="productpage",
+        help="the service to call (default productpage)",
+    )
+    load.add_argument(
+        "--path",
+        default=None,
+        help="the path to call (default: the service's own, e.g. /productpage, /details/0)",
+    )
+    load.add_argument(
+        "-c",
+        "--concurrency",
+        type=int,
+        default=2,
+        metavar="N",
+        help=f"calls in flight at once (default 2, at most {MAX_CONCURRENCY})",
+    )
+    load.add_argument(
+        "-n",
+        "--calls",
+        type=int,
+        default=20,
+        metavar="N",
+        help=f"how many calls in all (default 20, at most {MAX_CALLS})",
+    )
+    load.add_argument(
+        "-H",
+        "--header",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="a request header (repeatable), e.g. 'end-user: jason'",
+    )
+    load.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="the client's timeout on each call (default 10)",
+    )
+    load.set_defaults(run=_load)
+
 
 def _help(parser: argparse.ArgumentParser, out: TextIO) -> int:
     parser.print_help(out)
@@ -263,6 +324,135 @@ def _routes(args: argparse.Namespace, out: TextIO) -> int:
                 print(f"      {line}", file=out)
     print("Services:", file=out)
     return _print_sync([control.check(s) for s in demo.services], out)
+
+
+MAX_CONCURRENCY = 64
+MAX_CALLS = 10_000
+#: The path ``load`` calls on each Bookinfo service.
+SERVICE_PATHS = {
+    "productpage": "/productpage",
+    "details": "/details/0",
+    "reviews": "/reviews/0",
+    "ratings": "/ratings/0",
+}
+#: What the response flags ``load`` may count mean (Envoy's words, shortened).
+FLAG_MEANINGS = {
+    "-": "no flag: the service answered",
+    "UO": "upstream overflow: refused by the connection pool's limits or an open breaker",
+    "UH": "no healthy upstream",
+    "NC": "no cluster: the subset is not defined",
+    "NR": "no route",
+    "UT": "upstream request timeout",
+    "UF": "upstream connection failure",
+    "UC": "upstream connection termination",
+    "URX": "retry limit exceeded",
+    "FI": "fault injected: abort",
+    "DI": "fault injected: delay",
+}
+
+
+def _load(args: argparse.Namespace, out: TextIO) -> int:
+    if not 1 <= args.concurrency <= MAX_CONCURRENCY or not 1 <= args.calls <= MAX_CALLS:
+        print(
+            f"meshctl bookinfo load: -c must be 1 to {MAX_CONCURRENCY} and -n 1 to {MAX_CALLS}",
+            file=sys.stderr,
+        )
+        return 2
+    headers: dict[str, str] = {}
+    for raw in args.header:
+        name, sep, value = raw.partition(":")
+        if not sep or not name.strip():
+            print(
+                f"meshctl bookinfo load: bad header {raw!r}: write it as 'name: value'",
+                file=sys.stderr,
+            )
+            return 2
+        headers[name.strip()] = value.strip()
+    demo = _demo(args)
+    if demo is None:
+        return 1
+    names = sorted({s.name for s in demo.services})
+    if args.service not in names:
+        print(
+            f"meshctl bookinfo load: no service {args.service!r} in the demo "
+            f"(its services: {', '.join(names)})",
+            file=sys.stderr,
+        )
+        return 2
+    path = args.path or SERVICE_PATHS.get(args.service, "/")
+    url = f"http://{args.service}:9080{path}"
+    mesh = _client_mesh(demo)
+    codes: Counter[str] = Counter()
+    flags: Counter[str] = Counter()
+    lock = threading.Lock()
+    left = [args.calls]
+
+    def take() -> bool:
+        with lock:
+            if left[0] <= 0:
+                return False
+            left[0] -= 1
+            return True
+
+    def worker(http: httpx.Client) -> None:
+        while take():
+            try:
+                response = http.get(url, headers=headers)
+            except httpx.HTTPError as exc:  # the mesh raises for some flags (UT, an open breaker)
+                code, flag = type(exc).__name__, getattr(exc, "flag", "") or "-"
+            else:
+                code = str(response.status_code)
+                flag = response.headers.get("x-mesh-response-flags", "-")
+            with lock:
+                codes[code] += 1
+                flags[flag] += 1
+
+    print(
+        f"{args.calls} calls to {url}, {args.concurrency} at a time, through a mesh with the "
+        "demo's rules in force",
+        file=out,
+    )
+    started = time.monotonic()
+    try:
+        with (
+            mesh.client(timeout=args.timeout) as http,
+            ThreadPoolExecutor(args.concurrency) as pool,
+        ):
+            for done in [pool.submit(worker, http) for _ in range(args.concurrency)]:
+                done.result()
+    finally:
+        mesh.close()
+    took = time.monotonic() - started
+    total = sum(codes.values())
+    width = max(len(k) for k in [*codes, *flags])
+    for code, count in sorted(codes.items(), key=lambda item: (not item[0].isdigit(), item[0])):
+        label = "Code" if code.isdigit() else "Error"
+        print(f"{label} {code:<{width}} : {count} ({100 * count / total:.1f} %)", file=out)
+    print("Response flags (x-mesh-response-flags):", file=out)
+    for flag, count in sorted(flags.items(), key=lambda item: (item[0] != "-", item[0])):
+        meaning = FLAG_MEANINGS.get(flag, "")
+        print(
+            f"  {flag:<{width}} : {count} ({100 * count / total:.1f} %)"
+            + (f"  {meaning}" if meaning else ""),
+            file=out,
+        )
+    print(f"All done: {total} calls in {took:.1f}s", file=out)
+    return 0
+
+
+def _client_mesh(demo: Demo) -> Mesh:
+    """A mesh of ``load``'s own, as fortio's sidecar is in Istio's task: it finds the services
+    in the demo's registry file and runs the rules in force (not the services' own configs)."""
+    registry = os.path.join(demo.run_dir, "registry.yaml")
+    text = (
+        "apiVersion: meshlib.dev/v1\n"
+        "kind: Service\n"
+        "metadata: {name: meshctl-load}\n"
+        "spec:\n"
+        f"  registry:\n    file: {{path: {json.dumps(os.path.abspath(registry))}}}\n"
+        f"  include: [{json.dumps(os.path.abspath(demo.rules))}]\n"
+    )
+    return Mesh.from_yaml(text, name="meshctl-load")
 
 
 def _warnings(demo: Demo, sources: Sequence[control.Source]) -> list[Problem]:
