@@ -2,7 +2,7 @@
 
 meshctl validate [-s SERVICE.yaml]... FILE...  every problem as file:line: path: message
 meshctl explain -c FILE [-H 'name: value'] METHOD URL [--json]
-meshctl bookinfo apply|delete|reset|routes     the running Bookinfo demo's rules (bookinfo.py)
+meshctl bookinfo apply|delete|reset|routes|load  the running Bookinfo demo (bookinfo.py)
 meshctl ca init|issue                          the mesh's local CA (security/cli.py)
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import TextIO
@@ -23,14 +24,27 @@ from meshlib.mesh import Mesh
 from meshlib.routing import RouteDecision
 from meshlib.security import cli as security_cli
 
+#: The exit code when the reader of meshctl's output goes away (``meshctl ... | head``): the
+#: one a shell shows for git, kubectl or cat ended by SIGPIPE (128 + 13).
+EXIT_BROKEN_PIPE = 141
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
-    result: int = args.run(args, sys.stdout)
+    try:
+        parser = _parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        result: int = args.run(args, sys.stdout)
+        sys.stdout.flush()  # a broken pipe shows here, not at exit
+    except BrokenPipeError:
+        # stop quietly, as a command that SIGPIPE ends does; the rest of the output goes
+        # nowhere, so that Python's own flush at exit does not fail again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
     return result
 
 
