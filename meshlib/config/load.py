@@ -30,13 +30,14 @@ NOT_APPLICABLE: dict[str, frozenset[str]] = {
     ISTIO_NETWORKING: frozenset(
         {"Gateway", "Sidecar", "WorkloadEntry", "WorkloadGroup", "EnvoyFilter", "ProxyConfig"}
     ),
-    "security.istio.io": frozenset(
-        {"AuthorizationPolicy", "PeerAuthentication", "RequestAuthentication"}
-    ),
     "telemetry.istio.io": frozenset({"Telemetry"}),
     "extensions.istio.io": frozenset({"WasmPlugin"}),
 }
 ROUTING_KINDS = frozenset({"VirtualService", "DestinationRule", "ServiceEntry"})
+ISTIO_SECURITY = "security.istio.io"
+SECURITY_VERSIONS = ("v1beta1", "v1")
+#: Istio's security kinds: validated and kept (``meshlib.config.security``); a spec is optional.
+SECURITY_KINDS = frozenset({"AuthorizationPolicy", "PeerAuthentication", "RequestAuthentication"})
 DEFAULT_NAMESPACE = "default"
 
 
@@ -183,6 +184,21 @@ class _Loader:
                     f"{', '.join(ISTIO_VERSIONS)})",
                 )
                 return
+        elif group == ISTIO_SECURITY:
+            if kind not in SECURITY_KINDS:
+                known = sorted(SECURITY_KINDS)
+                self.error(
+                    doc, ("kind",), f"unknown kind {kind!r} of {group}{_suggest(kind, known)}"
+                )
+                return
+            if version not in SECURITY_VERSIONS:
+                self.error(
+                    doc,
+                    ("apiVersion",),
+                    f"unknown version {version!r} of {group} (use one of "
+                    f"{', '.join(SECURITY_VERSIONS)})",
+                )
+                return
         elif group in NOT_APPLICABLE:
             if kind not in NOT_APPLICABLE[group] and kind not in ROUTING_KINDS:
                 known = sorted(
@@ -206,7 +222,8 @@ class _Loader:
             )
             return
 
-        applicable = api_version == MESHLIB_API or kind in ROUTING_KINDS
+        security = group == ISTIO_SECURITY  # a security kind: its spec is optional
+        applicable = api_version == MESHLIB_API or kind in ROUTING_KINDS or security
         allowed_top = {"apiVersion", "kind", "metadata", "spec", "status"}
         for key in data:
             if key not in allowed_top:
@@ -214,7 +231,7 @@ class _Loader:
         metadata = self.validate(doc, ("metadata",), m.Metadata, data.get("metadata"))
         spec_data = data.get("spec")
         if applicable and spec_data is None:
-            spec_data = {} if kind == "Service" else None
+            spec_data = {} if kind == "Service" or security else None
             if spec_data is None:
                 self.error(doc, ("spec",), "required field is missing")
                 return

@@ -883,3 +883,7 @@ SPEC_MODELS: dict[str, type[Model]] = {
     "ServiceEntry": ServiceEntry,
     "Service": Service,
 }
+
+# Istio's security kinds (security.istio.io) are modelled in meshlib.config.security, which builds
+# on this module and adds them to SPEC_MODELS; imported last so that either module may load first.
+from meshlib.config import security as _security  # noqa: E402, F401
