@@ -167,8 +167,11 @@ def verify_peer(der: bytes | None, accepted: AcceptedPeers = ANY_IN_CLUSTER_LOCA
 def peer_identity(
     connection: ssl.SSLSocket | ssl.SSLObject, accepted: AcceptedPeers = ANY_IN_CLUSTER_LOCAL
 ) -> SpiffeId:
-    """The SPIFFE ID of the peer of a handshaken TLS connection (socket, or the ``SSLObject`` of
-    asyncio and httpx), checked against ``accepted``. Raises ``PeerIdentityError``."""
+    """The SPIFFE ID of the peer of a handshaken TLS connection, checked against ``accepted``.
+
+    ``connection``: an ``ssl.SSLSocket``, an asyncio ``SSLObject``, or what an httpx response's
+    ``extensions["network_stream"].get_extra_info("ssl_object")`` returns while the connection is
+    open. Raises ``PeerIdentityError``."""
     if connection.context.verify_mode == ssl.CERT_NONE:
         raise PeerIdentityError(
             "peer identity refused: the connection's context does not verify certificates "
@@ -185,7 +188,9 @@ def _leaf(connection: ssl.SSLSocket | ssl.SSLObject) -> bytes | None:
         chain = verified_chain()
         if chain and isinstance(chain[0], bytes):
             return chain[0]
-    der: bytes | None = connection.getpeercert(binary_form=True)
+    der: bytes | None = connection.getpeercert(
+        True
+    )  # positional: _ssl._SSLSocket takes no keywords
     return der
 
 
