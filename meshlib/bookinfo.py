@@ -111,7 +111,7 @@ def add_parser(commands: Any) -> None:
     """Register ``bookinfo`` and its subcommands on meshctl's subparsers."""
     group = commands.add_parser(
         "bookinfo",
-        help="change and show the rules of the running Bookinfo demo",
+        help="change and show the rules of the running Bookinfo demo, send it load",
         description="Apply Istio rule files to the running Bookinfo demo (make demo), as "
         "Istio's tasks do with kubectl apply, and wait until every service runs them.",
     )
