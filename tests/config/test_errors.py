@@ -414,8 +414,8 @@ spec: {replicas: 1}
     - destination: {host: reviews}
 """,
         "reviews.yaml:10: spec.http[0].match[0].headers.end-user.prefix: prefix string match "
-        "should not be empty (to match any value, remove the match; for a header that must be "
-        "present, write {})",
+        "should not be empty (to match any value, remove the match; for one that must be present, "
+        "write {})",
     ),
     (
         "fault-without-delay-or-abort",

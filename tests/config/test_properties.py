@@ -51,10 +51,14 @@ def durations(draw: st.DrawFn) -> str:
     return f"{whole}{unit}"
 
 
-def string_matches(allow_present: bool = False) -> st.SearchStrategy[dict[str, str]]:
+def string_matches(
+    allow_present: bool = False, empty_prefix: bool = False
+) -> st.SearchStrategy[dict[str, str]]:
+    """Istio allows an empty prefix in a uri match only (``empty_prefix``)."""
+    prefixes = value_text if empty_prefix else value_text.filter(bool)
     kinds = [
         st.builds(lambda v: {"exact": v}, value_text),
-        st.builds(lambda v: {"prefix": v}, value_text),
+        st.builds(lambda v: {"prefix": v}, prefixes),
         st.builds(lambda v: {"regex": v}, st.sampled_from(REGEXES)),
         st.builds(lambda v: {"regex": re.escape(v) + ".*"}, short_text),
     ]
@@ -67,12 +71,14 @@ header_names = st.one_of(
     st.sampled_from(HEADER_NAMES), st.from_regex(r"[a-z][a-z0-9-]{0,8}", fullmatch=True)
 )
 percentages = st.floats(min_value=0, max_value=100, allow_nan=False)
+# a fault's percentage is 0 or at least 0.0001 (Envoy counts it in millionths)
+fault_percentages = percentages.filter(lambda v: v == 0 or v >= 0.0001)
 
 match_entries = st.fixed_dictionaries(
     {},
     optional={
         "name": st.sampled_from(["by-user", "canary"]),
-        "uri": string_matches(),
+        "uri": string_matches(empty_prefix=True),
         "ignoreUriCase": st.booleans(),
         "method": string_matches(),
         "scheme": string_matches(),
@@ -124,7 +130,7 @@ def faults(draw: st.DrawFn) -> dict[str, Any]:
         delay: dict[str, Any] = {"fixedDelay": draw(durations())}
         how = draw(st.sampled_from(["percentage", "percent", "none"]))
         if how == "percentage":
-            delay["percentage"] = {"value": draw(percentages)}
+            delay["percentage"] = {"value": draw(fault_percentages)}
         elif how == "percent":
             delay["percent"] = draw(legacy)
         fault["delay"] = delay
@@ -132,7 +138,7 @@ def faults(draw: st.DrawFn) -> dict[str, Any]:
         abort: dict[str, Any] = {"httpStatus": draw(st.integers(min_value=200, max_value=599))}
         how = draw(st.sampled_from(["percentage", "percent", "none"]))
         if how == "percentage":
-            abort["percentage"] = {"value": draw(percentages)}
+            abort["percentage"] = {"value": draw(fault_percentages)}
         elif how == "percent":
             abort["percent"] = draw(legacy)
         fault["abort"] = abort
@@ -160,12 +166,14 @@ def http_routes(draw: st.DrawFn) -> dict[str, Any]:
     if draw(st.booleans()):
         route["timeout"] = draw(durations())
     if draw(st.booleans()):
-        route["retries"] = draw(
+        retries = draw(
             st.fixed_dictionaries(
                 {"attempts": st.integers(0, 5)},
                 optional={"perTryTimeout": durations(), "retryOn": retry_conditions},
             )
         )
+        # Istio rejects a retry policy whose attempts are 0 (retries off)
+        route["retries"] = retries if retries["attempts"] else {"attempts": 0}
     if draw(st.integers(0, 3)) == 0:
         route["fault"] = draw(faults())
     if draw(st.integers(0, 5)) == 0:

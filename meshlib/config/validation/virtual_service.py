@@ -298,12 +298,12 @@ def _match_request(entry: m.HTTPMatchRequest, path: Path) -> Iterable[Finding]:
     for name, match in (entry.headers or {}).items():
         where = (*path, "headers", name)
         yield from _problem(where, match_header_name(name))
-        yield from _string_match(match, where)
+        yield from _string_match(match, where, present=True)
     for name, match in (entry.without_headers or {}).items():
         where = (*path, "withoutHeaders", name)
         yield from _problem(where, match_header_name(name))
         if match.regex != "*":  # not RE2: pilot's "present", inverted
-            yield from _string_match(match, where)
+            yield from _string_match(match, where, present=True)
     if entry.uri is not None:  # a uri may have an empty prefix (Envoy's path prefix may)
         yield from _regex(entry.uri.regex, (*path, "uri", "regex"))
     for field in ("scheme", "method", "authority"):
@@ -311,7 +311,7 @@ def _match_request(entry: m.HTTPMatchRequest, path: Path) -> Iterable[Finding]:
         if match is not None:
             yield from _string_match(match, (*path, field))
     for name, match in (entry.query_params or {}).items():
-        yield from _string_match(match, (*path, "queryParams", name))
+        yield from _string_match(match, (*path, "queryParams", name), present=True)
     yield from common.check_labels(entry.source_labels, (*path, "sourceLabels"))
     if entry.gateways:
         yield from _gateway_names(entry.gateways, (*path, "gateways"))
@@ -322,13 +322,14 @@ def _match_request(entry: m.HTTPMatchRequest, path: Path) -> Iterable[Finding]:
         )
 
 
-def _string_match(match: m.StringMatch, path: Path) -> Iterable[Finding]:
-    """Istio's ``validateStringMatch``: neither an empty prefix nor an empty regex."""
+def _string_match(match: m.StringMatch, path: Path, *, present: bool = False) -> Iterable[Finding]:
+    """Istio's ``validateStringMatch``: neither an empty prefix nor an empty regex.
+    ``present``: the match may be ``{}`` ("the header or parameter is present")."""
     if match.prefix == "":
+        hint = "; for one that must be present, write {}" if present else ""
         yield error(
             (*path, "prefix"),
-            "prefix string match should not be empty (to match any value, remove the match; "
-            "for a header that must be present, write {})",
+            f"prefix string match should not be empty (to match any value, remove the match{hint})",
         )
     yield from _regex(match.regex, (*path, "regex"))
 
