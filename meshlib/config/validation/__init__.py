@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from meshlib.config import model as m
-from meshlib.config.validation import destination_rule, service_entry, virtual_service
+from meshlib.config.validation import destination_rule, security, service_entry, virtual_service
 from meshlib.config.validation.findings import Finding
 
 __all__ = ["Finding", "check"]
@@ -25,6 +25,9 @@ _CHECKS: dict[str, Check] = {
     "VirtualService": virtual_service.check,
     "DestinationRule": destination_rule.check,
     "ServiceEntry": service_entry.check,
+    "AuthorizationPolicy": security.check_authorization_policy,
+    "PeerAuthentication": security.check_peer_authentication,
+    "RequestAuthentication": security.check_request_authentication,
 }
 
 
