@@ -92,32 +92,22 @@ ANY_IN_CLUSTER_LOCAL = AcceptedPeers()
 
 def spiffe_id_of(certificate: x509.Certificate) -> SpiffeId:
     """The SPIFFE ID a certificate carries: its one URI SAN. ``PeerIdentityError`` otherwise."""
-    try:
-        constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints)
-        if constraints.value.ca:
-            raise PeerIdentityError(
-                "peer certificate refused: it is a CA certificate, not a workload's",
-                expected="a workload certificate",
-                presented="a CA certificate",
-            )
-    except x509.ExtensionNotFound:
-        pass
-    except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
-        raise _malformed(exc) from exc
-    try:
-        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    except x509.ExtensionNotFound:
+    is_ca, uris, dns_names = _san_of(certificate)
+    if is_ca:
+        raise PeerIdentityError(
+            "peer certificate refused: it is a CA certificate, not a workload's",
+            expected="a workload certificate",
+            presented="a CA certificate",
+        )
+    if uris is None:
         raise PeerIdentityError(
             "peer certificate refused: expected a SPIFFE ID as its URI SAN, presented a "
             "certificate without subject alternative names",
             expected="one URI SAN",
             presented="no SAN",
-        ) from None
-    except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
-        raise _malformed(exc) from exc
-    uris = san.value.get_values_for_type(x509.UniformResourceIdentifier)
+        )
     if len(uris) != 1:
-        others = [f"DNS:{name}" for name in san.value.get_values_for_type(x509.DNSName)]
+        others = [f"DNS:{name}" for name in dns_names]
         presented = ", ".join([f"URI:{uri}" for uri in uris] + others) or "no URI or DNS SAN"
         raise PeerIdentityError(
             f"peer certificate refused: expected exactly one URI SAN (the SPIFFE ID), presented "
@@ -135,6 +125,32 @@ def spiffe_id_of(certificate: x509.Certificate) -> SpiffeId:
         ) from exc
 
 
+def _san_of(certificate: x509.Certificate) -> tuple[bool, list[str] | None, list[str]]:
+    """Whether the certificate is a CA, its URI SANs (None: no SAN extension) and DNS SANs.
+
+    cryptography decodes extensions lazily and a damaged certificate fails there with
+    ``ValueError``, ``InvalidVersion``, ``DuplicateExtension`` and others; every failure to
+    decode is a malformed certificate, so any ``Exception`` here becomes ``PeerIdentityError``.
+    """
+    try:
+        try:
+            constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints)
+            is_ca = bool(constraints.value.ca)
+        except x509.ExtensionNotFound:
+            is_ca = False
+        try:
+            san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        except x509.ExtensionNotFound:
+            return is_ca, None, []
+        uris = [
+            str(value) for value in san.value.get_values_for_type(x509.UniformResourceIdentifier)
+        ]
+        dns_names = [str(value) for value in san.value.get_values_for_type(x509.DNSName)]
+    except Exception as exc:  # hostile input: see the docstring
+        raise _malformed(exc) from exc
+    return is_ca, uris, dns_names
+
+
 def spiffe_id_of_der(der: bytes) -> SpiffeId:
     """``spiffe_id_of`` on a DER certificate (what ``getpeercert(binary_form=True)`` gives)."""
     if not isinstance(der, (bytes, bytearray, memoryview)):
@@ -145,7 +161,7 @@ def spiffe_id_of_der(der: bytes) -> SpiffeId:
         )
     try:
         certificate = x509.load_der_x509_certificate(bytes(der))
-    except ValueError as exc:
+    except Exception as exc:  # hostile input: any decoding failure is malformed
         raise _malformed(exc) from exc
     return spiffe_id_of(certificate)
 
