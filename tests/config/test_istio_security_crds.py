@@ -13,12 +13,14 @@ resource) is blanked the same way; what Istio expected is shown when meshlib dis
 from __future__ import annotations
 
 import re
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from meshlib import ConfigError
+from meshlib.config import security as s
 from meshlib.config.load import load_texts
 
 KINDS = ("authz", "peerauth", "reqauth")
@@ -127,3 +129,179 @@ def test_documents_keep_the_file_lines(tmp_path: Path) -> None:
     assert (second.first, second.last, second.expected) == (6, 7, None)
     assert second.text.splitlines()[6] == "kind: AuthorizationPolicy"
     assert "_err" not in first.text
+
+
+# --------------------------------------------------------------------------- messages
+
+BAD_POLICIES: list[tuple[str, str, str]] = [
+    (
+        "custom action",
+        """\
+        apiVersion: security.istio.io/v1
+        kind: AuthorizationPolicy
+        metadata:
+          name: ext-authz
+        spec:
+          action: CUSTOM
+          provider:
+            name: my-authz
+          rules:
+          - {}
+        """,
+        "policy.yaml:6: spec.action: action CUSTOM delegates to an external authorizer, which "
+        "meshlib does not support (it has no ext_authz client): use ALLOW, DENY or AUDIT",
+    ),
+    (
+        "bad CIDR",
+        """\
+        apiVersion: security.istio.io/v1beta1
+        kind: AuthorizationPolicy
+        metadata:
+          name: by-ip
+        spec:
+          rules:
+          - from:
+            - source:
+                ipBlocks: ["10.0.0.0/8", "10.1.0.0/33"]
+        """,
+        "policy.yaml:9: spec.rules[0].from[0].source.ipBlocks[1]: bad CIDR range (10.1.0.0/33)",
+    ),
+    (
+        "unknown when key",
+        """\
+        apiVersion: security.istio.io/v1
+        kind: AuthorizationPolicy
+        metadata:
+          name: by-header
+        spec:
+          rules:
+          - when:
+            - key: request.header[x-token]
+              values: ["secret"]
+        """,
+        "policy.yaml:8: spec.rules[0].when[0].key: unknown attribute: request.header[x-token] "
+        "(use one of connection.sni, destination.ip, destination.port, remote.ip, "
+        "request.auth.audiences, request.auth.presenter, request.auth.principal, source.ip, "
+        "source.namespace, source.principal, source.serviceAccount, source.trustDomain, "
+        "request.headers[<name>], request.auth.claims[<name>], "
+        "experimental.envoy.filters.<filter>[<name>])",
+    ),
+    (
+        "port level mTLS without selector",
+        """\
+        apiVersion: security.istio.io/v1
+        kind: PeerAuthentication
+        metadata:
+          name: default
+          namespace: istio-system
+        spec:
+          mtls:
+            mode: STRICT
+          portLevelMtls:
+            "8080":
+              mode: DISABLE
+        """,
+        "policy.yaml:9: spec.portLevelMtls: portLevelMtls requires a selector with matchLabels: "
+        "a mesh- or namespace-wide peer authentication cannot have port level mTLS",
+    ),
+    (
+        "mTLS mode",
+        """\
+        apiVersion: security.istio.io/v1
+        kind: PeerAuthentication
+        metadata:
+          name: default
+        spec:
+          mtls:
+            mode: strict
+        """,
+        "policy.yaml:7: spec.mtls.mode: must be one of 'UNSET', 'DISABLE', 'PERMISSIVE' or "
+        "'STRICT', not 'strict'",
+    ),
+    (
+        "jwksUri scheme",
+        """\
+        apiVersion: security.istio.io/v1
+        kind: RequestAuthentication
+        metadata:
+          name: jwt
+        spec:
+          jwtRules:
+          - issuer: testing@secure.istio.io
+            jwksUri: ftp://example.com/jwks.json
+        """,
+        "policy.yaml:8: spec.jwtRules[0].jwksUri: URI scheme 'ftp' is not supported: url must "
+        "have scheme http:// or https://",
+    ),
+    (
+        "claim header name",
+        """\
+        apiVersion: security.istio.io/v1
+        kind: RequestAuthentication
+        metadata:
+          name: jwt
+        spec:
+          jwtRules:
+          - issuer: testing@secure.istio.io
+            jwks: '{"keys": []}'
+            outputClaimToHeaders:
+            - header: "x user"
+              claim: sub
+        """,
+        "policy.yaml:10: spec.jwtRules[0].outputClaimToHeaders[0].header: header name 'x user' "
+        "is not a valid header name (letters, digits, '-' and '_')",
+    ),
+    (
+        "unknown version",
+        """\
+        apiVersion: security.istio.io/v1alpha1
+        kind: AuthorizationPolicy
+        metadata:
+          name: old
+        spec: {}
+        """,
+        "policy.yaml:1: apiVersion: unknown version 'v1alpha1' of security.istio.io (use one of "
+        "v1beta1, v1)",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"), [c[1:] for c in BAD_POLICIES], ids=[c[0] for c in BAD_POLICIES]
+)
+def test_bad_policy_messages(text: str, message: str) -> None:
+    """``file:line: path: message``, the whole text a user sees."""
+    with pytest.raises(ConfigError) as caught:
+        load_texts([("policy.yaml", textwrap.dedent(text))])
+    assert str(caught.value).splitlines() == [message]
+
+
+def test_security_kinds_load_with_or_without_spec() -> None:
+    """A spec is optional, as in Istio: ``spec: {}`` and no spec are the same empty policy
+    (for an AuthorizationPolicy, ALLOW with no rules: allow nothing)."""
+    text = textwrap.dedent(
+        """\
+        apiVersion: security.istio.io/v1
+        kind: AuthorizationPolicy
+        metadata: {name: allow-nothing, namespace: default}
+        spec: {}
+        ---
+        apiVersion: security.istio.io/v1beta1
+        kind: AuthorizationPolicy
+        metadata: {name: no-spec, namespace: default}
+        ---
+        apiVersion: security.istio.io/v1
+        kind: PeerAuthentication
+        metadata: {name: default, namespace: istio-system}
+        ---
+        apiVersion: security.istio.io/v1
+        kind: RequestAuthentication
+        metadata: {name: jwt, namespace: default}
+        """
+    )
+    config = load_texts([("policies.yaml", text)])
+    specs = {r.name: r.spec for r in config.resources}
+    assert specs["allow-nothing"] == specs["no-spec"] == s.AuthorizationPolicy()
+    assert specs["default"] == s.PeerAuthentication()
+    assert specs["jwt"] == s.RequestAuthentication()
+    assert config.warnings == ()

@@ -327,6 +327,13 @@ WHEN_KEYS = frozenset(
 WHEN_MAP_KEYS = ("request.headers", "request.auth.claims", "experimental.envoy.filters.")
 
 
+_WHEN_MAP_KEY_FORMS = (
+    "request.headers[<name>]",
+    "request.auth.claims[<name>]",
+    "experimental.envoy.filters.<filter>[<name>]",
+)
+
+
 def _map_key(key: str) -> str | None:
     """Istio's ``validateMapKey``: ``a[b]`` with a non-empty ``b``."""
     open_at = key.find("[")
@@ -364,7 +371,7 @@ def when_attribute(key: str, values: Sequence[str], path: Path) -> list[Finding]
     elif key in ("destination.name", "destination.user"):
         problem = f"deprecated attribute {key}: only supported in v1alpha1"
     else:
-        known = ", ".join([*sorted(WHEN_KEYS), *(f"{p}[…]" for p in WHEN_MAP_KEYS)])
+        known = ", ".join([*sorted(WHEN_KEYS), *_WHEN_MAP_KEY_FORMS])
         problem = f"unknown attribute: {key} (use one of {known})"
     return [error((*path[:-1], "key"), problem)] if problem else []
 
