@@ -171,7 +171,8 @@ def compile_entry(
         if name in _IGNORED_HEADER_KEYS:
             continue
         text, ok = string_test(header)
-        # Envoy's invert_match: an absent header fails, unless the match was for presence.
+        # Envoy's invert_match; pilot sets treat_missing_header_as_empty (istio#49537, Istio
+        # 1.22): an absent header is matched as "", except by a presence match.
         presence = text == "present"
         add(
             f"withoutHeaders.{name}",
@@ -216,7 +217,7 @@ def _without_test(
     def test(r: RouteRequest) -> bool:
         value = r.headers.get(name)
         if value is None:
-            return presence
+            return presence or not ok("")
         return not ok(value)
 
     return test
