@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from meshlib.config import model as m
+from meshlib.config import security as sec
 from meshlib.config.compile import catches_all, fqdn, mesh_bound
 from meshlib.config.load import NOT_APPLICABLE, MeshConfig, Resource
 from meshlib.errors import ConfigError, Problem
@@ -54,9 +55,33 @@ def lint(config: MeshConfig, services: Sequence[MeshConfig] = ()) -> list[Proble
             problems += _virtual_service(
                 resource, resource.spec, subsets, known, claimed, delegates
             )
+        problems += _policy_targets(resource)
     problems += _delays_against_timeouts(config, services)
     problems.sort(key=lambda p: (p.file, p.line))
     return problems
+
+
+def _policy_targets(resource: Resource) -> list[Problem]:
+    """A security policy's ``targetRef(s)`` that meshlib does not act on: meshlib's workloads are
+    the Services of the mesh; a Gateway, GatewayClass or ServiceEntry has no workload here, so a
+    policy attached to one applies to nothing in-process (Istio applies it on a gateway or
+    waypoint proxy)."""
+    spec = resource.spec
+    if not isinstance(spec, (sec.AuthorizationPolicy, sec.RequestAuthentication)):
+        return []
+    refs: list[tuple[tuple[str | int, ...], sec.PolicyTargetReference]] = []
+    if spec.target_ref is not None:
+        refs.append((("targetRef",), spec.target_ref))
+    refs += [(("targetRefs", i), ref) for i, ref in enumerate(spec.target_refs or ())]
+    return [
+        resource.problem(
+            (*at, "kind"),
+            f"meshlib applies {resource.kind} targetRefs to Services only: a {ref.kind} has no "
+            "workload in-process, so this reference selects nothing",
+        )
+        for at, ref in refs
+        if ref.kind != "Service" or ref.group
+    ]
 
 
 def _subsets(config: MeshConfig) -> dict[str, set[str]]:

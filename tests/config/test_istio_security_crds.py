@@ -21,6 +21,7 @@ import pytest
 
 from meshlib import ConfigError
 from meshlib.config import security as s
+from meshlib.config.lint import lint
 from meshlib.config.load import load_texts
 
 KINDS = ("authz", "peerauth", "reqauth")
@@ -305,3 +306,30 @@ def test_security_kinds_load_with_or_without_spec() -> None:
     assert specs["default"] == s.PeerAuthentication()
     assert specs["jwt"] == s.RequestAuthentication()
     assert config.warnings == ()
+
+
+def test_lint_names_targets_meshlib_does_not_act_on() -> None:
+    """A targetRef to a Gateway (or anything but a Service) selects no workload in-process."""
+    text = textwrap.dedent(
+        """\
+        apiVersion: security.istio.io/v1
+        kind: AuthorizationPolicy
+        metadata: {name: at-the-gateway, namespace: default}
+        spec:
+          targetRefs:
+          - group: gateway.networking.k8s.io
+            kind: Gateway
+            name: ingress
+          - group: ""
+            kind: Service
+            name: reviews
+          rules:
+          - {}
+        """
+    )
+    warnings = [str(p) for p in lint(load_texts([("policy.yaml", text)]))]
+    assert warnings == [
+        "policy.yaml:7: warning: spec.targetRefs[0].kind: meshlib applies AuthorizationPolicy "
+        "targetRefs to Services only: a Gateway has no workload in-process, so this reference "
+        "selects nothing"
+    ]
