@@ -16,7 +16,8 @@ How the key reaches OpenSSL: Python's ``ssl`` module loads a certificate and key
 with ``cadata``). ``load_identity`` writes the certificate and the key, encrypted with a random
 one-time password kept in memory, to one file (0600) in a fresh private directory (0700), loads
 it and removes the directory before returning. Even a file left behind by a killed process
-holds only an encrypted key whose password died with it. The cost is about 2 ms per context.
+holds only an encrypted key whose password died with it. It costs a few milliseconds per
+context, paid when a context is built (at rotation), not per connection.
 """
 
 from __future__ import annotations
