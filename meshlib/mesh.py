@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -28,7 +29,7 @@ from meshlib.clients import MeshAsyncClient, MeshClient
 from meshlib.clock import SYSTEM_CLOCK, Clock, SystemClock
 from meshlib.config import model as m
 from meshlib.config.compile import compile_table, fqdn
-from meshlib.config.load import MeshConfig, load_config, load_texts
+from meshlib.config.load import MeshConfig, ServiceInfo, load_config, load_texts
 from meshlib.discovery import Endpoint, Registry, RegistryChain
 from meshlib.discovery.file import FileRegistry
 from meshlib.discovery.static import StaticRegistry
@@ -59,6 +60,7 @@ from meshlib.transport import (
 
 if TYPE_CHECKING:
     from meshlib.config.watch import ConfigWatcher
+    from meshlib.security.workload import WorkloadIdentity
 
 log = logging.getLogger("meshlib")
 
@@ -268,6 +270,7 @@ class Mesh:
         self._executor: ThreadPoolExecutor | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.watcher: ConfigWatcher | None = None  # set by watch()
+        self._identity: tuple[object, WorkloadIdentity | None] = (None, None)
         self._snapshot = self._build(config)
 
     # ------------------------------------------------------------------ construction
@@ -339,6 +342,26 @@ class Mesh:
     @property
     def warnings(self) -> tuple[Problem, ...]:
         return self._snapshot.config.warnings
+
+    @property
+    def identity(self) -> WorkloadIdentity | None:
+        """This workload's certificate and TLS contexts (``spec.identity`` of the Service
+        document), made on first use and again when a reload changes who the service is or
+        where its certificate comes from; None when the config gives the service no identity.
+        Raises ``IdentityError`` (naming the file) when the CA or the certificate files cannot
+        be used."""
+        service = self._snapshot.config.service
+        settings = service.identity
+        key = (settings, service.spiffe_id)
+        made_for, identity = self._identity
+        if made_for == key:
+            return identity
+        with self._lock:
+            made_for, identity = self._identity
+            if made_for != key:
+                identity = None if settings is None else _workload_identity(service, self.clock)
+                self._identity = (key, identity)
+        return identity
 
     # ------------------------------------------------------------------ reload
 
@@ -550,6 +573,26 @@ class Mesh:
         if self.watcher is not None:
             self.watcher.stop()
         self.telemetry.close()
+
+
+def _workload_identity(service: ServiceInfo, clock: Clock) -> WorkloadIdentity:
+    # meshlib.security loads cryptography: only for a service that has an identity
+    from meshlib.security.workload import WorkloadIdentity  # noqa: PLC0415
+
+    settings = service.identity
+    assert settings is not None
+    if settings.ca is not None:
+        lifetime = settings.certificate_lifetime
+        if lifetime is None:
+            return WorkloadIdentity.from_ca(settings.ca, service.spiffe_id, clock=clock)
+        return WorkloadIdentity.from_ca(
+            settings.ca, service.spiffe_id, clock=clock, lifetime=timedelta(seconds=lifetime)
+        )
+    certificate, key, bundle = settings.certificate, settings.private_key, settings.ca_certificates
+    assert certificate is not None
+    assert key is not None
+    assert bundle is not None  # IdentitySettings: all three, or ca
+    return WorkloadIdentity.from_files(certificate, key, bundle, clock=clock)
 
 
 def _dns_hosts(config: MeshConfig) -> frozenset[str]:

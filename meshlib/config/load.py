@@ -39,6 +39,10 @@ SECURITY_VERSIONS = ("v1beta1", "v1")
 #: Istio's security kinds: validated and kept (``meshlib.config.security``); a spec is optional.
 SECURITY_KINDS = frozenset({"AuthorizationPolicy", "PeerAuthentication", "RequestAuthentication"})
 DEFAULT_NAMESPACE = "default"
+#: Istio's defaults: the trust domain of workload identities, and the namespace whose policies
+#: (PeerAuthentication, AuthorizationPolicy, RequestAuthentication) apply mesh-wide.
+DEFAULT_TRUST_DOMAIN = "cluster.local"
+DEFAULT_ROOT_NAMESPACE = "istio-system"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +91,17 @@ class ServiceInfo:
     outbound_mode: str = "ALLOW_ANY"
     circuit_breakers: m.CircuitBreakers | None = None
     telemetry: m.TelemetrySettings | None = None
+    #: The workload's service account (default: the service's name), its trust domain, and
+    #: where its certificate comes from (``identity``, paths made absolute; None: no identity).
+    service_account: str = "unknown"
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
+    identity: m.IdentitySettings | None = None
+    root_namespace: str = DEFAULT_ROOT_NAMESPACE
+
+    @property
+    def spiffe_id(self) -> str:
+        """``spiffe://<trust domain>/ns/<namespace>/sa/<service account>``."""
+        return f"spiffe://{self.trust_domain}/ns/{self.namespace}/sa/{self.service_account}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,11 +386,21 @@ def _service_info(entry: tuple[Document, m.Service, m.Metadata] | None) -> Servi
     }
     outbound = spec.outbound_traffic_policy
     source = spec.registry.file if spec.registry else None
-    registry_file = None
-    if source is not None:
-        registry_file = source.path
-        if not os.path.isabs(registry_file):
-            registry_file = os.path.join(os.path.dirname(doc.file) or ".", registry_file)
+    here = os.path.dirname(doc.file) or "."
+
+    def beside(path: str) -> str:
+        return path if os.path.isabs(path) else os.path.join(here, path)
+
+    registry_file = beside(source.path) if source is not None else None
+    identity = spec.identity
+    if identity is not None:
+        identity = identity.model_copy(
+            update={
+                name: beside(value)
+                for name in ("ca", "certificate", "private_key", "ca_certificates")
+                if (value := getattr(identity, name)) is not None
+            }
+        )
     return ServiceInfo(
         name=metadata.name,
         namespace=metadata.namespace or DEFAULT_NAMESPACE,
@@ -388,6 +413,10 @@ def _service_info(entry: tuple[Document, m.Service, m.Metadata] | None) -> Servi
         outbound_mode=outbound.mode if outbound else "ALLOW_ANY",
         circuit_breakers=spec.circuit_breakers,
         telemetry=spec.telemetry,
+        service_account=spec.service_account or metadata.name,
+        trust_domain=(identity.trust_domain if identity else None) or DEFAULT_TRUST_DOMAIN,
+        identity=identity,
+        root_namespace=spec.root_namespace or DEFAULT_ROOT_NAMESPACE,
     )
 
 

@@ -849,10 +849,54 @@ class AppTimeout(Model):
     attempts: int = Field(default=1, ge=1)
 
 
+_TRUST_DOMAIN = re.compile(r"[a-z0-9._-]{1,255}")
+
+
+def _check_trust_domain(value: str) -> str:
+    """SPIFFE's trust domain name: lowercase letters, digits, dots, dashes and underscores."""
+    if not _TRUST_DOMAIN.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a trust domain: lowercase letters, digits, '.', '-' and '_' "
+            "(e.g. cluster.local)"
+        )
+    return value
+
+
+class IdentitySettings(Model):
+    """``spec.identity``: the workload's certificate. Either ``ca``, a CA directory the workload
+    issues its own certificates from (``meshctl ca init``), or ``certificate``, ``privateKey`` and
+    ``caCertificates``, files another process keeps renewed. Relative paths are relative to the
+    config file."""
+
+    trust_domain: Annotated[str, AfterValidator(_check_trust_domain)] | None = None
+    ca: str | None = Field(default=None, min_length=1)
+    certificate_lifetime: PositiveDuration | None = None
+    certificate: str | None = Field(default=None, min_length=1)
+    private_key: str | None = Field(default=None, min_length=1)
+    ca_certificates: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> IdentitySettings:
+        files = [self.certificate, self.private_key, self.ca_certificates]
+        if self.ca is not None and any(f is not None for f in files):
+            raise ValueError("set either ca or certificate, privateKey and caCertificates")
+        if self.ca is None and not all(f is not None for f in files):
+            raise ValueError(
+                "name the certificate's source: ca (a CA directory) or all of certificate, "
+                "privateKey and caCertificates"
+            )
+        if self.certificate_lifetime is not None and self.ca is None:
+            raise ValueError("certificateLifetime applies to certificates issued from ca")
+        return self
+
+
 class Service(Model):
     """meshlib's own document: who this service is and where the others are."""
 
     version: str | None = None
+    service_account: str | None = Field(default=None, min_length=1)
+    identity: IdentitySettings | None = None
+    root_namespace: str | None = Field(default=None, min_length=1)
     labels: Labels | None = None
     propagate_headers: list[str] | None = None
     registry: Registry | None = None
