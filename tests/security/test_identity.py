@@ -151,3 +151,17 @@ def test_every_valid_id_round_trips(domain: str, namespace: str, account: str) -
     spiffe = SpiffeId(domain, namespace, account)
     assert SpiffeId.parse(spiffe.uri) == spiffe
     assert SpiffeId.from_principal(spiffe.principal) == spiffe
+
+
+def test_import_meshlib_loads_neither_this_package_nor_cryptography_x509() -> None:
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, meshlib; "
+        "print(sorted(m for m in sys.modules if m.startswith(('meshlib.security', 'cryptography.x509'))))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "[]"
