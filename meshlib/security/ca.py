@@ -216,7 +216,7 @@ class CertificateAuthority:
             if existing:
                 raise IdentityError(
                     f"{folder} already holds a CA ({', '.join(existing)}): refusing to overwrite "
-                    "it (workloads trust it); pass force to replace it"
+                    "it (workloads trust it); replace it with force=True (meshctl ca init --force)"
                 )
         key = ec.generate_private_key(ec.SECP256R1())
         now = _utc(clock)

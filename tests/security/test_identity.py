@@ -159,7 +159,8 @@ def test_import_meshlib_loads_neither_this_package_nor_cryptography_x509() -> No
 
     probe = (
         "import sys, meshlib; "
-        "print(sorted(m for m in sys.modules if m.startswith(('meshlib.security', 'cryptography.x509'))))"
+        "print(sorted(m for m in sys.modules "
+        "if m.startswith(('meshlib.security', 'cryptography.x509'))))"
     )
     result = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
