@@ -142,10 +142,13 @@ def _virtual_service(
     for index, http in enumerate(spec.http or ()):
         at: tuple[str | int, ...] = ("http", index)
         if catch_all is not None:
-            how = "has no match and catches" if not spec.http[catch_all].match else "matches"  # type: ignore[index]
-            out.append(
-                resource.problem(at, f"unreachable: route http[{catch_all}] {how} every request")
-            )
+            # after a route without match, Istio's own warning says it ("rule … not used")
+            if spec.http[catch_all].match:  # type: ignore[index]
+                out.append(
+                    resource.problem(
+                        at, f"unreachable: route http[{catch_all}] matches every request"
+                    )
+                )
         elif catches_all(http):
             catch_all = index
         if http.delegate is not None:
@@ -310,13 +313,6 @@ def _fault(
                     f"no percentage: this {name} applies to 0% of requests (set percentage.value)",
                 )
             )
-    if fault.delay is not None and fault.delay.exponential_delay is not None:
-        out.append(
-            resource.problem(
-                (*at, "delay", "exponentialDelay"),
-                "exponentialDelay is not supported (as in Istio): no delay is injected",
-            )
-        )
     return out
 
 

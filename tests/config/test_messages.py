@@ -490,3 +490,25 @@ def test_explicit_retries_and_fault_routes_get_no_empty_retries_warning(
     )
     found = warnings(tmp_path, monkeypatch, text)
     assert not [w for w in found if "empty" in w or "retries: {}" in w]
+
+
+# ----------------------------------------------------------------------------- unreachable routes
+
+
+def test_a_route_after_one_that_matches_everything_is_unreachable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A match that every request meets ends the list as a route without match does; Istio's
+    own warning covers only the latter, so meshlib's says the former, once."""
+    text = VS + (
+        "  - match:\n"
+        "    - uri: {prefix: /}\n"
+        "    route:\n"
+        "    - destination: {host: reviews}\n"
+        "  - name: late\n"
+        "    route:\n"
+        "    - destination: {host: reviews}\n"
+    )
+    assert warnings(tmp_path, monkeypatch, text) == [
+        "reviews.yaml:12: warning: spec.http[1]: unreachable: route http[0] matches every request"
+    ]
