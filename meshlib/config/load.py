@@ -97,6 +97,9 @@ class ServiceInfo:
     trust_domain: str = DEFAULT_TRUST_DOMAIN
     identity: m.IdentitySettings | None = None
     root_namespace: str = DEFAULT_ROOT_NAMESPACE
+    #: ``spec.inbound`` and ``spec.admin`` (meshlib.server: the trust boundary, the admin token).
+    inbound: m.InboundSettings | None = None
+    admin: m.AdminSettings | None = None
 
     @property
     def spiffe_id(self) -> str:
@@ -417,6 +420,8 @@ def _service_info(entry: tuple[Document, m.Service, m.Metadata] | None) -> Servi
         trust_domain=(identity.trust_domain if identity else None) or DEFAULT_TRUST_DOMAIN,
         identity=identity,
         root_namespace=spec.root_namespace or DEFAULT_ROOT_NAMESPACE,
+        inbound=spec.inbound,
+        admin=spec.admin,
     )
 
 

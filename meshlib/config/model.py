@@ -890,6 +890,32 @@ class IdentitySettings(Model):
         return self
 
 
+class InboundSettings(Model):
+    """``spec.inbound``: how the inbound side treats callers.
+
+    ``trustHeadersFrom``: whose context headers (``x-request-id``, the trace headers,
+    ``propagateHeaders``, ``x-envoy-*`` and ``x-mesh-*``) are taken: ``mesh``, callers with a
+    verified mesh identity (the default when the service has an identity); ``any``, every caller
+    (an edge behind a proxy that sets them, and the default without an identity).
+    ``numTrustedProxies``: proxies in front of the service whose ``X-Forwarded-For`` entries are
+    believed (``remote.ip``; Istio's ``gatewayTopology.numTrustedProxies``, default 0).
+    ``pathNormalization``: Istio's mesh config ``pathNormalization.normalization`` (default
+    ``BASE``), applied when an AuthorizationPolicy or RequestAuthentication applies."""
+
+    trust_headers_from: Literal["mesh", "any"] | None = None
+    num_trusted_proxies: int | None = Field(default=None, ge=0, le=64)
+    path_normalization: (
+        Literal["NONE", "BASE", "MERGE_SLASHES", "DECODE_AND_MERGE_SLASHES"] | None
+    ) = None
+
+
+class AdminSettings(Model):
+    """``spec.admin``: the ``/_mesh/...`` endpoints. ``token``: a bearer token that opens them
+    (``$MESHLIB_ADMIN_TOKEN`` also works) besides a verified mesh identity."""
+
+    token: str | None = Field(default=None, min_length=16)
+
+
 class Service(Model):
     """meshlib's own document: who this service is and where the others are."""
 
@@ -905,6 +931,8 @@ class Service(Model):
     circuit_breakers: CircuitBreakers | None = None
     telemetry: TelemetrySettings | None = None
     app_timeouts: dict[str, AppTimeout] | None = None
+    inbound: InboundSettings | None = None
+    admin: AdminSettings | None = None
 
 
 # --------------------------------------------------------------------------- documents

@@ -103,6 +103,11 @@ class InboundFinished:
     source: str | None  # the calling workload, when known
     protocol: str = "http"
     flags: str = ""
+    #: Envoy's response code details when the mesh answered itself
+    #: (``rbac_access_denied_matched_policy[…]``, ``jwt_authn_access_denied{…}``); "" when the
+    #: app did. ``audit_policy``: the AUDIT AuthorizationPolicy that marked the request.
+    response_code_details: str = ""
+    audit_policy: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -74,6 +74,7 @@ OPERATORS: dict[str, str] = {
     "PROTOCOL": "protocol",
     "RESPONSE_CODE": "response_code",
     "RESPONSE_FLAGS": "response_flags",
+    "RESPONSE_CODE_DETAILS": "response_code_details",
     "DURATION": "duration",
     "BYTES_RECEIVED": "bytes_received",
     "BYTES_SENT": "bytes_sent",
@@ -244,6 +245,12 @@ class AccessLogger:
             "request_id": event.request_id,
             "trace_id": event.trace_id or _current_trace_id(),
         }
+        # An inbound request the mesh answered itself (RBAC, JWT, a bad path) says why, and one
+        # an AUDIT AuthorizationPolicy matched is marked: two more fields, only then.
+        if event.response_code_details:
+            fields["response_code_details"] = event.response_code_details
+        if event.audit_policy:
+            fields["audit_policy"] = event.audit_policy
         return fields, start
 
 
@@ -288,7 +295,7 @@ def _text_line(pieces: tuple[Piece, ...], fields: Mapping[str, Any], start: floa
         if piece.time_format is not None:
             value = _strftime(start, piece.time_format)
         else:
-            found = fields[piece.field]
+            found = fields.get(piece.field)
             value = "-" if found is None else str(found)
         out.append(value if piece.limit is None else value[: piece.limit])
     return "".join(out)
