@@ -1,5 +1,7 @@
 """meshlib: an in-process service mesh for Python, speaking Istio's resource language."""
 
+from typing import TYPE_CHECKING, Any
+
 from meshlib.client import configure
 from meshlib.errors import (
     CircuitOpenError,
@@ -15,6 +17,9 @@ from meshlib.mesh import Mesh
 from meshlib.routing import RouteDecision, RouteRequest, RouteTable
 from meshlib.server import handler
 from meshlib.transport import MeshInfo, raise_for_mesh
+
+if TYPE_CHECKING:
+    from meshlib.server.runner import serve, serve_wsgi
 
 __version__ = "0.1.0"
 
@@ -36,4 +41,15 @@ __all__ = [
     "configure",
     "handler",
     "raise_for_mesh",
+    "serve",
+    "serve_wsgi",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``serve`` and ``serve_wsgi`` load uvicorn: only when asked for."""
+    if name in ("serve", "serve_wsgi"):
+        from meshlib.server import runner  # noqa: PLC0415
+
+        return getattr(runner, name)
+    raise AttributeError(f"module 'meshlib' has no attribute {name!r}")

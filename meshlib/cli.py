@@ -4,6 +4,7 @@ meshctl validate [-s SERVICE.yaml]... FILE...  every problem as file:line: path:
 meshctl explain -c FILE [-H 'name: value'] METHOD URL [--json]
 meshctl bookinfo apply|delete|reset|routes|load  the running Bookinfo demo (bookinfo.py)
 meshctl ca init|issue                          the mesh's local CA (security/cli.py)
+meshctl run [-c FILE] [--port P] MODULE:APP     serve an app with the mesh's identity (runner.py)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from meshlib.errors import ConfigError
 from meshlib.mesh import Mesh
 from meshlib.routing import RouteDecision
 from meshlib.security import cli as security_cli
+from meshlib.server import run_command
 
 #: The exit code when the reader of meshctl's output goes away (``meshctl ... | head``): the
 #: one a shell shows for git, kubectl or cat ended by SIGPIPE (128 + 13).
@@ -103,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
 
     bookinfo.add_parser(commands)
     security_cli.register(commands)
+    run_command.register(commands)
     return parser
 
 
