@@ -10,6 +10,7 @@ MeshError
      ├─ NoRouteError                           no route matched (flag NR)
      ├─ NoHealthyUpstream                      no endpoint to send to (flags UH / NC)
      ├─ CircuitOpenError                       breaker open (flag UO)
+     ├─ UpstreamTLSError   (also httpx.ConnectError)  TLS origination failed (flag UF)
      └─ DeadlineExceeded   (also httpx.TimeoutException)  route timeout spent (flag UT)
 ```
 
@@ -138,6 +139,27 @@ class CircuitOpenError(MeshRequestError):
     flag = "UO"
 
 
+class UpstreamTLSError(MeshRequestError, httpx.ConnectError):
+    """The mesh could not originate TLS to the upstream: the handshake failed, the peer's
+    certificate or SPIFFE ID was refused, or the destination's TLS settings cannot be used (flag
+    UF, as Envoy reports a TLS failure: an upstream connection failure). No byte of the request
+    was sent. The reason is the ``__cause__`` (often a ``PeerIdentityError``); ``reason`` is
+    the message without the route and destination."""
+
+    flag = "UF"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        request: httpx.Request | None = None,
+        route: str | None = None,
+        destination: str | None = None,
+    ) -> None:
+        self.reason = message
+        super().__init__(message, request=request, route=route, destination=destination)
+
+
 class DeadlineExceeded(MeshRequestError, httpx.TimeoutException):  # noqa: N818 - reads as a state
     """The route's overall timeout ran out across all attempts (Envoy: 504, flag UT)."""
 
@@ -156,4 +178,5 @@ __all__ = [
     "PeerIdentityError",
     "Problem",
     "SpiffeIdError",
+    "UpstreamTLSError",
 ]

@@ -21,7 +21,7 @@ import httpcore
 import httpx
 from httpx._transports.default import map_httpcore_exceptions
 
-__all__ = ["HTTPCoreTransport"]
+__all__ = ["AsyncPoolTransport", "HTTPCoreTransport", "PoolTransport"]
 
 
 def _reraise_mapped(exc: Exception) -> NoReturn:
@@ -76,3 +76,18 @@ class HTTPCoreTransport(httpx.HTTPTransport):
             stream=_ResponseStream(stream),
             extensions=response.extensions,
         )
+
+
+class PoolTransport(HTTPCoreTransport):
+    """``HTTPCoreTransport`` over a connection pool made elsewhere (an ``httpcore.ConnectionPool``
+    with its own network backend: the TLS destinations of ``meshlib.security.outbound``)."""
+
+    def __init__(self, pool: httpcore.ConnectionPool) -> None:
+        self._pool = pool
+
+
+class AsyncPoolTransport(httpx.AsyncHTTPTransport):
+    """``httpx.AsyncHTTPTransport`` over an ``httpcore.AsyncConnectionPool`` made elsewhere."""
+
+    def __init__(self, pool: httpcore.AsyncConnectionPool) -> None:
+        self._pool = pool

@@ -60,6 +60,7 @@ from meshlib.transport import (
 
 if TYPE_CHECKING:
     from meshlib.config.watch import ConfigWatcher
+    from meshlib.security.outbound import Outbound
     from meshlib.security.workload import WorkloadIdentity
 
 log = logging.getLogger("meshlib")
@@ -87,6 +88,7 @@ class Cluster:
         "keepalive",
         "least_request",
         "name",
+        "outbound",
         "policy",
         "pool",
         "pool_limited",
@@ -152,6 +154,8 @@ class Cluster:
         self.counts = self.least_request or self.budget_counts
         self._all: tuple[Endpoint, ...] | None = None
         self._subset: tuple[Endpoint, ...] = ()
+        #: TLS origination (``meshlib.security.outbound.Outbound``), None: always plain text
+        self.outbound: Outbound | None = None
 
     def endpoints(self) -> tuple[Endpoint, ...]:
         """The destination's endpoints now: the registry's, filtered by the subset's labels."""
@@ -372,6 +376,7 @@ class Mesh:
             self._snapshot = snapshot
             for cluster in self._clusters.values():
                 cluster.use_registry(snapshot.registry)  # the state of unchanged destinations stays
+                cluster.outbound = self._outbound(cluster.target, cluster.policy, snapshot.config)
 
     def reload(self, paths: Sequence[str | os.PathLike[str]] | None = None) -> None:
         """Re-read the config files (or ``paths``). A bad config raises ``ConfigError`` and the
@@ -450,10 +455,29 @@ class Mesh:
                     self._breaker(target),
                     self.telemetry,
                 )
+                found.outbound = self._outbound(target, policy, self._snapshot.config)
                 self._clusters[key] = found
                 self._by_target.clear()  # a cluster replaced: what pointed at the old one goes
             self._remember(target, port, found)
             return found
+
+    def _outbound(
+        self, target: Target, policy: m.TrafficPolicy | None, config: MeshConfig
+    ) -> Outbound | None:
+        """The TLS origination of a destination, or None when its calls are always plain text:
+        its DestinationRule's ``tls`` is DISABLE, or it has none and this workload has no
+        identity (auto mTLS needs one)."""
+        settings = policy.tls if policy is not None else None
+        if settings is None and config.service.identity is None:
+            return None
+        if settings is not None and (settings.mode or "DISABLE") == "DISABLE":
+            return None
+        from meshlib.security.outbound import Outbound  # noqa: PLC0415 - loads cryptography
+
+        return Outbound(target, settings, config, self._current_identity)
+
+    def _current_identity(self) -> WorkloadIdentity | None:
+        return self.identity
 
     def _remember(self, target: Target, port: int | None, cluster: Cluster) -> None:
         """Keep ``target``'s cluster by identity: the router hands out the same target object

@@ -42,6 +42,7 @@ from meshlib.errors import (
     MeshRequestError,
     NoHealthyUpstream,
     NoRouteError,
+    UpstreamTLSError,
 )
 from meshlib.headers import entries
 from meshlib.policies.fault import FaultAction, abort_response_parts, decide
@@ -59,6 +60,7 @@ from meshlib.telemetry import (
 
 if TYPE_CHECKING:
     from meshlib.mesh import Cluster, Mesh
+    from meshlib.security.outbound import Origination, Outbound, SecureTransports
 
 log = logging.getLogger("meshlib.transport")
 
@@ -76,6 +78,17 @@ class MeshInfo:
     attempts: int
     flags: str
     local_reply: bool = False  # the mesh answered without a response from upstream
+    #: the TLS the answering attempt was sent with (``SIMPLE``, ``MUTUAL``, ``ISTIO_MUTUAL``);
+    #: None: plain text (or the app's own ``https://``)
+    tls: str | None = None
+    #: the upstream's verified identity: its SPIFFE ID under ISTIO_MUTUAL (a matched SAN under
+    #: SIMPLE/MUTUAL with ``subjectAltNames``), else None
+    peer_identity: str | None = None
+
+    @property
+    def mtls(self) -> bool:
+        """Whether the answering attempt was sent with mutual TLS."""
+        return self.tls in ("MUTUAL", "ISTIO_MUTUAL")
 
     @property
     def route(self) -> str:
@@ -166,6 +179,7 @@ class Call:
     cluster: Cluster | None = None
     retry: RetryState | None = None
     info: RequestInfo | None = None
+    tls: tuple[str, str | None] | None = None  # the last attempt's TLS mode and verified peer
 
     def __init__(self, mesh: Mesh, request: httpx.Request) -> None:
         self.mesh = mesh
@@ -583,11 +597,14 @@ class Call:
         if flags:
             response.headers[FLAGS_HEADER] = flags
         endpoint = self.endpoint
-        if endpoint is not None and not flags and not local and self.attempts == 1:
+        tls = self.tls
+        if endpoint is not None and not flags and not local and self.attempts == 1 and not tls:
             info = _plain_info(decision, endpoint)
         else:
             address = endpoint.address if endpoint is not None else None
             info = MeshInfo(decision, address, self.attempts, flags, local)
+            if tls is not None:
+                info = MeshInfo(decision, address, self.attempts, flags, local, tls[0], tls[1])
         response.extensions["mesh"] = info
         return response
 
@@ -611,6 +628,14 @@ class Call:
                 destination=destination,
             )
         kind = outcome.error if outcome is not None else None
+        if isinstance(exc, UpstreamTLSError):
+            self.flags.append("UF")
+            return UpstreamTLSError(
+                f"upstream connect error: {exc.reason}",
+                request=self.request,
+                route=route,
+                destination=destination,
+            )
         flag = "UF" if kind == "connect-failure" else "UC"
         stopped = self.retry.flag if self.retry is not None else ""
         flags = f"{flag},{stopped}" if stopped else flag
@@ -830,6 +855,7 @@ class MeshTransport(httpx.BaseTransport):
     def __init__(self, mesh: Mesh, inner: httpx.BaseTransport | None = None) -> None:
         self.mesh = mesh
         self.inner = inner if inner is not None else mesh.sync_inner()
+        self._secure: SecureTransports | None = None  # the TLS destinations' pools
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         call = Call(self.mesh, request)
@@ -890,7 +916,10 @@ class MeshTransport(httpx.BaseTransport):
             counted = cluster.begin(endpoint) if cluster.counts else 0
             token = call.attempt_started(attempt) if call.telemetry.active else None
             try:
-                response = self.inner.handle_request(attempt)
+                if cluster.outbound is None:
+                    response = self.inner.handle_request(attempt)
+                else:
+                    response = self._send_secure(call, cluster.outbound, attempt)
             except httpx.TransportError as exc:
                 cluster.end(endpoint, lease, counted)
                 outcome = call.outcome_of_error(exc)
@@ -924,8 +953,27 @@ class MeshTransport(httpx.BaseTransport):
             call.retry_scheduled(delay)
             self.mesh.clock.sleep(delay)
 
+    def _send_secure(
+        self, call: Call, outbound: Outbound, attempt: httpx.Request
+    ) -> httpx.Response:
+        """Send an attempt to a destination that may take TLS: through the pool of its TLS
+        settings (see ``meshlib.security.outbound``), or the plain inner transport."""
+        origination = secure_attempt(call, outbound, attempt)
+        if origination is None:
+            return self.inner.handle_request(attempt)
+        secure = self._secure
+        if secure is None:
+            from meshlib.security.outbound import SecureTransports  # noqa: PLC0415
+
+            secure = self._secure = SecureTransports(outbound.identity)
+        response = secure.sync(outbound.target.name, origination).handle_request(attempt)
+        call.tls = (origination.mode, _peer_of(response))
+        return response
+
     def close(self) -> None:
         self.inner.close()
+        if self._secure is not None:
+            self._secure.close()
 
 
 class AsyncMeshTransport(httpx.AsyncBaseTransport):
@@ -934,6 +982,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
     def __init__(self, mesh: Mesh, inner: httpx.AsyncBaseTransport | None = None) -> None:
         self.mesh = mesh
         self.inner = inner if inner is not None else mesh.async_inner()
+        self._secure: SecureTransports | None = None  # the TLS destinations' pools (httpx)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         call = Call(self.mesh, request)
@@ -994,7 +1043,10 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             counted = cluster.begin(endpoint) if cluster.counts else 0
             token = call.attempt_started(attempt) if call.telemetry.active else None
             try:
-                response = await self.inner.handle_async_request(attempt)
+                if cluster.outbound is None:
+                    response = await self.inner.handle_async_request(attempt)
+                else:
+                    response = await self._send_secure(call, cluster.outbound, attempt)
             except httpx.TransportError as exc:
                 cluster.end(endpoint, lease, counted)
                 outcome = call.outcome_of_error(exc)
@@ -1028,8 +1080,62 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             call.retry_scheduled(delay)
             await self.mesh.clock.asleep(delay)
 
+    async def _send_secure(
+        self, call: Call, outbound: Outbound, attempt: httpx.Request
+    ) -> httpx.Response:
+        """As ``MeshTransport._send_secure``. TLS goes through httpx's own async transport on
+        httpcore (whatever the inner transport is): its network backend checks the peer
+        before a byte of the request is sent, which aiohttp offers no public way to do."""
+        origination = secure_attempt(call, outbound, attempt)
+        if origination is None:
+            return await self.inner.handle_async_request(attempt)
+        secure = self._secure
+        if secure is None:
+            from meshlib.security.outbound import SecureTransports  # noqa: PLC0415
+
+            secure = self._secure = SecureTransports(outbound.identity)
+        transport = secure.async_(outbound.target.name, origination)
+        response = await transport.handle_async_request(attempt)
+        call.tls = (origination.mode, _peer_of(response))
+        return response
+
     async def aclose(self) -> None:
         await self.inner.aclose()
+        if self._secure is not None:
+            await self._secure.aclose()
+
+
+def secure_attempt(call: Call, outbound: Outbound, attempt: httpx.Request) -> Origination | None:
+    """The TLS of this attempt (None: plain text), its URL made ``https`` for the pool.
+
+    An ``https://`` URL is the app's own TLS: auto mTLS leaves it alone, and a DestinationRule
+    that would originate TLS on top of it (Envoy would wrap TLS in TLS, which no server reads)
+    is refused."""
+    call.tls = None
+    url = attempt.url
+    origination = outbound.origination(call.endpoint, call.view.port)
+    if origination is None:
+        return None
+    if call.view.scheme == "https":
+        if origination.auto:
+            return None
+        raise UpstreamTLSError(
+            f"{origination.source or 'tls'}: mode {origination.mode} originates TLS, and "
+            f"{call.view.host} is called with https:// (TLS already): call it with http:// "
+            "and let the mesh originate TLS, or set tls mode DISABLE"
+        )
+    attempt.url = url.copy_with(scheme="https", port=url.port or 80)
+    return origination
+
+
+def _peer_of(response: httpx.Response) -> str | None:
+    stream = response.extensions.get("network_stream")
+    if stream is None:
+        return None
+    from meshlib.security.outbound import PEER_IDENTITY  # noqa: PLC0415 - loaded by now
+
+    peer = stream.get_extra_info(PEER_IDENTITY)
+    return peer if isinstance(peer, str) else None
 
 
 def _carry(request: httpx.Request, carried: Mapping[str, str]) -> None:
