@@ -8,14 +8,22 @@ app.add_middleware(MeshMiddleware)            # or: app = MeshMiddleware(app, me
 The request's context is current for the whole of the app's work on it, streamed response
 bodies included, and in every task the app starts from it. ``lifespan`` and ``websocket`` scopes
 pass through untouched.
+
+With inbound security (``meshlib.server.guard``) the request is checked first: the client's
+certificate chain is read from the ASGI TLS extension (``scope["extensions"]["tls"]``), a
+refusal (400, 401, 403 ``RBAC: access denied``) is answered here, and the app gets a scope with
+the normalised path and the JWT header changes, without the headers an untrusted caller may not
+set.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from meshlib.context import REQUEST_ID
+from meshlib.server.guard import InboundRequest, Verdict, apply_to_asgi_scope
 from meshlib.server.inbound import Inbound
 
 if TYPE_CHECKING:
@@ -46,10 +54,19 @@ class MeshMiddleware:
         inbound = self.inbound
         mesh = inbound.mesh
         wanted = inbound.wanted(mesh)
+        guard = inbound.guard(mesh)
+        verdict: Verdict | None = None
+        if guard is not None:
+            verdict = await guard.acheck(request_of_scope(scope))
+            dropped = verdict.remove
+            if verdict.allowed:
+                scope = apply_to_asgi_scope(scope, verdict)
         found: dict[str, str] = {}
         for key, value in scope.get("headers") or ():
             if key in wanted:
                 name = key.decode("latin-1")
+                if verdict is not None and name in dropped:
+                    continue
                 text = value.decode("latin-1")
                 found[name] = f"{found[name]}, {text}" if name in found else text
         served = inbound.begin(
@@ -58,7 +75,13 @@ class MeshMiddleware:
             found,
             mesh=mesh,
             scheme=scope.get("scheme"),
+            principal=verdict.principal if verdict is not None else None,
+            audit_policy=verdict.audit_policy if verdict is not None else None,
         )
+        if verdict is not None and not verdict.allowed:
+            await _refuse(send, verdict, served.request_id.encode("latin-1"))
+            served.finish(verdict.status, len(verdict.body), details=verdict.details)
+            return
         request_id = served.request_id.encode("latin-1")
         status = 500
         started = False
@@ -92,6 +115,53 @@ class MeshMiddleware:
             served.detach(attached)
 
 
+async def _refuse(send: Send, verdict: Verdict, request_id: bytes) -> None:
+    """The mesh's own answer to a refused request (Envoy's local reply)."""
+    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in verdict.headers]
+    headers += [
+        (b"content-length", str(len(verdict.body)).encode()),
+        (_REQUEST_ID, request_id),
+    ]
+    await send({"type": "http.response.start", "status": verdict.status, "headers": headers})
+    await send({"type": "http.response.body", "body": verdict.body})
+
+
+def request_of_scope(scope: Mapping[str, Any]) -> InboundRequest:
+    """What the guard needs of an ASGI request."""
+    raw = scope.get("raw_path")
+    if isinstance(raw, bytes) and raw:
+        target = raw.decode("latin-1").partition("?")[0]
+    else:
+        target = quote(str(scope.get("path") or "/"), safe="/:@!$&'()*+,;=-._~%")
+    client = scope.get("client")
+    server = scope.get("server")
+    query = scope.get("query_string") or b""
+    return InboundRequest(
+        method=str(scope.get("method", "GET")),
+        target=target,
+        query=query.decode("latin-1") if isinstance(query, bytes) else str(query),
+        headers=[
+            (k.decode("latin-1").lower(), v.decode("latin-1"))
+            for k, v in scope.get("headers") or ()
+        ],
+        scheme=str(scope.get("scheme") or "http"),
+        peer=str(client[0]) if client else None,
+        chain=chain_of_scope(scope),
+        local_address=str(server[0]) if server else None,
+        port=int(server[1]) if server and len(server) > 1 and server[1] else 0,
+    )
+
+
+def chain_of_scope(scope: Mapping[str, Any]) -> tuple[str, ...]:
+    """The client certificate chain of the ASGI TLS extension (PEM, leaf first)."""
+    extensions = scope.get("extensions")
+    if not extensions or "tls" not in extensions:
+        return ()
+    from meshlib.security.peer import chain_of_scope as read  # noqa: PLC0415
+
+    return read(scope)
+
+
 def route_of(scope: Scope) -> str | None:
     """The route template the app matched (Starlette and FastAPI record it in the scope)."""
     route = scope.get("route")
@@ -99,4 +169,4 @@ def route_of(scope: Scope) -> str | None:
     return path if isinstance(path, str) and path else None
 
 
-__all__ = ["ASGIApp", "MeshMiddleware", "route_of"]
+__all__ = ["ASGIApp", "MeshMiddleware", "request_of_scope", "route_of"]

@@ -32,11 +32,20 @@ on any Flask response). The context lasts while the function runs: a body stream
 returns, say a Starlette ``StreamingResponse``, runs without it — use ``MeshMiddleware`` there. A
 handler called while another inbound request's context is current (under the middleware, or
 from another handler) just runs: the outer one serves the request.
+
+With inbound security (``meshlib.server.guard``) each call is checked before the function runs.
+A refused request does not run it: the decorator returns the framework's own response (Starlette,
+Werkzeug/Flask, Django, aiohttp) with the mesh's status and body, or raises ``RequestRefusedError``
+when it cannot tell the framework (a mapping of headers). The client certificate is read from
+the request's ASGI scope or WSGI environ (Django's ``META``); the header changes are made there
+too, which the framework's request object shows when it reads them from it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import importlib
 import inspect
 import sys
 from collections.abc import Callable, Mapping
@@ -45,7 +54,16 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 from meshlib import context
 from meshlib.context import REQUEST_ID
+from meshlib.errors import MeshError
+from meshlib.server.asgi import request_of_scope
+from meshlib.server.guard import (
+    InboundRequest,
+    Verdict,
+    apply_to_asgi_scope,
+    apply_to_environ,
+)
 from meshlib.server.inbound import HeaderSource, Inbound, Served
+from meshlib.server.wsgi import request_of_environ
 
 if TYPE_CHECKING:
     from meshlib.mesh import Mesh
@@ -87,7 +105,15 @@ def handler(fn: F | None = None, /, *, mesh: Mesh | None = None) -> F | Callable
             async def serve_async(*args: Any, **kwargs: Any) -> Any:
                 if context.current() is not None:
                     return await fn(*args, **kwargs)
-                served, view = _begin(inbound, args, kwargs)
+                mesh = inbound.mesh
+                view = request_view(args, kwargs)
+                guard = inbound.guard(mesh)
+                verdict = None
+                if guard is not None:
+                    verdict = await guard.acheck(_request_of(view))
+                served = _begin(inbound, mesh, view, verdict)
+                if verdict is not None and not verdict.allowed:
+                    return _refuse(served, view, verdict)
                 attached = served.attach()
                 try:
                     result = await fn(*args, **kwargs)
@@ -106,7 +132,15 @@ def handler(fn: F | None = None, /, *, mesh: Mesh | None = None) -> F | Callable
         def serve(*args: Any, **kwargs: Any) -> Any:
             if context.current() is not None:
                 return fn(*args, **kwargs)
-            served, view = _begin(inbound, args, kwargs)
+            mesh = inbound.mesh
+            view = request_view(args, kwargs)
+            guard = inbound.guard(mesh)
+            verdict = None
+            if guard is not None:
+                verdict = guard.check(_request_of(view))
+            served = _begin(inbound, mesh, view, verdict)
+            if verdict is not None and not verdict.allowed:
+                return _refuse(served, view, verdict)
             attached = served.attach()
             try:
                 result = fn(*args, **kwargs)
@@ -125,15 +159,126 @@ def handler(fn: F | None = None, /, *, mesh: Mesh | None = None) -> F | Callable
 
 
 def _begin(
-    inbound: Inbound, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> tuple[Served, RequestView | None]:
-    view = request_view(args, kwargs)
+    inbound: Inbound, mesh: Mesh, view: RequestView | None, verdict: Verdict | None
+) -> Served:
+    principal = audit = None
+    if verdict is not None:
+        principal, audit = verdict.principal, verdict.audit_policy
+        if view is not None:
+            if verdict.allowed:
+                _apply(view, verdict)
+            if verdict.remove:
+                view = dataclasses.replace(view, headers=_Without(view.headers, verdict.remove))
     if view is None:
-        served = inbound.begin(UNKNOWN_METHOD, "/", _NO_HEADERS)
+        served = inbound.begin(
+            UNKNOWN_METHOD, "/", _NO_HEADERS, mesh=mesh, principal=principal, audit_policy=audit
+        )
     else:
-        served = inbound.begin(view.method, view.path, view.headers, scheme=view.scheme)
+        served = inbound.begin(
+            view.method,
+            view.path,
+            view.headers,
+            mesh=mesh,
+            scheme=view.scheme,
+            principal=principal,
+            audit_policy=audit,
+        )
     _echo_later(view, served.request_id)
-    return served, view
+    return served
+
+
+class _Without:
+    """A request's headers less the names an untrusted caller may not set."""
+
+    __slots__ = ("_headers", "_names")
+
+    def __init__(self, headers: HeaderSource, names: frozenset[str]) -> None:
+        self._headers = headers
+        self._names = names
+
+    def get(self, key: str, /) -> str | None:
+        return None if key in self._names else self._headers.get(key)
+
+
+class RequestRefusedError(MeshError):
+    """``@handler`` refused a request (401, 403, …) and cannot make a response of the handler's
+    framework: answer ``status`` with ``body`` and ``headers``."""
+
+    def __init__(self, status: int, body: bytes, headers: tuple[tuple[str, str], ...]) -> None:
+        super().__init__(body.decode("utf-8", "replace"))
+        self.status = status
+        self.body = body
+        self.headers = headers
+
+
+def _request_of(view: RequestView | None) -> InboundRequest:
+    """What the guard needs of the request: from its ASGI scope or WSGI environ when the
+    framework keeps one, else from its method, path and headers."""
+    request = view.request if view is not None else None
+    scope = getattr(request, "scope", None)
+    if isinstance(scope, Mapping) and scope.get("type") == "http":
+        return request_of_scope(scope)
+    environ = getattr(request, "environ", None)
+    if not isinstance(environ, Mapping):
+        environ = getattr(request, "META", None)  # Django
+    if isinstance(environ, Mapping) and "REQUEST_METHOD" in environ:
+        return request_of_environ(environ)
+    if view is None:
+        return InboundRequest(UNKNOWN_METHOD, "/", "", ())
+    headers = view.headers
+    items = headers.items() if isinstance(headers, Mapping) else ()
+    path, _, query = view.path.partition("?")
+    return InboundRequest(
+        view.method,
+        path or "/",
+        query,
+        [(str(k).lower(), str(v)) for k, v in items],
+        scheme=view.scheme or "http",
+    )
+
+
+def _apply(view: RequestView, verdict: Verdict) -> None:
+    """The verdict's path and header changes, made where the framework reads the request."""
+    request = view.request
+    scope = getattr(request, "scope", None)
+    if isinstance(scope, dict) and scope.get("type") == "http":
+        changed = apply_to_asgi_scope(scope, verdict)
+        if changed is not scope:
+            scope.update(changed)
+        return
+    environ = getattr(request, "environ", None)
+    if not isinstance(environ, dict):
+        environ = getattr(request, "META", None)
+    if isinstance(environ, dict) and "REQUEST_METHOD" in environ:
+        apply_to_environ(environ, verdict)
+
+
+def _refuse(served: Served, view: RequestView | None, verdict: Verdict) -> Any:
+    """The mesh's answer to a refused request, as the framework's response; the function is
+    not called."""
+    served.finish(verdict.status, len(verdict.body), details=verdict.details)
+    headers = (*verdict.headers, (REQUEST_ID, served.request_id))
+    request = view.request if view is not None else None
+    module = type(request).__module__.split(".", 1)[0] if request is not None else ""
+    if module in ("starlette", "fastapi"):
+        from starlette.responses import Response  # noqa: PLC0415
+
+        return Response(verdict.body, verdict.status, headers=dict(headers))
+    if module in ("flask", "werkzeug"):
+        from werkzeug.wrappers import Response as WerkzeugResponse  # noqa: PLC0415
+
+        return WerkzeugResponse(verdict.body, verdict.status, headers=list(headers))
+    if module == "django":
+        http = importlib.import_module("django.http")
+        response = http.HttpResponse(verdict.body, status=verdict.status)
+        for name, value in headers:
+            response[name] = value
+        return response
+    if module == "aiohttp":
+        from aiohttp import web  # noqa: PLC0415
+
+        return web.Response(body=verdict.body, status=verdict.status, headers=dict(headers))
+    raise RequestRefusedError(verdict.status, verdict.body, headers)
 
 
 def _answered(served: Served, view: RequestView | None, result: Any) -> None:
@@ -268,6 +413,7 @@ def _echo_later(view: RequestView | None, request_id: str) -> None:
 
 
 __all__ = [
+    "RequestRefusedError",
     "RequestView",
     "handler",
     "request_view",

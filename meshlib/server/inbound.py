@@ -11,6 +11,14 @@ For each inbound request, ``Inbound.begin`` reads the request's headers once and
 
 ``Served.attach`` makes the context (and the span) current; ``Served.finish`` ends the span and
 reports ``InboundFinished`` to the mesh's telemetry hub.
+
+Before that, when the workload has inbound security (``Inbound.guard``: AuthorizationPolicy,
+RequestAuthentication, a mesh identity or ``spec.inbound``; ``meshlib.server.guard``), each
+shell asks the guard for a ``Verdict``: a refusal is answered without calling the app and
+reported like any request (with Envoy's response code details); an allowed request reaches the
+app with the normalised path and the header changes, and headers an untrusted caller may not
+set are left out of its context. Without inbound security the guard is None and costs one
+attribute read and one identity comparison per request.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from opentelemetry import context as otel_context
 
 from meshlib import context
 from meshlib.context import REQUEST_ID, RequestContext
+from meshlib.server.guard import InboundGuard, guard_of
 from meshlib.telemetry import InboundFinished
 from meshlib.telemetry.tracing import TRACE_HEADERS, MeshTracer, ServerSpan
 
@@ -56,11 +65,23 @@ class Inbound:
     """The inbound side of one mesh — or of the default mesh (``mesh=None``), found at the
     first request, so that an app may configure it after building its middleware."""
 
-    __slots__ = ("_mesh", "_wanted")
+    __slots__ = ("_guard", "_mesh", "_wanted")
 
     def __init__(self, mesh: Mesh | None = None) -> None:
         self._mesh = mesh
         self._wanted: tuple[tuple[str, ...], frozenset[bytes]] | None = None
+        self._guard: tuple[object, InboundGuard | None] = (None, None)
+
+    def guard(self, mesh: Mesh) -> InboundGuard | None:
+        """The inbound security of ``mesh``'s config in force, None without any (compiled once
+        per config by ``guard_of``, remembered here for the next request)."""
+        config = mesh.config
+        known = self._guard
+        if known[0] is config:
+            return known[1]
+        found = guard_of(mesh)
+        self._guard = (config, found)
+        return found
 
     @property
     def mesh(self) -> Mesh:
@@ -88,8 +109,11 @@ class Inbound:
         *,
         mesh: Mesh | None = None,
         scheme: str | None = None,
+        principal: str | None = None,
+        audit_policy: str | None = None,
     ) -> Served:
-        """An inbound request starts: its context and span, not yet current."""
+        """An inbound request starts: its context and span, not yet current. ``principal``: the
+        caller's verified mesh identity; ``audit_policy``: the AUDIT policy that marked it."""
         mesh = mesh if mesh is not None else self.mesh
         service = mesh.config.service
         started = mesh.clock.now()
@@ -128,6 +152,8 @@ class Inbound:
             trace,
             tracer if span is not None else None,
             span,
+            principal,
+            audit_policy,
         )
 
 
@@ -144,6 +170,8 @@ class Served:
     trace_headers: dict[str, str]
     tracer: MeshTracer | None
     span: ServerSpan | None
+    principal: str | None = None  # the caller's verified mesh identity
+    audit_policy: str | None = None
 
     @property
     def request_id(self) -> str:
@@ -174,8 +202,10 @@ class Served:
         *,
         route: str | None = None,
         error: BaseException | None = None,
+        details: str = "",
     ) -> None:
-        """The request is over: end its span, report it."""
+        """The request is over: end its span, report it. ``details``: Envoy's response code
+        details when the mesh answered the request itself."""
         duration = self.mesh.clock.now() - self.started
         if self.tracer is not None and self.span is not None:
             try:
@@ -195,6 +225,8 @@ class Served:
                     self.request_id,
                     self.trace_id(),
                     None,
+                    response_code_details=details,
+                    audit_policy=self.audit_policy,
                 )
             )
 

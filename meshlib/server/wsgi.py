@@ -8,6 +8,12 @@ app.wsgi_app = MeshWSGIMiddleware(app.wsgi_app)     # or wrap any WSGI callable
 The request runs in a copy of the server thread's context, so nothing of it stays behind on the
 thread; the response body is produced in that copy too (generators included), and the request
 is reported when the server closes the body, as PEP 3333 has every server do.
+
+With inbound security (``meshlib.server.guard``) the request is checked first: the client's
+certificate is read from ``SSL_CLIENT_CERT`` (mod_ssl's name; ``SSL_CLIENT_CERT_CHAIN_<n>`` for
+the rest of the chain), a refusal is answered here, and the environ the app gets has the
+normalised path (``PATH_INFO``) and the JWT header changes, without the headers an untrusted
+caller may not set.
 """
 
 from __future__ import annotations
@@ -17,8 +23,10 @@ import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from meshlib.context import REQUEST_ID
+from meshlib.server.guard import InboundRequest, apply_to_environ, headers_of_environ
 from meshlib.server.inbound import Inbound, Served
 
 if TYPE_CHECKING:
@@ -66,13 +74,35 @@ class MeshWSGIMiddleware:
     def _serve(
         self, own: contextvars.Context, environ: dict[str, Any], start_response: StartResponse
     ) -> Iterable[bytes]:
+        inbound = self.inbound
+        mesh = inbound.mesh
+        guard = inbound.guard(mesh)
+        verdict = None
+        if guard is not None:
+            verdict = guard.check(request_of_environ(environ))
+            apply_to_environ(environ, verdict)
         path = f"{environ.get('SCRIPT_NAME', '')}{environ.get('PATH_INFO', '')}" or "/"
-        served = self.inbound.begin(
+        served = inbound.begin(
             str(environ.get("REQUEST_METHOD", "GET")),
             path,
             EnvironHeaders(environ),
+            mesh=mesh,
             scheme=environ.get("wsgi.url_scheme"),
+            principal=verdict.principal if verdict is not None else None,
+            audit_policy=verdict.audit_policy if verdict is not None else None,
         )
+        if verdict is not None and not verdict.allowed:
+            reason = _REASONS.get(verdict.status, "Forbidden")
+            start_response(
+                f"{verdict.status} {reason}",
+                [
+                    *verdict.headers,
+                    ("content-length", str(len(verdict.body))),
+                    (REQUEST_ID, served.request_id),
+                ],
+            )
+            served.finish(verdict.status, len(verdict.body), details=verdict.details)
+            return [verdict.body]
         served.enter()
         body = _Body(own, served)
 
@@ -152,6 +182,43 @@ class _Body:
         self._own.run(self.served.finish, self.status, self.sent, route=self.route, error=error)
 
 
+_REASONS = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    431: "Request Header Fields Too Large",
+}
+
+
+def request_of_environ(environ: Mapping[str, Any]) -> InboundRequest:
+    """What the guard needs of a WSGI request. The path as received is ``REQUEST_URI`` or
+    ``RAW_URI`` when the server gives one (percent-encoding kept), else it is rebuilt from
+    ``SCRIPT_NAME`` and ``PATH_INFO``."""
+    raw = environ.get("REQUEST_URI") or environ.get("RAW_URI")
+    if isinstance(raw, str) and raw.startswith("/"):
+        target = raw.partition("?")[0]
+    else:
+        path = f"{environ.get('SCRIPT_NAME', '')}{environ.get('PATH_INFO', '')}" or "/"
+        target = quote(path.encode("latin-1", "replace"), safe="/:@!$&'()*+,;=-._~")
+    port = str(environ.get("SERVER_PORT") or "")
+    chain: tuple[str, ...] = ()
+    if environ.get("SSL_CLIENT_CERT"):
+        from meshlib.security.peer import chain_of_environ  # noqa: PLC0415
+
+        chain = chain_of_environ(environ)
+    return InboundRequest(
+        method=str(environ.get("REQUEST_METHOD", "GET")),
+        target=target,
+        query=str(environ.get("QUERY_STRING") or ""),
+        headers=headers_of_environ(environ),
+        scheme=str(environ.get("wsgi.url_scheme") or "http"),
+        peer=environ.get("REMOTE_ADDR") or None,
+        chain=chain,
+        local_address=environ.get("SERVER_ADDR") or None,
+        port=int(port) if port.isdigit() else 0,
+    )
+
+
 def route_of(environ: Mapping[str, Any]) -> str | None:
     """The URL rule a Flask (Werkzeug routing) app matched, while its request is in the environ."""
     request = environ.get("werkzeug.request")
@@ -159,4 +226,11 @@ def route_of(environ: Mapping[str, Any]) -> str | None:
     return rule if isinstance(rule, str) else None
 
 
-__all__ = ["EnvironHeaders", "MeshWSGIMiddleware", "WSGIApp", "environ_key", "route_of"]
+__all__ = [
+    "EnvironHeaders",
+    "MeshWSGIMiddleware",
+    "WSGIApp",
+    "environ_key",
+    "request_of_environ",
+    "route_of",
+]
