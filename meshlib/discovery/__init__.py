@@ -19,6 +19,9 @@ class Endpoint:
     port: int
     labels: Mapping[str, str] = field(default_factory=dict, hash=False)
     weight: int = 1
+    #: the SPIFFE ID the endpoint's workload runs as, when the registry knows it (a ServiceEntry
+    #: endpoint's ``serviceAccount``): what mTLS to it accepts (``meshlib.security.outbound``)
+    identity: str | None = field(default=None, compare=False)
 
     @property
     def address(self) -> str:

@@ -38,7 +38,14 @@ class StaticRegistry:
         for resource in config.of_kind("ServiceEntry"):
             spec = resource.spec
             assert isinstance(spec, m.ServiceEntry)
-            found = tuple(e for e in (_entry_endpoint(spec, w) for w in spec.endpoints or ()) if e)
+            found = tuple(
+                e
+                for e in (
+                    _entry_endpoint(spec, w, resource.namespace, config.service.trust_domain)
+                    for w in spec.endpoints or ()
+                )
+                if e
+            )
             if not found:
                 continue
             for host in spec.hosts:
@@ -46,16 +53,28 @@ class StaticRegistry:
         return cls(table)
 
 
-def _entry_endpoint(entry: m.ServiceEntry, workload: m.WorkloadEntry) -> Endpoint | None:
+def _entry_endpoint(
+    entry: m.ServiceEntry, workload: m.WorkloadEntry, namespace: str, trust_domain: str
+) -> Endpoint | None:
     """A WorkloadEntry → Endpoint; its port is ``ports[name]`` of the entry's first port, else
-    the port's ``targetPort``, else the port number."""
+    the port's ``targetPort``, else the port number. Its ``serviceAccount`` (in the entry's
+    namespace) is the endpoint's identity."""
     if not workload.address:
         return None
+    identity = (
+        f"spiffe://{trust_domain}/ns/{namespace}/sa/{workload.service_account}"
+        if workload.service_account
+        else None
+    )
     address = workload.address
     host, sep, port_text = address.rpartition(":")
     if sep and port_text.isdigit() and "]" not in port_text:
         return Endpoint(
-            host.strip("[]"), int(port_text), dict(workload.labels or {}), workload.weight or 1
+            host.strip("[]"),
+            int(port_text),
+            dict(workload.labels or {}),
+            workload.weight or 1,
+            identity,
         )
     port = 80
     if entry.ports:
@@ -63,4 +82,6 @@ def _entry_endpoint(entry: m.ServiceEntry, workload: m.WorkloadEntry) -> Endpoin
         port = first.target_port or first.number
         if workload.ports and first.name and first.name in workload.ports:
             port = workload.ports[first.name]
-    return Endpoint(address.strip("[]"), port, dict(workload.labels or {}), workload.weight or 1)
+    return Endpoint(
+        address.strip("[]"), port, dict(workload.labels or {}), workload.weight or 1, identity
+    )

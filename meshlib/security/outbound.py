@@ -119,7 +119,7 @@ def decide(
         return Origination(
             "ISTIO_MUTUAL",
             istio_sni(target.host, port, target.subset),
-            accepted=AcceptedPeers.of([config.service.trust_domain]),
+            accepted=_accepted(config, (), endpoint),
             auto=True,
             source="auto mTLS",
         )
@@ -131,7 +131,7 @@ def decide(
         return Origination(
             "ISTIO_MUTUAL",
             settings.sni or istio_sni(target.host, port, target.subset),
-            accepted=AcceptedPeers.of([config.service.trust_domain], names),
+            accepted=_accepted(config, names, endpoint),
             source=source,
         )
     return Origination(
@@ -145,6 +145,17 @@ def decide(
         insecure_skip_verify=bool(settings.insecure_skip_verify),
         source=source,
     )
+
+
+def _accepted(
+    config: MeshConfig, names: frozenset[str] | tuple[()], endpoint: Endpoint | None
+) -> AcceptedPeers:
+    """Whom ISTIO_MUTUAL accepts: ``subjectAltNames`` when given, else the endpoint's own
+    identity when the registry knows it (a ServiceEntry endpoint's ``serviceAccount``), else any
+    identity of this workload's trust domain signed by the mesh CA."""
+    if not names and endpoint is not None and endpoint.identity is not None:
+        names = frozenset({endpoint.identity})
+    return AcceptedPeers.of([config.service.trust_domain], names)
 
 
 def _peer_authentication_disables(config: MeshConfig, host: str, endpoint: Endpoint) -> bool:

@@ -555,3 +555,70 @@ def test_a_refused_peer_is_not_retried(
     while server.handshakes < 1 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert server.handshakes == 1
+
+
+# --------------------------------------------------------------------------- endpoint identity
+
+
+def service_entry(ca: CertificateAuthority, port: int, account: str) -> str:
+    return f"""
+apiVersion: meshlib.dev/v1
+kind: Service
+metadata: {{name: productpage, namespace: default}}
+spec:
+  identity: {{ca: {ca.directory}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: ratings, namespace: default}}
+spec:
+  hosts: [ratings.mesh.internal]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  endpoints:
+    - address: 127.0.0.1
+      ports: {{http: {port}}}
+      serviceAccount: {account}
+      labels: {{{TLS_MODE_LABEL}: istio}}
+"""
+
+
+def test_the_endpoint_service_account_is_the_identity_expected(
+    ca: CertificateAuthority, serve: Callable[..., Server], send: Send
+) -> None:
+    ratings = SpiffeId("cluster.local", "default", "bookinfo-ratings")
+    server = serve(workload_context(ca.issue(ratings)))
+    mesh = Mesh.from_yaml(service_entry(ca, server.port, "bookinfo-ratings"))
+    response = send(mesh, "GET", "http://ratings.mesh.internal:9080/")
+    assert info(response).peer_identity == ratings.uri
+    mesh = Mesh.from_yaml(service_entry(ca, server.port, "bookinfo-details"))
+    with pytest.raises(UpstreamTLSError, match="bookinfo-details"):
+        send(mesh, "GET", "http://ratings.mesh.internal:9080/")
+
+
+# --------------------------------------------------------------------------- the docs
+
+
+def test_the_docs_example_prints_what_the_page_shows(tmp_path: Path) -> None:
+    import re
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    text = (root / "docs" / "security.md").read_text()
+    blocks = re.findall(r"```(\w*)\n(.*?)```", text, flags=re.DOTALL)
+    index = next(i for i, (_, body) in enumerate(blocks) if body.startswith("# Runnable: outbound"))
+    code, (language, shown) = blocks[index][1], blocks[index + 1]
+    assert language == "console"
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(root), "TMPDIR": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == shown
