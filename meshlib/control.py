@@ -217,8 +217,11 @@ def expected_digest(service: ServiceRef) -> str:
 
 
 def fetch_status(service: ServiceRef, timeout: float = 2.0) -> dict[str, Any]:
-    """The service's ``GET /_mesh/config`` (a plain HTTP call, not through any mesh)."""
-    response = httpx.get(service.url.rstrip("/") + CONFIG_PATH, timeout=timeout)
+    """The service's ``GET /_mesh/config`` (a plain HTTP call, not through any mesh), with
+    ``$MESHLIB_ADMIN_TOKEN`` as a bearer token when it is set."""
+    token = os.environ.get("MESHLIB_ADMIN_TOKEN")
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    response = httpx.get(service.url.rstrip("/") + CONFIG_PATH, timeout=timeout, headers=headers)
     response.raise_for_status()
     body: dict[str, Any] = response.json()
     return body

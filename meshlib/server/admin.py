@@ -4,9 +4,9 @@
 
     {"service": "reviews", "namespace": "default", "version": "v2",
      "digest": "3f2a…",                      # meshlib.config.digest of the config in force
-     "files": ["config/reviews-v2.yaml", "rules/bookinfo.yaml"],
+     "files": ["reviews-v2.yaml", "../rules/bookinfo.yaml"],   # relative to the config's folder
      "resources": [{"kind": "VirtualService", "namespace": "default", "name": "reviews",
-                    "file": "rules/bookinfo.yaml", "line": 12}, …],
+                    "file": "../rules/bookinfo.yaml", "line": 12}, …],
      "warnings": ["…"],
      "watch": {"running": true, "interval": 0.5, "reloads": 3, "last_error": null, …}}
 
@@ -18,20 +18,31 @@ each service reports the digest of the config its files now hold.
   other request (and scope type) to ``app``;
 * ``MeshWSGIAdmin(app, mesh=None)``: the same for WSGI;
 * ``config_status(mesh)``: the JSON body, for any other server.
+
+File names are shown relative to the folder of the service's config file, never as absolute
+paths. When the service has a mesh identity (``spec.identity``) or an admin token
+(``spec.admin.token`` or ``$MESHLIB_ADMIN_TOKEN``), the endpoint answers only a caller with a
+verified mesh identity (a client certificate of the mesh CA, read as the inbound side reads it)
+or one that sends ``Authorization: Bearer <token>`` (compared in constant time); anyone else
+gets 401. Without either, it answers everyone, as before.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import json
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from meshlib.config.digest import config_digest
-from meshlib.server.asgi import ASGIApp, Receive, Scope, Send
+from meshlib.server.asgi import ASGIApp, Receive, Scope, Send, chain_of_scope
+from meshlib.server.guard import admin_token, guard_of
 from meshlib.server.wsgi import StartResponse, WSGIApp
 
 if TYPE_CHECKING:
+    from meshlib.config.watch import ConfigWatcher
     from meshlib.mesh import Mesh
 
 CONFIG_PATH = "/_mesh/config"
@@ -42,25 +53,78 @@ def config_status(mesh: Mesh) -> dict[str, Any]:
     config = mesh.config
     service = config.service
     watcher = mesh.watcher
+    base = os.path.dirname(os.path.abspath(config.files[0])) if config.files else os.getcwd()
+
+    def shown(path: str) -> str:
+        return _relative(path, base)
+
     return {
         "service": service.name,
         "namespace": service.namespace,
         "version": service.version,
         "digest": config_digest(config),
-        "files": list(config.files),
+        "files": [shown(f) for f in config.files],
         "resources": [
             {
                 "kind": r.kind,
                 "namespace": r.namespace,
                 "name": r.name,
-                "file": r.file,
+                "file": shown(r.file),
                 "line": r.line,
             }
             for r in config.resources
         ],
-        "warnings": [str(p) for p in config.warnings],
-        "watch": dataclasses.asdict(watcher.status()) if watcher is not None else None,
+        "warnings": [_scrub(str(p), base) for p in config.warnings],
+        "watch": _watch(watcher, base),
     }
+
+
+def _scrub(text: str, base: str) -> str:
+    """A message with the config folder's absolute path taken out of the file names in it."""
+    return text.replace(base + os.sep, "")
+
+
+def _watch(watcher: ConfigWatcher | None, base: str) -> dict[str, Any] | None:
+    if watcher is None:
+        return None
+    status = dataclasses.asdict(watcher.status())
+    if status.get("last_error"):
+        status["last_error"] = _scrub(status["last_error"], base)
+    return status
+
+
+def _relative(path: str, base: str) -> str:
+    """``path`` as the config's folder sees it; a name that is not a file path (``<string>``)
+    as it is."""
+    if not path or path.startswith("<"):
+        return path
+    try:
+        return os.path.relpath(os.path.abspath(path), base)
+    except ValueError:  # another drive
+        return os.path.basename(path)
+
+
+def admitted(mesh: Mesh, chain: Sequence[str], authorization: str | None) -> bool:
+    """Whether a caller may read the admin endpoints (see the module's docstring)."""
+    config = mesh.config
+    token = admin_token(config)
+    has_identity = config.service.identity is not None
+    if token is None and not has_identity:
+        return True
+    if token is not None and authorization is not None:
+        scheme, _, presented = authorization.partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(
+            presented.strip().encode(), token.encode()
+        ):
+            return True
+    if has_identity and chain:
+        guard = guard_of(mesh)
+        return guard is not None and guard.principal_of(chain) is not None
+    return False
+
+
+_REFUSED = b'{"error": "the admin endpoints need a mesh identity or the admin token"}'
+_CHALLENGE = 'Bearer realm="meshlib admin"'
 
 
 def _body(mesh: Mesh) -> bytes:
@@ -89,7 +153,16 @@ class MeshAdmin:
         if scope.get("method") not in ("GET", "HEAD"):
             await _asgi_reply(send, 405, b'{"error": "GET only"}', [(b"allow", b"GET, HEAD")])
             return
-        body = _body(_mesh_of(self.mesh))
+        mesh = _mesh_of(self.mesh)
+        authorization = next(
+            (v.decode("latin-1") for k, v in scope.get("headers") or () if k == b"authorization"),
+            None,
+        )
+        if not admitted(mesh, chain_of_scope(scope), authorization):
+            challenge = [(b"www-authenticate", _CHALLENGE.encode())]
+            await _asgi_reply(send, 401, _REFUSED, challenge)
+            return
+        body = _body(mesh)
         await _asgi_reply(send, 200, b"" if scope.get("method") == "HEAD" else body, [], len(body))
 
 
@@ -133,7 +206,19 @@ class MeshWSGIAdmin:
                 [("content-type", "application/json"), ("allow", "GET, HEAD")],
             )
             return [b'{"error": "GET only"}']
-        body = _body(_mesh_of(self.mesh))
+        mesh = _mesh_of(self.mesh)
+        chain: tuple[str, ...] = ()
+        if environ.get("SSL_CLIENT_CERT"):
+            from meshlib.security.peer import chain_of_environ  # noqa: PLC0415
+
+            chain = chain_of_environ(environ)
+        if not admitted(mesh, chain, environ.get("HTTP_AUTHORIZATION")):
+            start_response(
+                "401 Unauthorized",
+                [("content-type", "application/json"), ("www-authenticate", _CHALLENGE)],
+            )
+            return [_REFUSED]
+        body = _body(mesh)
         start_response(
             "200 OK",
             [
@@ -145,4 +230,4 @@ class MeshWSGIAdmin:
         return [b"" if method == "HEAD" else body]
 
 
-__all__ = ["CONFIG_PATH", "MeshAdmin", "MeshWSGIAdmin", "config_status"]
+__all__ = ["CONFIG_PATH", "MeshAdmin", "MeshWSGIAdmin", "admitted", "config_status"]
