@@ -244,6 +244,11 @@ class _Listener:
 
     async def _connection(self, sock: socket.socket) -> None:
         sock.setblocking(False)
+        # asyncio sets TCP_NODELAY only on sockets whose proto is IPPROTO_TCP, which an accepted
+        # socket of socket.create_server is not (proto 0): without it Nagle's algorithm and the
+        # peer's delayed ACK add 40 ms to a TLS connection's first response.
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             await self._hand_over(sock)
         except asyncio.CancelledError:
