@@ -149,10 +149,11 @@ LIFESPAN: list[str] = []
 
 @contextmanager
 def running(
-    app: Any, mesh: Mesh, *, wsgi: bool = False, **options: Any
+    app: Any, mesh: Mesh, *, wsgi: bool = False, sock: socket.socket | None = None, **options: Any
 ) -> Iterator[tuple[MeshServer, int]]:
-    """The app served in a thread on a fresh port; stopped (gracefully) on exit."""
-    sock = socket.create_server((HOST, 0))
+    """The app served in a thread on ``sock`` (default: a fresh port); stopped (gracefully)
+    on exit."""
+    sock = sock if sock is not None else socket.create_server((HOST, 0))
     port = sock.getsockname()[1]
     options.setdefault("log_level", "warning")
     options.setdefault("lifespan", "on")
@@ -365,7 +366,6 @@ def test_without_identity_plain_text_and_one_log_line(
 def test_a_port_level_setting_overrides_the_workload_mode(ca_dir: Path) -> None:
     sock = socket.create_server((HOST, 0))
     port = sock.getsockname()[1]
-    sock.close()
     workload = f"""\
 apiVersion: security.istio.io/v1
 kind: PeerAuthentication
@@ -377,24 +377,16 @@ spec:
     "{port}": {{mode: PERMISSIVE}}
 """
     mesh = serve_mesh(ca_dir, workload)
-    server = make_server(scope_app, mesh, port=port, log_level="warning")
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + WAIT
-    while not server.started and time.monotonic() < deadline and thread.is_alive():
-        time.sleep(0.005)
-    try:
-        with httpx.Client(timeout=WAIT) as client:
-            seen = get(client, f"http://{HOST}:{port}/")
-        assert seen["meshlib"]["mtls_mode"] == "PERMISSIVE"
-    finally:
-        server.should_exit = True
-        thread.join(WAIT)
+    with running(scope_app, mesh, sock=sock), httpx.Client(timeout=WAIT) as client:
+        seen = get(client, f"http://{HOST}:{port}/")
+    assert seen["meshlib"]["mtls_mode"] == "PERMISSIVE"
     # on another port the workload's STRICT holds
-    with running(scope_app, mesh) as (_, other), socket.create_connection((HOST, other)) as s:
-        s.settimeout(WAIT)
-        with pytest.raises(ConnectionResetError):
-            http_over(s)
+    with (
+        running(scope_app, mesh) as (_, other),
+        socket.create_connection((HOST, other), timeout=WAIT) as plain,
+        pytest.raises(ConnectionResetError),
+    ):
+        http_over(plain)
 
 
 # --------------------------------------------------------------------------- rotation, silence
