@@ -555,3 +555,16 @@ def test_admin_token_in_the_service_document(meshes: Any, tmp_path: Path) -> Non
 
 def test_admin_stays_open_without_identity_or_token(meshes: Any) -> None:
     assert call(starlette_app(meshes(service_doc())), "GET", "/_mesh/config").status_code == 200
+
+
+def test_a_reload_recompiles_the_policies(meshes: Any) -> None:
+    from meshlib.config.load import load_texts
+
+    mesh = meshes(service_doc())
+    app = starlette_app(mesh)
+    assert call(app, "GET", "/details/0").status_code == 200
+    mesh.apply(load_texts([("mesh.yaml", docs(service_doc(), ALLOW_NOTHING))]))
+    assert call(app, "GET", "/details/0").status_code == 403
+    mesh.apply(load_texts([("mesh.yaml", service_doc())]))
+    assert call(app, "GET", "/details/0").status_code == 200
+    assert guard_of(mesh) is None
