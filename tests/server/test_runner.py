@@ -5,6 +5,7 @@ wait is bounded (``WAIT`` seconds)."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 import logging
@@ -522,7 +523,13 @@ def test_the_uvicorn_contract() -> None:
     config = uvicorn.Config(app, http=MeshH11Protocol, proxy_headers=False)
     config.load()
     assert config.http_protocol_class is MeshH11Protocol
-    protocol = MeshH11Protocol(config=config, server_state=ServerState(), app_state={})
+    loop = asyncio.new_event_loop()
+    try:
+        protocol = MeshH11Protocol(
+            config=config, server_state=ServerState(), app_state={}, _loop=loop
+        )
+    finally:
+        loop.close()
     assert protocol.app is config.loaded_app, "H11Protocol.app: the app called per request"
     assert "self.app" in inspect.getsource(H11Protocol.handle_events)
     assert list(inspect.signature(uvicorn.Server.startup).parameters) == ["self", "sockets"]
