@@ -45,7 +45,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("meshlib.server")
 
 DENIED_STATUS: Final = 403
-DEADLINE_HEADER: Final = "x-envoy-expected-rq-timeout-ms"
 #: Prefixes of the headers only the mesh may set, dropped from an untrusted caller.
 MESH_PREFIXES: Final = ("x-envoy-", "x-mesh-")
 #: The JWT failure Envoy answers with 403 rather than 401.
