@@ -909,11 +909,17 @@ class InboundSettings(Model):
     ) = None
 
 
+def _check_admin_token(value: str) -> str:
+    if len(value) < 16:
+        raise ValueError("the admin token must be at least 16 characters long")
+    return value
+
+
 class AdminSettings(Model):
     """``spec.admin``: the ``/_mesh/...`` endpoints. ``token``: a bearer token that opens them
     (``$MESHLIB_ADMIN_TOKEN`` also works) besides a verified mesh identity."""
 
-    token: str | None = Field(default=None, min_length=16)
+    token: Annotated[str, AfterValidator(_check_admin_token)] | None = None
 
 
 class Service(Model):
