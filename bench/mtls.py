@@ -12,6 +12,9 @@ workload with an identity from the same CA; ``plain`` (DestinationRule ``tls: DI
 concurrency 1, keep-alive: each client sends ``--calls`` calls in interleaved blocks (plain,
 mtls, plain again, the order rotating every round), so that drift hits all alike.
 
+Two more clients give the floor: ``httpx.Client`` alone, plain text to the plain listener and
+TLS (the workload's client context) to the TLS one: what TLS itself costs on this machine.
+
 Reported: median and p99 latency, client CPU per call, and requests per TLS handshake (the
 server counts its TLS connections). Target (reported, not enforced): mTLS median ≤ 1.10 × plain.
 """
@@ -19,14 +22,15 @@ server counts its TLS connections). Target (reported, not enforced): mTLS median
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
+import socket
 import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -54,20 +58,27 @@ class _Stats:
     requests = 0
 
 
-async def _serve_connection(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, secure: bool
-) -> None:
+def _serve_connection(connection: socket.socket, secure: bool) -> None:
+    """Keep-alive HTTP/1.1 on one connection, blocking reads and writes in C (``ssl`` or plain
+    sockets): a thread per connection, which at concurrency 1 is one thread."""
     stats = _Stats
+    buffer = b""
     try:
         while True:
-            head = await reader.readuntil(b"\r\n\r\n")
+            while b"\r\n\r\n" not in buffer:
+                chunk = connection.recv(65536)
+                if not chunk:
+                    return
+                buffer += chunk
+            head, _, buffer = buffer.partition(b"\r\n\r\n")
             length = 0
             for line in head.split(b"\r\n")[1:]:
                 name, _, value = line.partition(b":")
                 if name.strip().lower() == b"content-length":
                     length = int(value)
-            if length:
-                await reader.readexactly(length)
+            while len(buffer) < length:
+                buffer += connection.recv(65536)
+            buffer = buffer[length:]
             if head.startswith(b"GET /_stats"):
                 body = json.dumps(
                     {
@@ -80,35 +91,42 @@ async def _serve_connection(
                 stats.requests += 1
                 stats.tls_requests += secure
                 body = BODY
-            writer.write(
+            connection.sendall(
                 b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
                 + str(len(body)).encode()
                 + b"\r\n\r\n"
                 + body
             )
-            await writer.drain()
-    except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+    except (OSError, ssl.SSLError):
         pass
     finally:
-        writer.close()
+        connection.close()
 
 
-async def serve(ca_dir: str) -> None:
-    context = server_context(CertificateAuthority.load(ca_dir).issue(SERVER_ID))
-
-    async def plain(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _serve_connection(reader, writer, False)
-
-    async def secure(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+def _accept(listener: socket.socket, context: ssl.SSLContext | None) -> None:
+    while True:
+        raw, _ = listener.accept()
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if context is None:
+            threading.Thread(target=_serve_connection, args=(raw, False), daemon=True).start()
+            continue
+        try:
+            connection = context.wrap_socket(raw, server_side=True)
+        except (OSError, ssl.SSLError):
+            raw.close()
+            continue
         _Stats.tls_connections += 1
-        await _serve_connection(reader, writer, True)
+        threading.Thread(target=_serve_connection, args=(connection, True), daemon=True).start()
 
-    plain_server = await asyncio.start_server(plain, "127.0.0.1", 0)
-    tls_server = await asyncio.start_server(secure, "127.0.0.1", 0, ssl=context)
-    ports = [s.sockets[0].getsockname()[1] for s in (plain_server, tls_server)]
-    print(f"{ports[0]} {ports[1]}", flush=True)
-    loop = asyncio.get_running_loop()
-    await loop.run_in_executor(None, sys.stdin.read)  # until the parent goes
+
+def serve(ca_dir: str) -> None:
+    """The upstream: a plain and a TLS listener (STRICT: a client certificate required)."""
+    context = server_context(CertificateAuthority.load(ca_dir).issue(SERVER_ID))
+    listeners = [socket.create_server(("127.0.0.1", 0)) for _ in range(2)]
+    for listener, tls in zip(listeners, (None, context), strict=True):
+        threading.Thread(target=_accept, args=(listener, tls), daemon=True).start()
+    print(f"{listeners[0].getsockname()[1]} {listeners[1].getsockname()[1]}", flush=True)
+    sys.stdin.read()  # until the parent goes
 
 
 def start_upstream(ca_dir: Path) -> tuple[subprocess.Popen[bytes], int, int]:
@@ -156,9 +174,17 @@ spec:
 """
 
 
-def bench(mesh: Mesh, calls: int, block: int) -> dict[str, dict[str, Any]]:
+def bench(
+    mesh: Mesh, plain_port: int, tls_port: int, calls: int, block: int
+) -> dict[str, dict[str, Any]]:
     urls = {"plain": "http://plain:9080/reviews/0", "mtls": "http://mtls:9080/reviews/0"}
-    with mesh.client() as client:
+    identity = mesh.identity
+    assert identity is not None
+    with (
+        mesh.client() as client,
+        httpx.Client() as bare,
+        httpx.Client(verify=identity.client_context()) as bare_tls,
+    ):
         check = client.get(urls["mtls"], headers=HEADERS)
         info = check.extensions["mesh"]
         if (
@@ -174,6 +200,11 @@ def bench(mesh: Mesh, calls: int, block: int) -> dict[str, dict[str, Any]]:
             for name, url in urls.items()
         }
         calls_of["plain2"] = calls_of["plain"]
+        # the floor: httpx alone, plain and TLS with the same certificate, to the same listeners
+        bare_url = f"http://127.0.0.1:{plain_port}/reviews/0"
+        tls_url = f"https://127.0.0.1:{tls_port}/reviews/0"
+        calls_of["bare"] = lambda: bare.get(bare_url, headers=HEADERS).status_code
+        calls_of["bare_tls"] = lambda: bare_tls.get(tls_url, headers=HEADERS).status_code
         for call in calls_of.values():  # warm up
             for _ in range(min(block, 300)):
                 call()
@@ -190,7 +221,7 @@ def markdown(result: dict[str, Any]) -> str:
         "| sync c=1 keep-alive | median µs | p99 µs | CPU µs/call |",
         "|---|---:|---:|---:|",
     ]
-    for name in ("plain", "plain2", "mtls"):
+    for name in ("plain", "plain2", "mtls", "bare", "bare_tls"):
         row = sync[name]
         rows.append(
             f"| {name} | {row['median_us']:.1f} | {row['p99_us']:.1f} | "
@@ -203,6 +234,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"{verdict(ratio <= TARGET_MEDIAN_RATIO)}); A/A plain2/plain: "
         f"{result['aa_ratio']:.3f}×; requests per TLS handshake: "
         f"{result['requests_per_handshake']:.0f} ({result['tls_connections']} handshakes)",
+        f"The floor, httpx alone: TLS median / plain median {result['bare_ratio']:.3f}×; the "
+        f"mesh's mTLS over that floor: {ratio / result['bare_ratio']:.3f}×",
         "",
         result["environment"],
     ]
@@ -217,7 +250,7 @@ def main() -> None:
     parser.add_argument("--serve", metavar="CA_DIR", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        asyncio.run(serve(args.serve))
+        serve(args.serve)
         return
     block = max(1, min(args.block, args.calls))
     started = time.perf_counter()
@@ -227,7 +260,7 @@ def main() -> None:
         process, plain_port, tls_port = start_upstream(ca_dir)
         try:
             mesh = Mesh.from_yaml(mesh_config(ca_dir, plain_port, tls_port), seed=1)
-            sync = bench(mesh, args.calls, block)
+            sync = bench(mesh, plain_port, tls_port, args.calls, block)
             stats = httpx.get(f"http://127.0.0.1:{plain_port}/_stats").json()
         finally:
             assert process.stdin is not None
@@ -242,6 +275,7 @@ def main() -> None:
         "sync": sync,
         "median_ratio": sync["mtls"]["median_us"] / sync["plain"]["median_us"],
         "aa_ratio": sync["plain2"]["median_us"] / sync["plain"]["median_us"],
+        "bare_ratio": sync["bare_tls"]["median_us"] / sync["bare"]["median_us"],
         "tls_connections": stats["tls_connections"],
         "tls_requests": stats["tls_requests"],
         "requests_per_handshake": stats["tls_requests"] / max(1, stats["tls_connections"]),

@@ -602,8 +602,9 @@ class Call:
             info = _plain_info(decision, endpoint)
         else:
             address = endpoint.address if endpoint is not None else None
-            info = MeshInfo(decision, address, self.attempts, flags, local)
-            if tls is not None:
+            if tls is None:
+                info = MeshInfo(decision, address, self.attempts, flags, local)
+            else:
                 info = MeshInfo(decision, address, self.attempts, flags, local, tls[0], tls[1])
         response.extensions["mesh"] = info
         return response
@@ -1124,16 +1125,33 @@ def secure_attempt(call: Call, outbound: Outbound, attempt: httpx.Request) -> Or
             f"{call.view.host} is called with https:// (TLS already): call it with http:// "
             "and let the mesh originate TLS, or set tls mode DISABLE"
         )
-    attempt.url = url.copy_with(scheme="https", port=url.port or 80)
+    attempt.url = _as_https(url)
     return origination
+
+
+def _as_https(url: httpx.URL) -> httpx.URL:
+    """``url`` with scheme ``https`` and its port kept (80 when it had none): ``with_endpoint``'s
+    way, without parsing the URL again (``copy_with`` would, at a cost per call)."""
+    try:
+        _, userinfo, host, port, path, query, fragment = ref = url._uri_reference
+    except (AttributeError, ValueError):  # pragma: no cover - another httpx layout
+        return url.copy_with(scheme="https", port=url.port or 80)
+    result = _new_url(httpx.URL)
+    result._uri_reference = _new_tuple(
+        type(ref), ("https", userinfo, host, port or 80, path, query, fragment)
+    )
+    return result
+
+
+#: ``get_extra_info`` key of a connection verified by ``meshlib.security.outbound``: the peer's
+#: verified identity (its SPIFFE ID under ISTIO_MUTUAL), or None.
+PEER_IDENTITY = "meshlib.peer_identity"
 
 
 def _peer_of(response: httpx.Response) -> str | None:
     stream = response.extensions.get("network_stream")
     if stream is None:
         return None
-    from meshlib.security.outbound import PEER_IDENTITY  # noqa: PLC0415 - loaded by now
-
     peer = stream.get_extra_info(PEER_IDENTITY)
     return peer if isinstance(peer, str) else None
 

@@ -37,6 +37,7 @@ import httpx
 from meshlib.config import model as m
 from meshlib.errors import PeerIdentityError, UpstreamTLSError
 from meshlib.security.verify import AcceptedPeers, explain_handshake_failure, peer_identity
+from meshlib.transport import PEER_IDENTITY
 
 if TYPE_CHECKING:
     from meshlib.config.load import MeshConfig
@@ -61,8 +62,6 @@ __all__ = [
 TLS_MODE_LABEL = "security.istio.io/tlsMode"
 """The endpoint label auto mTLS reads (value ``istio``: the endpoint takes mutual TLS)."""
 
-PEER_IDENTITY = "meshlib.peer_identity"
-"""``get_extra_info`` key of a verified connection: the peer's verified SPIFFE ID (or None)."""
 
 Mode = Literal["SIMPLE", "MUTUAL", "ISTIO_MUTUAL"]
 
