@@ -530,8 +530,8 @@ def _destination(destination: m.Destination, path: Path) -> Iterable[Finding]:
     if subset and not common.is_dns1123_label(subset):
         yield error(
             (*path, "subset"),
-            f"subset name is invalid: {subset} (a DNS-1123 label: lowercase letters, digits "
-            "and '-', e.g. 'v1')",
+            f"subset name is invalid: {subset} (a DNS-1123 label as Istio checks it: letters, "
+            "digits and '-', at most 63, e.g. 'v1')",
         )
 
 
