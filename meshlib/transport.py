@@ -579,6 +579,7 @@ class Call:
                 int(sent) if sent is not None and sent.isdigit() else None,
                 int(received) if received is not None and received.isdigit() else None,
                 error,
+                *(self.tls or ()),
             )
         )
 

@@ -86,6 +86,10 @@ class RequestFinished:
     request_bytes: int | None
     response_bytes: int | None
     error: BaseException | None
+    #: the TLS the answering attempt was sent with (``ISTIO_MUTUAL``, ...; None: plain text) and
+    #: the upstream's verified identity (``MeshInfo.tls``, ``MeshInfo.peer_identity``)
+    tls: str | None = None
+    peer_identity: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -84,6 +84,8 @@ OPERATORS: dict[str, str] = {
     "UPSTREAM_REQUEST_ATTEMPT_COUNT": "attempts",
     "TRACE_ID": "trace_id",
     "DIRECTION": "direction",  # meshlib's own: inbound or outbound
+    "UPSTREAM_PEER_URI_SAN": "upstream_peer_uri_san",  # outbound TLS: the verified peer
+    "UPSTREAM_TLS_MODE": "upstream_tls_mode",  # meshlib's own: the DestinationRule tls mode
 }
 
 #: ``format: text``: Envoy's default format, less what an in-process mesh cannot see
@@ -221,6 +223,11 @@ class AccessLogger:
             "request_id": request.request_id,
             "trace_id": _current_trace_id(),
         }
+        # A call sent with TLS says how, and whom it verified: two more fields, only then.
+        if event.tls is not None:
+            fields["upstream_tls_mode"] = event.tls
+            if event.peer_identity is not None:
+                fields["upstream_peer_uri_san"] = event.peer_identity
         return fields, start
 
     def inbound(self, event: InboundFinished) -> tuple[dict[str, Any], float]:

@@ -622,3 +622,53 @@ def test_the_docs_example_prints_what_the_page_shows(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == shown
+
+
+# --------------------------------------------------------------------------- telemetry
+
+
+def test_the_access_log_says_how_a_call_was_secured(
+    ca: CertificateAuthority,
+    serve: Callable[..., Server],
+    send: Send,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = serve(workload_context(ca.issue(REVIEWS)))
+    telemetry = """  telemetry:
+    accessLog: {format: "%UPSTREAM_TLS_MODE% %UPSTREAM_PEER_URI_SAN% %RESPONSE_FLAGS%"}"""
+    text = config(ca, server.port, rules=tls_rule("{mode: ISTIO_MUTUAL}"))
+    text = text.replace("  registry:", telemetry + "\n  registry:", 1)
+    mesh = Mesh.from_yaml(text)
+    with caplog.at_level("INFO", logger="meshlib.access"):
+        send(mesh, "GET", "http://reviews:9080/")
+    lines = [r.getMessage() for r in caplog.records if r.name == "meshlib.access"]
+    assert lines == [f"ISTIO_MUTUAL {REVIEWS.uri} -"]
+    access = caplog.records[-1].access  # type: ignore[attr-defined]
+    assert access["upstream_tls_mode"] == "ISTIO_MUTUAL"
+    assert access["upstream_peer_uri_san"] == REVIEWS.uri
+
+
+def test_outbound_metrics_keep_connection_security_policy_unknown(
+    ca: CertificateAuthority, serve: Callable[..., Server], send: Send
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from meshlib.telemetry import metrics
+
+    server = serve(workload_context(ca.issue(REVIEWS)))
+    text = config(ca, server.port, rules=tls_rule("{mode: ISTIO_MUTUAL}"))
+    text = text.replace("  registry:", "  telemetry: {metrics: {}}\n  registry:", 1)
+    mesh = Mesh.from_yaml(text)
+    try:
+        send(mesh, "GET", "http://reviews:9080/")
+        _, body = metrics.scrape(mesh)
+    finally:
+        mesh.close()
+    labels = [
+        sample.labels
+        for family in text_string_to_metric_families(body.decode())
+        for sample in family.samples
+        if sample.name == "istio_requests_total"
+    ]
+    assert labels
+    assert {found["connection_security_policy"] for found in labels} == {"unknown"}
