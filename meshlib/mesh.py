@@ -554,21 +554,27 @@ class Mesh:
 
     def mirror(self, call: Call, transport: MeshTransport) -> None:
         """Send copies of the request to the route's mirrors; never waits for them."""
-        for request in self._mirror_requests(call):
+        for request, cluster, endpoint in self._mirror_requests(call):
+            inner = transport.mirror_inner(call, cluster, endpoint, request)
+            if inner is None:
+                continue
             if self._executor is None:
                 with self._lock:
                     if self._executor is None:
                         self._executor = ThreadPoolExecutor(4, thread_name_prefix="meshlib-mirror")
-            self._executor.submit(_send_mirror, transport.inner, request)
+            self._executor.submit(_send_mirror, inner, request)
 
     def amirror(self, call: Call, transport: AsyncMeshTransport) -> None:
-        requests = self._mirror_requests(call)
-        for request in requests:
-            task = asyncio.get_running_loop().create_task(_asend_mirror(transport.inner, request))
+        for request, cluster, endpoint in self._mirror_requests(call):
+            inner = transport.mirror_inner(call, cluster, endpoint, request)
+            if inner is None:
+                continue
+            task = asyncio.get_running_loop().create_task(_asend_mirror(inner, request))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    def _mirror_requests(self, call: Call) -> list[httpx.Request]:
+    def _mirror_requests(self, call: Call) -> list[tuple[httpx.Request, Cluster, Endpoint | None]]:
+        """The copies to send, each with its destination's cluster and endpoint."""
         mirrors = call.decision.mirrors
         if not mirrors or not call.replayable:
             return []
@@ -586,7 +592,8 @@ class Mesh:
             host = headers.get("host") or original.url.host
             name, sep, port = host.partition(":")
             headers["host"] = f"{name}-shadow{sep}{port}"
-            out.append(httpx.Request(original.method, url, headers=headers, stream=original.stream))
+            copy = httpx.Request(original.method, url, headers=headers, stream=original.stream)
+            out.append((copy, cluster, endpoint))
         return out
 
     def close(self) -> None:

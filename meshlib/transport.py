@@ -972,6 +972,27 @@ class MeshTransport(httpx.BaseTransport):
         call.tls = (origination.mode, _peer_of(response))
         return response
 
+    def mirror_inner(
+        self, call: Call, cluster: Cluster, endpoint: Endpoint | None, request: httpx.Request
+    ) -> httpx.BaseTransport | None:
+        """The transport a mirrored copy goes through (with the TLS its destination takes), or
+        None: it is not sent (TLS that cannot be originated for it)."""
+        outbound = cluster.outbound
+        if outbound is None:
+            return self.inner
+        try:
+            origination = origination_for(outbound, endpoint, call.view, request)
+        except UpstreamTLSError:
+            return None
+        if origination is None:
+            return self.inner
+        secure = self._secure
+        if secure is None:
+            from meshlib.security.outbound import SecureTransports  # noqa: PLC0415
+
+            secure = self._secure = SecureTransports(outbound.identity)
+        return secure.sync(outbound.target.name, origination)
+
     def close(self) -> None:
         self.inner.close()
         if self._secure is not None:
@@ -1101,6 +1122,26 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         call.tls = (origination.mode, _peer_of(response))
         return response
 
+    def mirror_inner(
+        self, call: Call, cluster: Cluster, endpoint: Endpoint | None, request: httpx.Request
+    ) -> httpx.AsyncBaseTransport | None:
+        """As ``MeshTransport.mirror_inner``."""
+        outbound = cluster.outbound
+        if outbound is None:
+            return self.inner
+        try:
+            origination = origination_for(outbound, endpoint, call.view, request)
+        except UpstreamTLSError:
+            return None
+        if origination is None:
+            return self.inner
+        secure = self._secure
+        if secure is None:
+            from meshlib.security.outbound import SecureTransports  # noqa: PLC0415
+
+            secure = self._secure = SecureTransports(outbound.identity)
+        return secure.async_(outbound.target.name, origination)
+
     async def aclose(self) -> None:
         await self.inner.aclose()
         if self._secure is not None:
@@ -1108,25 +1149,32 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
 
 
 def secure_attempt(call: Call, outbound: Outbound, attempt: httpx.Request) -> Origination | None:
-    """The TLS of this attempt (None: plain text), its URL made ``https`` for the pool.
+    """The TLS of this attempt (None: plain text), its URL made ``https`` for the pool."""
+    call.tls = None
+    return origination_for(outbound, call.endpoint, call.view, attempt)
+
+
+def origination_for(
+    outbound: Outbound, endpoint: Endpoint | None, view: RouteRequest, request: httpx.Request
+) -> Origination | None:
+    """The TLS ``request`` (a call as the router saw it in ``view``, sent to ``endpoint``) goes
+    with; None: plain text. With TLS, the request's URL is made ``https`` for the pool.
 
     An ``https://`` URL is the app's own TLS: auto mTLS leaves it alone, and a DestinationRule
     that would originate TLS on top of it (Envoy would wrap TLS in TLS, which no server reads)
-    is refused."""
-    call.tls = None
-    url = attempt.url
-    origination = outbound.origination(call.endpoint, call.view.port)
+    is refused (``UpstreamTLSError``)."""
+    origination = outbound.origination(endpoint, view.port)
     if origination is None:
         return None
-    if call.view.scheme == "https":
+    if view.scheme == "https":
         if origination.auto:
             return None
         raise UpstreamTLSError(
             f"{origination.source or 'tls'}: mode {origination.mode} originates TLS, and "
-            f"{call.view.host} is called with https:// (TLS already): call it with http:// "
+            f"{view.host} is called with https:// (TLS already): call it with http:// "
             "and let the mesh originate TLS, or set tls mode DISABLE"
         )
-    attempt.url = _as_https(url)
+    request.url = _as_https(request.url)
     return origination
 
 

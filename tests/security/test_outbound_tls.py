@@ -672,3 +672,46 @@ def test_outbound_metrics_keep_connection_security_policy_unknown(
     ]
     assert labels
     assert {found["connection_security_policy"] for found in labels} == {"unknown"}
+
+
+def test_a_mirrored_copy_goes_with_its_destinations_tls(
+    ca: CertificateAuthority, serve: Callable[..., Server]
+) -> None:
+    reviews = serve(None)
+    ratings = serve(workload_context(ca.issue(SpiffeId("cluster.local", "default", "ratings"))))
+    text = f"""
+apiVersion: meshlib.dev/v1
+kind: Service
+metadata: {{name: productpage, namespace: default}}
+spec:
+  identity: {{ca: {ca.directory}}}
+  registry:
+    static:
+      reviews: [{{address: 127.0.0.1:{reviews.port}}}]
+      ratings: [{{address: 127.0.0.1:{ratings.port}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: ratings, namespace: default}}
+spec: {{host: ratings, trafficPolicy: {{tls: {{mode: ISTIO_MUTUAL}}}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews, namespace: default}}
+spec:
+  hosts: [reviews]
+  http:
+    - route: [{{destination: {{host: reviews}}}}]
+      mirror: {{host: ratings}}
+"""
+    mesh = Mesh.from_yaml(text)
+    with mesh.client() as client:
+        response = client.get("http://reviews:9080/")
+        assert info(response).tls is None  # the call itself: plain text
+        deadline = time.monotonic() + WAIT
+        while ratings.requests < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    mesh.close()
+    assert ratings.requests == 1
+    assert ratings.handshakes == 1
+    assert ratings.sni[-1] == "outbound_.9080_._.ratings.default.svc.cluster.local"
