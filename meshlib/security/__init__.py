@@ -8,6 +8,8 @@
   - ``tls``: ``ssl.SSLContext`` builders for both sides, trusting the mesh CA only
   - ``workload``: ``WorkloadIdentity``, the current certificate and contexts, rotated on use
   - ``cli``: ``meshctl ca init`` and ``meshctl ca issue``
+- ``outbound``: what a client sends (DestinationRule ``tls``, auto mTLS), the server checked
+  before a request byte goes out
 - ``authz``: AuthorizationPolicy compiled into a decision (``decide``)
 - ``paths``: request path normalisation before path rules (Istio's ``pathNormalization``)
 - ``jwt``, ``jwks``: RequestAuthentication's JWT rules and their key sets

@@ -24,7 +24,6 @@ only for a destination that may need TLS.
 
 from __future__ import annotations
 
-import logging
 import ssl
 import threading
 from collections.abc import Mapping
@@ -44,8 +43,6 @@ if TYPE_CHECKING:
     from meshlib.discovery import Endpoint
     from meshlib.routing import Target
     from meshlib.security.workload import WorkloadIdentity
-
-log = logging.getLogger("meshlib.security")
 
 __all__ = [
     "PEER_IDENTITY",
@@ -194,11 +191,6 @@ class Outbound:
         #: ``() -> WorkloadIdentity | None`` (``Mesh.identity``, read when a connection is made)
         self.identity = identity
         self._cache: dict[tuple[Endpoint | None, int], Origination | None] = {}
-
-    @property
-    def configured(self) -> bool:
-        """Whether a DestinationRule sets the TLS (else: auto mTLS)."""
-        return self.settings is not None
 
     def origination(self, endpoint: Endpoint | None, port: int) -> Origination | None:
         key = (endpoint, port)
