@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -24,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 WriteYaml = Callable[[str, str], Path]
 Send = Callable[..., httpx.Response]
+RunDocsExample = Callable[[str, str], None]
 
 # --------------------------------------------------------------------------- Istio's own files
 
@@ -144,6 +146,35 @@ def write_yaml(tmp_path: Path) -> WriteYaml:
         return path
 
     return write
+
+
+@pytest.fixture
+def run_docs_example(tmp_path: Path) -> RunDocsExample:
+    """``run_docs_example("security.md", mark)`` runs the block of ``docs/<page>`` that
+    starts with ``mark`` in a fresh interpreter (in ``tmp_path``, with the repository on its
+    path) and asserts that it prints the ``console`` block right after it."""
+
+    def run(page: str, mark: str) -> None:
+        path = ROOT / "docs" / page
+        blocks = re.findall(r"```(\w*)\n(.*?)```", path.read_text(), flags=re.DOTALL)
+        index = next((i for i, (_, body) in enumerate(blocks) if body.startswith(mark)), None)
+        if index is None:
+            raise AssertionError(f"no block starting with {mark!r} in {path}")
+        code, (language, shown) = blocks[index][1], blocks[index + 1]
+        assert language == "console"
+        result = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=tmp_path,
+            env={"PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path), "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == shown
+
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -29,7 +29,7 @@ from meshlib.security.outbound import TLS_MODE_LABEL, decide, istio_sni
 from meshlib.security.verify import spiffe_id_of_der
 from meshlib.testing import FakeClock
 from meshlib.transport import MeshInfo
-from tests.conftest import Send
+from tests.conftest import RunDocsExample, Send
 from tests.security.tls_harness import dns, make_certificate, uri
 
 WAIT = 5.0
@@ -600,28 +600,8 @@ def test_the_endpoint_service_account_is_the_identity_expected(
 # --------------------------------------------------------------------------- the docs
 
 
-def test_the_docs_example_prints_what_the_page_shows(tmp_path: Path) -> None:
-    import re
-    import subprocess
-    import sys
-
-    root = Path(__file__).resolve().parents[2]
-    text = (root / "docs" / "security.md").read_text()
-    blocks = re.findall(r"```(\w*)\n(.*?)```", text, flags=re.DOTALL)
-    index = next(i for i, (_, body) in enumerate(blocks) if body.startswith("# Runnable: outbound"))
-    code, (language, shown) = blocks[index][1], blocks[index + 1]
-    assert language == "console"
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=tmp_path,
-        env={"PYTHONPATH": str(root), "TMPDIR": str(tmp_path), "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == shown
+def test_the_docs_example_prints_what_the_page_shows(run_docs_example: RunDocsExample) -> None:
+    run_docs_example("security.md", "# Runnable: outbound")
 
 
 # --------------------------------------------------------------------------- telemetry
