@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from meshlib.config import model as m
 from meshlib.config import validation
-from meshlib.config.source import Document, Path, format_path, parse_yaml
+from meshlib.config.source import Document, Path, format_path, last_key, parse_yaml
 from meshlib.errors import ConfigError, Problem, Severity
 
 ISTIO_NETWORKING = "networking.istio.io"
@@ -475,7 +475,7 @@ def _unknown_field(doc: Document, base: Path, model: type[Any], loc: Path) -> st
     the level above) where a field of that name exists: such a field lost or gained
     indentation."""
     key, where = str(loc[-1]), loc[:-1]
-    level = _name((*base, *where))
+    level = last_key((*base, *where))
     here = _models(_walk(model, where))
     names = sorted({name for found in here for name in _fields(found)})
     # one level down: the fields of this level's fields
@@ -503,21 +503,10 @@ def _unknown_field(doc: Document, base: Path, model: type[Any], loc: Path) -> st
         if any(key in _fields(found) for found in _models(_walk(model, above))):
             return (
                 f"unknown field in {level}: did you mean it one level up, in "
-                f"{_name((*base, *above))} (beside {_name((*base, *up))!r})?"
+                f"{last_key((*base, *above))} (beside {last_key((*base, *up))!r})?"
             )
     close = _suggest(key, names)
     return f"unknown field{close}"
-
-
-def _name(path: Path) -> str:
-    """The last key of ``path`` with its indexes: ``route[1]``, ``destination``."""
-    out = ""
-    for part in reversed(path):
-        if isinstance(part, int):
-            out = f"[{part}]{out}"
-        else:
-            return f"{part}{out}"
-    return out or "the top level"
 
 
 def _value_at(data: Any, path: Path) -> Any:

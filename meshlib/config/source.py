@@ -454,7 +454,7 @@ def _explain(file: str, lines: list[str], mend: _Mend, trial: str) -> Problem:
     )
     above = [s for s in siblings if s[0] < mend.line]
     beside = above[-1] if above else (siblings[0] if siblings else None)
-    place = f"under {_name(parent)!r}" if parent else "at the top level"
+    place = f"under {last_key(parent)!r}" if parent else "at the top level"
     like = ""
     if beside is not None:
         other = beside[1][-1]
@@ -486,17 +486,6 @@ def _path_of_line(
         if (fits, len(candidate)) > (best_fits, len(best[0])):
             best = (candidate, known)
     return best
-
-
-def _name(path: Path) -> str:
-    """The last key of ``path`` with its indexes: ``route[1]``, ``destination``."""
-    out = ""
-    for part in reversed(path):
-        if isinstance(part, int):
-            out = f"[{part}]{out}"
-        else:
-            return f"{part}{out}"
-    return out or "the document"
 
 
 def _hint(message: str, exc: yaml.YAMLError) -> str:
@@ -565,6 +554,17 @@ def _before_value(stack: list[list[Any]]) -> None:
 def _after_value(stack: list[list[Any]]) -> None:
     if stack and stack[-1][0] == "map":
         stack[-1][2] = True
+
+
+def last_key(path: Path) -> str:
+    """The last key of ``path`` with its indexes: ``route[1]``, ``destination``."""
+    out = ""
+    for part in reversed(path):
+        if isinstance(part, int):
+            out = f"[{part}]{out}"
+        else:
+            return f"{part}{out}"
+    return out or "the top level"
 
 
 def format_path(path: Path) -> str:
