@@ -116,13 +116,17 @@ def check_targets(
     if target_ref is not None:
         findings += check_target_ref(target_ref, (*SPEC, "targetRef"))
     if target_refs is not None:
-        if len(target_refs) > MAX_TARGET_REFS:
-            findings.append(
-                error((*SPEC, "targetRefs"), f"at most {MAX_TARGET_REFS} targetRefs (CRD maxItems)")
-            )
+        findings += _max_items(target_refs, MAX_TARGET_REFS, (*SPEC, "targetRefs"), "targetRefs")
         for i, ref in enumerate(target_refs):
             findings += check_target_ref(ref, (*SPEC, "targetRefs", i))
     return findings
+
+
+def _max_items(items: Sequence[Any] | None, limit: int, path: Path, what: str) -> list[Finding]:
+    """The CRD's ``maxItems`` on a list: more than ``limit`` items is an error."""
+    if items is not None and len(items) > limit:
+        return [error(path, f"at most {limit} {what} (CRD maxItems)")]
+    return []
 
 
 def check_selector(selector: m.WorkloadSelector, path: Path) -> list[Finding]:
@@ -467,8 +471,7 @@ def check_authorization_policy(spec: m.Model, metadata: m.Metadata) -> list[Find
                 "an empty rule {} if you want it be triggered for every request",
             )
         )
-    if spec.rules is not None and len(spec.rules) > MAX_RULES:
-        findings.append(error((*SPEC, "rules"), f"at most {MAX_RULES} rules (CRD maxItems)"))
+    findings += _max_items(spec.rules, MAX_RULES, (*SPEC, "rules"), "rules")
     for i, rule in enumerate(spec.rules or ()):
         findings += _rule(rule, (*SPEC, "rules", i), action)
     return findings
@@ -517,8 +520,7 @@ def _rule(rule: s.Rule, at: Path, action: str) -> list[Finding]:
     findings: list[Finding] = []
     if rule.from_ is not None and not rule.from_:
         findings.append(error((*at, "from"), "from must not be empty (leave it out: any source)"))
-    if rule.from_ is not None and len(rule.from_) > MAX_FROM:
-        findings.append(error((*at, "from"), f"at most {MAX_FROM} from entries (CRD maxItems)"))
+    findings += _max_items(rule.from_, MAX_FROM, (*at, "from"), "from entries")
     tcp_in_from = tcp_in_to = from_exists = to_exists = False
     for j, entry in enumerate(rule.from_ or ()):
         where: Path = (*at, "from", j, "source")
@@ -659,10 +661,7 @@ def check_request_authentication(spec: m.Model, metadata: m.Metadata) -> list[Fi
     findings = check_metadata("RequestAuthentication", spec, metadata)
     findings += check_targets(spec.selector, spec.target_ref, spec.target_refs)
     rules = spec.jwt_rules or ()
-    if len(rules) > MAX_JWT_RULES:
-        findings.append(
-            error((*SPEC, "jwtRules"), f"at most {MAX_JWT_RULES} jwtRules (CRD maxItems)")
-        )
+    findings += _max_items(rules, MAX_JWT_RULES, (*SPEC, "jwtRules"), "jwtRules")
     for i, rule in enumerate(rules):
         findings += _jwt_rule(rule, (*SPEC, "jwtRules", i))
     return findings
@@ -715,13 +714,9 @@ def _jwt_rule(rule: s.JWTRule, at: Path) -> list[Finding]:
         if problem is not None:
             findings.append(error((*at, "timeout"), problem))
     claims = rule.space_delimited_claims or ()
-    if len(claims) > MAX_SPACE_DELIMITED_CLAIMS:
-        findings.append(
-            error(
-                (*at, "spaceDelimitedClaims"),
-                f"at most {MAX_SPACE_DELIMITED_CLAIMS} spaceDelimitedClaims (CRD maxItems)",
-            )
-        )
+    findings += _max_items(
+        claims, MAX_SPACE_DELIMITED_CLAIMS, (*at, "spaceDelimitedClaims"), "spaceDelimitedClaims"
+    )
     for i, claim_name in enumerate(claims):
         if not claim_name:
             findings.append(
