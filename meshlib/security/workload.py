@@ -32,7 +32,7 @@ import os
 import ssl
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -237,11 +237,11 @@ class WorkloadIdentity:
                     exc,
                     self._retry,
                 )
-                self._current = _retry_later(current, now + self._retry)
+                self._current = replace(current, renew_after=now + self._retry)
                 return self._current
             if certificate.serial_number == old.serial_number:
                 # The files were not renewed yet: keep going and look again later.
-                self._current = _retry_later(current, now + self._retry)
+                self._current = replace(current, renew_after=now + self._retry)
                 return self._current
             self._current = self._build(certificate, self._renew_after(certificate))
         self._log_rotation(old, certificate)
@@ -281,16 +281,6 @@ class WorkloadIdentity:
             new.serial_number,
             new.not_after.isoformat(),
         )
-
-
-def _retry_later(current: _Current, when: float) -> _Current:
-    return _Current(
-        certificate=current.certificate,
-        renew_after=when,
-        strict_server=current.strict_server,
-        permissive_server=current.permissive_server,
-        client=current.client,
-    )
 
 
 __all__ = [
