@@ -608,16 +608,16 @@ class Mesh:
 
 def _workload_identity(service: ServiceInfo, clock: Clock) -> WorkloadIdentity:
     # meshlib.security loads cryptography: only for a service that has an identity
+    from meshlib.security.ca import DEFAULT_WORKLOAD_LIFETIME  # noqa: PLC0415
     from meshlib.security.workload import WorkloadIdentity  # noqa: PLC0415
 
     settings = service.identity
     assert settings is not None
     if settings.ca is not None:
-        lifetime = settings.certificate_lifetime
-        if lifetime is None:
-            return WorkloadIdentity.from_ca(settings.ca, service.spiffe_id, clock=clock)
+        seconds = settings.certificate_lifetime
+        lifetime = DEFAULT_WORKLOAD_LIFETIME if seconds is None else timedelta(seconds=seconds)
         return WorkloadIdentity.from_ca(
-            settings.ca, service.spiffe_id, clock=clock, lifetime=timedelta(seconds=lifetime)
+            settings.ca, service.spiffe_id, clock=clock, lifetime=lifetime
         )
     certificate, key, bundle = settings.certificate, settings.private_key, settings.ca_certificates
     assert certificate is not None
