@@ -474,10 +474,7 @@ class Mesh:
             return None
         from meshlib.security.outbound import Outbound  # noqa: PLC0415 - loads cryptography
 
-        return Outbound(target, settings, config, self._current_identity)
-
-    def _current_identity(self) -> WorkloadIdentity | None:
-        return self.identity
+        return Outbound(target, settings, config, lambda: self.identity)
 
     def _remember(self, target: Target, port: int | None, cluster: Cluster) -> None:
         """Keep ``target``'s cluster by identity: the router hands out the same target object
