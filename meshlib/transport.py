@@ -44,10 +44,10 @@ from meshlib.errors import (
     NoRouteError,
     UpstreamTLSError,
 )
-from meshlib.headers import entries
+from meshlib.headers import entries, with_entries
 from meshlib.policies.fault import FaultAction, abort_response_parts, decide
 from meshlib.policies.retry import Outcome, RetryState, policy_for
-from meshlib.routing import RouteDecision, RouteRequest
+from meshlib.routing import CLUSTER_DOMAIN, RouteDecision, RouteRequest
 from meshlib.telemetry import (
     AttemptEnded,
     AttemptStarted,
@@ -57,6 +57,7 @@ from meshlib.telemetry import (
     RequestInfo,
     RetryScheduled,
 )
+from meshlib.telemetry.peer import PEER_KEYS, PEER_METADATA, decode, stamp_of
 
 if TYPE_CHECKING:
     from meshlib.mesh import Cluster, Mesh
@@ -180,6 +181,7 @@ class Call:
     retry: RetryState | None = None
     info: RequestInfo | None = None
     tls: tuple[str, str | None] | None = None  # the last attempt's TLS mode and verified peer
+    peer_metadata: str | None = None  # the upstream's x-envoy-peer-metadata, as received
 
     def __init__(self, mesh: Mesh, request: httpx.Request) -> None:
         self.mesh = mesh
@@ -309,6 +311,13 @@ class Call:
         request = self.request
         if self.attempts == 0:
             self._edit_request()
+            target = self.decision.destination
+            if (
+                target is not None
+                and not self.decision.passthrough
+                and target.host.endswith(_MESH_SUFFIX)
+            ):
+                _stamp(request, self.mesh)
         endpoint = self.endpoint
         request.url = with_endpoint(self.url, endpoint) if endpoint is not None else self.url
         if timeout is not None:
@@ -568,6 +577,7 @@ class Call:
             status = 504 if isinstance(error, DeadlineExceeded) else 503
         sent = self.request.headers.get("content-length")
         received = response.headers.get("content-length") if response is not None else None
+        tls, peer_identity = self.tls if self.tls is not None else (None, None)
         self.telemetry.emit(
             RequestFinished(
                 self.request_info(),
@@ -579,7 +589,9 @@ class Call:
                 int(sent) if sent is not None and sent.isdigit() else None,
                 int(received) if received is not None and received.isdigit() else None,
                 error,
-                *(self.tls or ()),
+                tls,
+                peer_identity,
+                peer=decode(self.peer_metadata) if self.peer_metadata is not None else None,
             )
         )
 
@@ -595,6 +607,8 @@ class Call:
         if self.retry is not None and self.retry.flag and self.retry.flag not in self.flags:
             self.flags.append(self.retry.flag)
         flags = ",".join(self.flags) if self.flags else ""
+        if not local:
+            self.peer_metadata = _take_peer_metadata(response)
         if flags:
             response.headers[FLAGS_HEADER] = flags
         endpoint = self.endpoint
@@ -1214,6 +1228,57 @@ def _carry(request: httpx.Request, carried: Mapping[str, str]) -> None:
         headers = request.headers = headers.copy()
         for name in missing:
             headers[name] = carried[name]
+
+
+_MESH_SUFFIX = "." + CLUSTER_DOMAIN
+
+
+def _stamp(request: httpx.Request, mesh: Mesh) -> None:
+    """Put this workload's metadata exchange headers on the request (in place of any the caller
+    set: a peer speaks for itself only), on a copy of its headers (``Call.restore`` puts the
+    caller's own back)."""
+    stamp = stamp_of(mesh)
+    headers = request.headers
+    raw = entries(headers)
+    if raw is None:  # pragma: no cover - another httpx layout
+        headers = request.headers = headers.copy()
+        for name, _, value in stamp.entries:
+            headers[name.decode()] = value.decode()
+        return
+    items = [entry for entry in raw if entry[1] not in PEER_KEYS]
+    items += stamp.entries
+    request.headers = with_entries(items, headers)
+
+
+def _take_peer_metadata(response: httpx.Response) -> str | None:
+    """The upstream's ``x-envoy-peer-metadata``, removed with its id from the response (as
+    Istio's sidecar removes them before the app sees the response); None when not sent."""
+    headers = response.headers
+    raw = entries(headers)
+    if raw is None:  # pragma: no cover - another httpx layout
+        value: str | None = headers.get(PEER_METADATA)
+        for name in ("x-envoy-peer-metadata-id", PEER_METADATA):
+            if name in headers:
+                del headers[name]
+        return value
+    found = None
+    for entry in raw:
+        if entry[1] in PEER_KEYS:
+            break
+    else:
+        return None
+    kept = []
+    for entry in raw:
+        if entry[1] in PEER_KEYS:
+            if entry[1] == _PEER_METADATA_KEY:
+                found = entry[2].decode("latin-1")
+        else:
+            kept.append(entry)
+    raw[:] = kept
+    return found
+
+
+_PEER_METADATA_KEY = PEER_METADATA.encode()
 
 
 def _releaser(cluster: Cluster, endpoint: Endpoint | None, lease: Any, counted: int) -> Any:

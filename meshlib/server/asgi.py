@@ -14,6 +14,10 @@ certificate chain is read from the ASGI TLS extension (``scope["extensions"]["tl
 refusal (400, 401, 403 ``RBAC: access denied``) is answered here, and the app gets a scope with
 the normalised path and the JWT header changes, without the headers an untrusted caller may not
 set.
+
+The caller's workload metadata (Istio's ``x-envoy-peer-metadata`` and its id) is read from a
+trusted caller and removed from the scope the app gets; the response to a caller that sent it
+carries this workload's own (as Istio's sidecars exchange it).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from urllib.parse import quote
 from meshlib.context import REQUEST_ID
 from meshlib.server.guard import InboundRequest, Verdict, apply_to_asgi_scope
 from meshlib.server.inbound import Inbound
+from meshlib.telemetry.peer import PEER_KEYS, PEER_METADATA, PEER_METADATA_ID, stamp_of
 
 if TYPE_CHECKING:
     from meshlib.mesh import Mesh
@@ -82,6 +87,11 @@ class MeshMiddleware:
             await _refuse(send, verdict, served.request_id.encode("latin-1"))
             served.finish(verdict.status, len(verdict.body), details=verdict.details)
             return
+        exchange: tuple[tuple[bytes, bytes], ...] = ()
+        if PEER_METADATA in found or PEER_METADATA_ID in found:
+            scope = _without_peer_metadata(scope)
+            if served.exchange:
+                exchange = stamp_of(mesh).pairs
         request_id = served.request_id.encode("latin-1")
         status = 500
         started = False
@@ -96,6 +106,9 @@ class MeshMiddleware:
                 headers = list(message.get("headers") or ())
                 if not any(key.lower() == _REQUEST_ID for key, _ in headers):
                     headers.append((_REQUEST_ID, request_id))
+                if exchange:
+                    headers = [h for h in headers if h[0].lower() not in PEER_KEYS]
+                    headers += exchange
                 message = {**message, "headers": headers}
             elif kind == "http.response.body":
                 sent += len(message.get("body") or b"")
@@ -113,6 +126,13 @@ class MeshMiddleware:
         finally:
             served.finish(status, sent, route=route_of(scope), error=error)
             served.detach(attached)
+
+
+def _without_peer_metadata(scope: Scope) -> Scope:
+    """A copy of the scope without the caller's metadata exchange headers."""
+    scope = dict(scope)
+    scope["headers"] = [h for h in scope.get("headers") or () if h[0].lower() not in PEER_KEYS]
+    return scope
 
 
 async def _refuse(send: Send, verdict: Verdict, request_id: bytes) -> None:

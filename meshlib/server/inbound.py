@@ -7,7 +7,12 @@ For each inbound request, ``Inbound.begin`` reads the request's headers once and
   ``spec.propagateHeaders`` and the trace headers as received (so the trace goes on through this
   service even with tracing off; with tracing on, each attempt replaces them with its own);
 * its deadline, when the caller sent ``x-envoy-expected-rq-timeout-ms``;
-* the SERVER span, when the mesh traces.
+* the SERVER span, when the mesh traces;
+* the caller's workload metadata (Istio's ``x-envoy-peer-metadata``, ``meshlib.telemetry.peer``),
+  bound to its verified mesh identity when it has one: it names the caller in the
+  ``reporter="destination"`` metrics and the access log. The shells read it only from a caller
+  whose context headers are trusted (the guard drops ``x-envoy-*`` from the others), remove it
+  before the app sees the request and answer with this workload's own metadata.
 
 ``Served.attach`` makes the context (and the span) current; ``Served.finish`` ends the span and
 reports ``InboundFinished`` to the mesh's telemetry hub.
@@ -35,6 +40,7 @@ from meshlib import context
 from meshlib.context import REQUEST_ID, RequestContext
 from meshlib.server.guard import InboundGuard, guard_of
 from meshlib.telemetry import InboundFinished
+from meshlib.telemetry.peer import PEER_HEADERS, PEER_METADATA, PeerMetadata, bind, decode
 from meshlib.telemetry.tracing import TRACE_HEADERS, MeshTracer, ServerSpan
 
 if TYPE_CHECKING:
@@ -97,7 +103,14 @@ class Inbound:
         propagate = mesh.config.service.propagate_headers
         known = self._wanted
         if known is None or known[0] is not propagate:
-            names = {REQUEST_ID, DEADLINE_HEADER, CONTENT_LENGTH, *TRACE_HEADERS, *propagate}
+            names = {
+                REQUEST_ID,
+                DEADLINE_HEADER,
+                CONTENT_LENGTH,
+                *TRACE_HEADERS,
+                *propagate,
+                *PEER_HEADERS,
+            }
             known = self._wanted = (propagate, frozenset(n.encode("latin-1") for n in names))
         return known[1]
 
@@ -121,7 +134,7 @@ class Inbound:
         carried = {REQUEST_ID: request_id}
         for name in service.propagate_headers:
             value = headers.get(name)
-            if value is not None:
+            if value is not None and name not in PEER_HEADERS:  # a peer speaks for itself only
                 carried[name] = value
         trace: dict[str, str] = {}
         for name in TRACE_HEADERS:
@@ -134,6 +147,8 @@ class Inbound:
         if timeout is not None and timeout.isdigit() and int(timeout) > 0:
             deadline = started + int(timeout) / 1000
         length = headers.get(CONTENT_LENGTH)
+        metadata = headers.get(PEER_METADATA)
+        peer = bind(decode(metadata), principal) if metadata is not None else None
         found = mesh.telemetry.tracer
         tracer = found if isinstance(found, MeshTracer) else None
         span = None
@@ -154,6 +169,8 @@ class Inbound:
             span,
             principal,
             audit_policy,
+            peer,
+            metadata is not None,
         )
 
 
@@ -172,6 +189,9 @@ class Served:
     span: ServerSpan | None
     principal: str | None = None  # the caller's verified mesh identity
     audit_policy: str | None = None
+    peer: PeerMetadata | None = None  # the caller's metadata, bound to its identity
+    #: the caller sent its metadata (trusted): the response carries this workload's
+    exchange: bool = False
 
     @property
     def request_id(self) -> str:
@@ -227,6 +247,8 @@ class Served:
                     None,
                     response_code_details=details,
                     audit_policy=self.audit_policy,
+                    principal=self.principal,
+                    peer=self.peer,
                 )
             )
 

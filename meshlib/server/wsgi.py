@@ -14,6 +14,10 @@ certificate is read from ``SSL_CLIENT_CERT`` (mod_ssl's name; ``SSL_CLIENT_CERT_
 the rest of the chain), a refusal is answered here, and the environ the app gets has the
 normalised path (``PATH_INFO``) and the JWT header changes, without the headers an untrusted
 caller may not set.
+
+The caller's workload metadata (Istio's ``x-envoy-peer-metadata`` and its id) is read from a
+trusted caller and removed from the environ the app gets; the response to a caller that sent it
+carries this workload's own.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from urllib.parse import quote
 from meshlib.context import REQUEST_ID
 from meshlib.server.guard import InboundRequest, apply_to_environ, headers_of_environ
 from meshlib.server.inbound import Inbound, Served
+from meshlib.telemetry.peer import PEER_HEADERS, stamp_of
 
 if TYPE_CHECKING:
     from meshlib.mesh import Mesh
@@ -103,6 +108,13 @@ class MeshWSGIMiddleware:
             )
             served.finish(verdict.status, len(verdict.body), details=verdict.details)
             return [verdict.body]
+        exchange: tuple[tuple[str, str], ...] = ()
+        if _PEER_KEY in environ or _PEER_ID_KEY in environ:
+            environ.pop(_PEER_KEY, None)
+            environ.pop(_PEER_ID_KEY, None)
+            if served.exchange:
+                stamp = stamp_of(mesh)
+                exchange = ((_PEER_ID, stamp.id_value), (_PEER, stamp.value))
         served.enter()
         body = _Body(own, served)
 
@@ -114,6 +126,9 @@ class MeshWSGIMiddleware:
             body.route = route_of(environ)  # Flask clears its request from the environ later
             if not any(name.lower() == REQUEST_ID for name, _ in headers):
                 headers = [*headers, (REQUEST_ID, served.request_id)]
+            if exchange:
+                headers = [h for h in headers if h[0].lower() not in PEER_HEADERS]
+                headers += exchange
             if exc_info is not None:
                 write = start_response(status, headers, exc_info)
             else:
@@ -132,6 +147,10 @@ class MeshWSGIMiddleware:
             served.finish(500, body.sent, route=body.route, error=exc)
             raise
         return body
+
+
+_PEER_ID, _PEER = "x-envoy-peer-metadata-id", "x-envoy-peer-metadata"
+_PEER_ID_KEY, _PEER_KEY = environ_key(_PEER_ID), environ_key(_PEER)
 
 
 class _Body:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from meshlib.discovery import Endpoint
     from meshlib.errors import ConfigError
     from meshlib.routing import RouteDecision
+    from meshlib.telemetry.peer import PeerMetadata
 
 log = logging.getLogger("meshlib.telemetry")
 
@@ -90,6 +91,8 @@ class RequestFinished:
     #: the upstream's verified identity (``MeshInfo.tls``, ``MeshInfo.peer_identity``)
     tls: str | None = None
     peer_identity: str | None = None
+    #: the upstream's workload metadata from its response (``x-envoy-peer-metadata``), if sent
+    peer: PeerMetadata | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +115,10 @@ class InboundFinished:
     #: app did. ``audit_policy``: the AUDIT AuthorizationPolicy that marked the request.
     response_code_details: str = ""
     audit_policy: str | None = None
+    #: the caller's verified mesh identity (mutual TLS), and its workload metadata
+    #: (``x-envoy-peer-metadata``, bound to that identity; None when not sent or not trusted)
+    principal: str | None = None
+    peer: PeerMetadata | None = None
 
 
 @dataclass(frozen=True, slots=True)

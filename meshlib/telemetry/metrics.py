@@ -69,6 +69,7 @@ from meshlib.telemetry import (
     RequestFinished,
     RetryScheduled,
 )
+from meshlib.telemetry.peer import PeerMetadata, principal_parts
 
 if TYPE_CHECKING:
     from meshlib.mesh import Mesh
@@ -163,21 +164,16 @@ class Workload:
     def of_service(cls, service: ServiceInfo) -> Workload:
         """This service: its ``app`` is its name unless an ``app`` label says otherwise; its
         workload ``<name>-<version>`` (Kubernetes' Deployment naming, as in Bookinfo's
-        ``reviews-v2``) unless a ``workload`` label names it."""
-        labels = service.labels
-        name = service.name
-        version = service.version or labels.get("version") or UNKNOWN
-        app = labels.get("app") or name
-        workload = labels.get("workload") or (
-            f"{name}-{version}" if UNKNOWN not in (version, name) else name
-        )
+        ``reviews-v2``) unless a ``workload`` label names it (the metadata it sends peers)."""
+        own = PeerMetadata.of_service(service)
         return cls(
-            workload=workload,
-            namespace=service.namespace,
-            app=app,
-            version=version,
-            canonical_service=_first(labels, _CANONICAL_NAME) or app,
-            canonical_revision=_first(labels, _CANONICAL_REVISION) or service.version or "latest",
+            workload=own.workload,
+            namespace=own.namespace,
+            app=own.app,
+            version=own.version,
+            canonical_service=own.canonical_service,
+            canonical_revision=own.canonical_revision,
+            cluster=own.cluster or UNKNOWN,
         )
 
     @classmethod
@@ -186,20 +182,49 @@ class Workload:
         labels: Mapping[str, str],
         service_name: str,
         namespace: str,
+        peer: PeerMetadata | None = None,
     ) -> Workload:
-        """The destination as the endpoint's labels (or the subset's) describe it."""
-        version = labels.get("version") or UNKNOWN
-        app = labels.get("app") or UNKNOWN
-        workload = labels.get("workload") or (
-            f"{app}-{version}" if UNKNOWN not in (app, version) else UNKNOWN
-        )
+        """The destination as the endpoint's labels (or the subset's) describe it, else as the
+        upstream's metadata (its response's ``x-envoy-peer-metadata``) does; without either, a
+        service of the mesh (``namespace`` known) is its own app and workload."""
+        own = peer if peer is not None else _NO_PEER
+        version = labels.get("version") or own.version or UNKNOWN
+        app = labels.get("app") or own.app or (service_name if namespace != UNKNOWN else UNKNOWN)
+        workload = labels.get("workload") or own.workload
+        if not workload:
+            workload = f"{app}-{version}" if UNKNOWN not in (app, version) else app
         return cls(
             workload=workload,
-            namespace=namespace,
+            namespace=own.namespace or namespace,
             app=app,
             version=version,
-            canonical_service=_first(labels, _CANONICAL_NAME) or service_name,
-            canonical_revision=_first(labels, _CANONICAL_REVISION) or "latest",
+            canonical_service=_first(labels, _CANONICAL_NAME)
+            or own.canonical_service
+            or service_name,
+            canonical_revision=_first(labels, _CANONICAL_REVISION)
+            or own.canonical_revision
+            or "latest",
+            cluster=own.cluster or UNKNOWN,
+        )
+
+    @classmethod
+    def of_caller(cls, peer: PeerMetadata | None, principal: str | None) -> Workload:
+        """The caller of an inbound request: its metadata, its verified identity (whose
+        namespace stands when the metadata says none)."""
+        parts = principal_parts(principal) if principal is not None else None
+        if peer is None:
+            if principal is None:
+                return _UNKNOWN_WORKLOAD
+            return cls(principal=principal, namespace=parts[0] if parts else UNKNOWN)
+        return cls(
+            workload=peer.workload or UNKNOWN,
+            namespace=peer.namespace or (parts[0] if parts else UNKNOWN),
+            principal=principal or UNKNOWN,
+            app=peer.app or UNKNOWN,
+            version=peer.version or UNKNOWN,
+            canonical_service=peer.canonical_service or peer.app or UNKNOWN,
+            canonical_revision=peer.canonical_revision or peer.version or "latest",
+            cluster=peer.cluster or UNKNOWN,
         )
 
     def values(self) -> tuple[str, ...]:
@@ -213,6 +238,10 @@ class Workload:
             self.canonical_revision,
             self.cluster,
         )
+
+
+_NO_PEER = PeerMetadata()
+_UNKNOWN_WORKLOAD = Workload()
 
 
 def _first(labels: Mapping[str, str], keys: Sequence[str]) -> str | None:
@@ -246,11 +275,14 @@ def outbound_labels(
     endpoint: Endpoint | None,
     status: int | None,
     flags: str,
+    peer: PeerMetadata | None = None,
 ) -> tuple[str, ...]:
     """Istio's labels, in ``LABELS`` order, for a call this service made (``reporter="source"``).
 
     ``destination_version``/``_app``/``_workload`` come from the labels of the endpoint that
-    answered (the pod's labels, under Istio), else from the subset's labels; a host outside
+    answered (the pod's labels, under Istio), else from the subset's labels, else from the
+    upstream's metadata (``peer``), else the service's short name is its app and workload; a
+    host outside
     the mesh is ``PassthroughCluster``, one refused by ``REGISTRY_ONLY`` ``BlackHoleCluster``,
     as Envoy names them."""
     target = decision.destination
@@ -266,7 +298,7 @@ def outbound_labels(
             labels.update(target.subset_labels)
         if endpoint is not None and endpoint.labels:
             labels.update(endpoint.labels)
-        destination = Workload.of_destination(labels, name, namespace)
+        destination = Workload.of_destination(labels, name, namespace, peer)
     return (
         "source",
         *source.values(),
@@ -285,9 +317,14 @@ def outbound_labels(
 def inbound_labels(
     local: Workload, service: ServiceInfo, event: InboundFinished
 ) -> tuple[str, ...]:
-    """Istio's labels for a request this service served (``reporter="destination"``); the caller
-    is known by the workload name the server learnt, if any."""
-    source = Workload(workload=event.source) if event.source else Workload()
+    """Istio's labels for a request this service served (``reporter="destination"``): the
+    caller as its metadata and its verified identity describe it (else by the workload name the
+    server learnt, if any); ``connection_security_policy`` is ``mutual_tls`` for a caller with a
+    verified mesh identity, ``none`` otherwise."""
+    if event.peer is not None or event.principal is not None or not event.source:
+        source = Workload.of_caller(event.peer, event.principal)
+    else:
+        source = Workload(workload=event.source)
     name = service.name
     host = f"{name}.{service.namespace}.{CLUSTER_DOMAIN}"
     return (
@@ -301,7 +338,7 @@ def inbound_labels(
         response_code(event.status),
         "",
         event.flags or "-",
-        "none",  # plaintext: meshlib serves no mutual TLS (Istio: "mutual_tls" when it does)
+        "mutual_tls" if event.principal is not None else "none",
     )
 
 
@@ -385,7 +422,7 @@ class MetricsRecorder:
         self._lock = threading.Lock()
         self._scrape_lock = threading.Lock()
         self._series: dict[tuple[str, ...], _Series] = {}
-        self._routes: dict[tuple[object, ...], tuple[_Series, object, object]] = {}
+        self._routes: dict[tuple[object, ...], tuple[_Series, object, object, object]] = {}
         self._retries: _Tally = {}
         self._ejections: _Tally = {}
         self._faults: _Tally = {}
@@ -468,11 +505,14 @@ class MetricsRecorder:
         # while the cache holds them (so no id is reused meanwhile); a host outside the mesh
         # gets a fresh target on every call, so its name keys it instead.
         where: object = decision.host if target is None or decision.passthrough else id(target)
-        key = (where, id(endpoint), event.status, event.flags)
+        peer = event.peer
+        key = (where, id(endpoint), event.status, event.flags, id(peer))
         found = self._routes.get(key)
         if found is None:
-            labels = outbound_labels(self.source, decision, endpoint, event.status, event.flags)
-            found = (self._series_for(labels), target, endpoint)
+            labels = outbound_labels(
+                self.source, decision, endpoint, event.status, event.flags, peer
+            )
+            found = (self._series_for(labels), target, endpoint, peer)
             routes = self._routes
             if len(routes) >= _CACHE_LIMIT:
                 routes.clear()
@@ -480,11 +520,20 @@ class MetricsRecorder:
         self._observe(found[0], event.duration, event.request_bytes, event.response_bytes)
 
     def _inbound(self, event: InboundFinished) -> None:
-        key = ("inbound", event.source, event.status, event.flags, event.protocol)
+        peer = event.peer
+        key = (
+            "inbound",
+            event.source,
+            event.status,
+            event.flags,
+            event.protocol,
+            event.principal,
+            id(peer),
+        )
         found = self._routes.get(key)
         if found is None:
             labels = inbound_labels(self.source, self.service, event)
-            found = (self._series_for(labels), None, None)
+            found = (self._series_for(labels), None, None, peer)
             routes = self._routes
             if len(routes) >= _CACHE_LIMIT:
                 routes.clear()
