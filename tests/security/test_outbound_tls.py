@@ -319,13 +319,27 @@ def files(tmp_path: Path, certificate: WorkloadCertificate, name: str) -> tuple[
     return cert, key
 
 
+def example_com_server(
+    ca: CertificateAuthority,
+    tmp_path: Path,
+    serve: Callable[..., Server],
+    *,
+    strict: bool = False,
+) -> tuple[Server, Path]:
+    """A server presenting ``reviews.example.com`` (a DNS SAN) signed by ``ca``, asking for a
+    client certificate when ``strict``, and the file holding ``ca``'s bundle."""
+    server = serve(
+        workload_context(make_certificate([dns("reviews.example.com")], ca=ca), strict=strict)
+    )
+    bundle = tmp_path / "root.pem"
+    bundle.write_bytes(ca.bundle_pem)
+    return server, bundle
+
+
 def test_simple_with_ca_certificates_and_sni(
     ca: CertificateAuthority, tmp_path: Path, serve: Callable[..., Server], send: Send
 ) -> None:
-    certificate = make_certificate([dns("reviews.example.com")], ca=ca)
-    server = serve(workload_context(certificate, strict=False))
-    bundle = tmp_path / "root.pem"
-    bundle.write_bytes(ca.bundle_pem)
+    server, bundle = example_com_server(ca, tmp_path, serve)
     rule = tls_rule(f"{{mode: SIMPLE, caCertificates: {bundle}, sni: reviews.example.com}}")
     mesh = Mesh.from_yaml(config(None, server.port, rules=rule))
     response = send(mesh, "GET", "http://reviews:9080/")
@@ -338,10 +352,7 @@ def test_simple_with_ca_certificates_and_sni(
 def test_simple_checks_the_host_name(
     ca: CertificateAuthority, tmp_path: Path, serve: Callable[..., Server], send: Send
 ) -> None:
-    certificate = make_certificate([dns("reviews.example.com")], ca=ca)
-    server = serve(workload_context(certificate, strict=False))
-    bundle = tmp_path / "root.pem"
-    bundle.write_bytes(ca.bundle_pem)
+    server, bundle = example_com_server(ca, tmp_path, serve)
     rule = tls_rule(f"{{mode: SIMPLE, caCertificates: {bundle}, sni: other.example.com}}")
     mesh = Mesh.from_yaml(config(None, server.port, rules=rule))
     refused(send, mesh, server)
@@ -350,10 +361,7 @@ def test_simple_checks_the_host_name(
 def test_simple_subject_alt_names_and_insecure_skip_verify(
     ca: CertificateAuthority, tmp_path: Path, serve: Callable[..., Server], send: Send
 ) -> None:
-    certificate = make_certificate([dns("reviews.example.com")], ca=ca)
-    server = serve(workload_context(certificate, strict=False))
-    bundle = tmp_path / "root.pem"
-    bundle.write_bytes(ca.bundle_pem)
+    server, bundle = example_com_server(ca, tmp_path, serve)
     good = tls_rule(
         f"{{mode: SIMPLE, caCertificates: {bundle}, subjectAltNames: [reviews.example.com]}}"
     )
@@ -371,12 +379,9 @@ def test_simple_subject_alt_names_and_insecure_skip_verify(
 def test_mutual_with_files(
     ca: CertificateAuthority, tmp_path: Path, serve: Callable[..., Server], send: Send
 ) -> None:
-    server_certificate = make_certificate([dns("reviews.example.com")], ca=ca)
-    server = serve(workload_context(server_certificate, strict=True))
+    server, bundle = example_com_server(ca, tmp_path, serve, strict=True)
     client = SpiffeId("cluster.local", "legacy", "client")
     cert, key = files(tmp_path, ca.issue(client), "client")
-    bundle = tmp_path / "root.pem"
-    bundle.write_bytes(ca.bundle_pem)
     rule = tls_rule(
         f"{{mode: MUTUAL, clientCertificate: {cert}, privateKey: {key}, "
         f"caCertificates: {bundle}, sni: reviews.example.com}}"
