@@ -16,17 +16,7 @@ import yaml
 from meshlib import ConfigError
 from meshlib.config.lint import lint
 from meshlib.config.load import load_config
-
-# lines 1-7 of every VirtualService case below; the case's own lines start at 8
-VS = """\
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata:
-  name: reviews
-spec:
-  hosts: [reviews]
-  http:
-"""
+from tests.config.test_errors import VS  # lines 1-7 of every VirtualService case below
 
 
 def problems(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str) -> list[str]:
