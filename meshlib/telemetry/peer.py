@@ -197,7 +197,7 @@ def encode(metadata: PeerMetadata) -> str:
 def node_id(metadata: PeerMetadata) -> str:
     """The ``x-envoy-peer-metadata-id`` value: Istio's sidecar node id."""
     namespace = metadata.namespace or "default"
-    return f"sidecar~0.0.0.0~{metadata.instance}.{namespace}~{namespace}.svc.{CLUSTER_DOMAIN}"
+    return f"sidecar~0.0.0.0~{metadata.instance}.{namespace}~{namespace}.{CLUSTER_DOMAIN}"
 
 
 # --------------------------------------------------------------------------- decoding
