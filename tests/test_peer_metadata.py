@@ -15,6 +15,7 @@ from meshlib import Mesh
 from meshlib.config.load import ServiceInfo
 from meshlib.server.inbound import Inbound
 from meshlib.telemetry import InboundFinished, peer
+from meshlib.telemetry.accesslog import AccessLogger
 from meshlib.telemetry.metrics import LABELS, Workload, inbound_labels
 from meshlib.telemetry.peer import PeerMetadata
 
@@ -263,3 +264,17 @@ def test_destination_metadata_fills_what_labels_do_not() -> None:
     assert (found.workload, found.app, found.version) == ("reviews-v3", "reviews", "v3")
     labelled = Workload.of_destination({"version": "v1"}, "reviews", "default", upstream)
     assert labelled.version == "v1"  # the endpoint's labels come first
+
+
+def test_the_access_log_names_the_caller() -> None:
+    logger = AccessLogger(ServiceInfo(name="reviews"), format="%SOURCE_WORKLOAD%")
+    event = InboundFinished(
+        "GET", "/", 200, 0.01, 0, 0, "r", None, None, principal=PRINCIPAL, peer=PRODUCTPAGE
+    )
+    fields, _ = logger.inbound(event)
+    assert fields["downstream_peer_uri_san"] == "spiffe://" + PRINCIPAL
+    assert fields["source_workload"] == "productpage-v1"
+    assert fields["source_workload_namespace"] == "default"
+    bare, _ = logger.inbound(InboundFinished("GET", "/", 200, 0.01, 0, 0, "r", None, None))
+    assert "source_workload" not in bare
+    assert "downstream_peer_uri_san" not in bare

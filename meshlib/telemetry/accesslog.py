@@ -86,6 +86,9 @@ OPERATORS: dict[str, str] = {
     "DIRECTION": "direction",  # meshlib's own: inbound or outbound
     "UPSTREAM_PEER_URI_SAN": "upstream_peer_uri_san",  # outbound TLS: the verified peer
     "UPSTREAM_TLS_MODE": "upstream_tls_mode",  # meshlib's own: the DestinationRule tls mode
+    "DOWNSTREAM_PEER_URI_SAN": "downstream_peer_uri_san",  # inbound mTLS: the verified caller
+    "SOURCE_WORKLOAD": "source_workload",  # meshlib's own: the caller's metadata
+    "SOURCE_WORKLOAD_NAMESPACE": "source_workload_namespace",
 }
 
 #: ``format: text``: Envoy's default format, less what an in-process mesh cannot see
@@ -258,6 +261,16 @@ class AccessLogger:
             fields["response_code_details"] = event.response_code_details
         if event.audit_policy:
             fields["audit_policy"] = event.audit_policy
+        # A caller known by its certificate or its metadata (x-envoy-peer-metadata) is named:
+        # more fields, only then.
+        if event.principal is not None:
+            fields["downstream_peer_uri_san"] = "spiffe://" + event.principal
+        peer = event.peer
+        if peer is not None:
+            if peer.workload:
+                fields["source_workload"] = peer.workload
+            if peer.namespace:
+                fields["source_workload_namespace"] = peer.namespace
         return fields, start
 
 
