@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from meshlib import Mesh
 from meshlib.config.load import ServiceInfo
 from meshlib.server.inbound import Inbound
+from meshlib.server.wsgi import MeshWSGIMiddleware
 from meshlib.telemetry import InboundFinished, peer
 from meshlib.telemetry.accesslog import AccessLogger
 from meshlib.telemetry.metrics import LABELS, Workload, inbound_labels
@@ -278,3 +279,43 @@ def test_the_access_log_names_the_caller() -> None:
     bare, _ = logger.inbound(InboundFinished("GET", "/", 200, 0.01, 0, 0, "r", None, None))
     assert "source_workload" not in bare
     assert "downstream_peer_uri_san" not in bare
+
+
+def test_the_wsgi_middleware_reads_removes_and_answers_the_metadata() -> None:
+    mesh = Mesh.from_yaml(
+        "apiVersion: meshlib.dev/v1\nkind: Service\nmetadata: {name: ratings}\n"
+        "spec: {version: v1}\n"
+    )
+    events: list[Any] = []
+    mesh.telemetry.add_listener(type("Sink", (), {"on_event": lambda _, e: events.append(e)})())
+    seen: dict[str, Any] = {}
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        seen.update(environ)
+        start_response("200 OK", [("content-type", "text/plain")])
+        return [b"ok"]
+
+    answered: list[tuple[str, str]] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], *_: Any) -> Any:
+        answered.extend(headers)
+        return lambda data: None
+
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/ratings/0",
+        "wsgi.url_scheme": "http",
+        "HTTP_X_ENVOY_PEER_METADATA": peer.encode(PRODUCTPAGE),
+        "HTTP_X_ENVOY_PEER_METADATA_ID": "sidecar~0.0.0.0~productpage-v1.default~default",
+    }
+    body = MeshWSGIMiddleware(app, mesh=mesh)(environ, start_response)
+    assert b"".join(body) == b"ok"
+    getattr(body, "close", lambda: None)()
+    assert "HTTP_X_ENVOY_PEER_METADATA" not in seen
+    assert "HTTP_X_ENVOY_PEER_METADATA_ID" not in seen
+    sent = dict(answered)
+    assert peer.parse(sent["x-envoy-peer-metadata"]) == peer.stamp_of(mesh).metadata
+    assert sent["x-envoy-peer-metadata-id"] == peer.stamp_of(mesh).id_value
+    [finished] = [e for e in events if isinstance(e, InboundFinished)]
+    assert finished.peer == PRODUCTPAGE
+    assert finished.principal is None
