@@ -37,10 +37,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
+from meshlib.config.load import ServiceInfo
 from meshlib.routing import CLUSTER_DOMAIN
 
 if TYPE_CHECKING:
-    from meshlib.config.load import MeshConfig, ServiceInfo
+    from meshlib.config.load import MeshConfig
     from meshlib.mesh import Mesh
 
 log = logging.getLogger("meshlib.telemetry")
@@ -418,13 +419,22 @@ _STAMPS: weakref.WeakKeyDictionary[Mesh, tuple[MeshConfig, Stamp]] = weakref.Wea
 
 def stamp_of(mesh: Mesh) -> Stamp:
     """This workload's metadata headers for ``mesh``'s config in force (built once per config)."""
+    global _last  # noqa: PLW0603 - a one-entry cache in front of the per-mesh one
     config = mesh.config
+    last = _last
+    if last[0] is config:
+        return last[1]
     known = _STAMPS.get(mesh)
     if known is not None and known[0] is config:
-        return known[1]
-    stamp = stamp_for(config.service)
-    _STAMPS[mesh] = (config, stamp)
+        stamp = known[1]
+    else:
+        stamp = stamp_for(config.service)
+        _STAMPS[mesh] = (config, stamp)
+    _last = (config, stamp)
     return stamp
+
+
+_last: tuple[object, Stamp] = (None, stamp_for(ServiceInfo()))
 
 
 __all__ = [
