@@ -37,6 +37,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.route_decision
 	$(BIN)/python -m bench.data_plane
 	$(BIN)/python -m bench.mtls
+	$(BIN)/python -m bench.authz
 	$(BIN)/python -m bench.tracing
 	$(BIN)/python -m bench.scaling
 	$(BIN)/python -m bench.reload
