@@ -8,6 +8,7 @@ The demo (``make demo``, or ``python -m examples.bookinfo``) keeps its state in 
     config/<svc>.yaml    each service's mesh.yaml: includes ../rules/*.yaml
     registry.yaml        where each service listens
     rules/bookinfo.yaml  the rules in force, written by these commands only
+    ca/                  the demo's root CA: each service's certificate comes from it
 
 meshctl bookinfo apply FILE...     create or replace the resources of FILE (``-``: stdin), then
                                    wait until every service runs them
@@ -22,6 +23,12 @@ The baseline is what Istio's tasks apply before their first step: the Destinatio
 ``destination-rule-all.yaml``, which define the subsets (v1, v2, v3) the VirtualServices route
 to. ``apply`` keeps them (a file with a DestinationRule of the same name replaces it), and
 ``reset`` restores them.
+
+The rules may be Istio's security resources as well (AuthorizationPolicy, PeerAuthentication,
+RequestAuthentication), as in Istio's authorization and mutual TLS tasks. The services have mesh
+identities, so their admin endpoints answer only mesh peers: these commands call them over
+mutual TLS with a certificate of the demo's CA (``admin_context``), which a STRICT
+PeerAuthentication lets through as well.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import ssl
 import sys
 import tempfile
 import threading
@@ -43,13 +51,34 @@ import httpx
 
 from meshlib import control
 from meshlib.config import model as m
+from meshlib.config import security as sec
 from meshlib.config.lint import lint
-from meshlib.config.load import MeshConfig, load_config, load_texts
+from meshlib.config.load import DEFAULT_ROOT_NAMESPACE, MeshConfig, load_config, load_texts
 from meshlib.errors import ConfigError, Problem
 from meshlib.mesh import Mesh
 
 RUN_DIR_ENV = "BOOKINFO_RUN_DIR"
 STATE_FILE = "bookinfo.json"
+#: The run directory's root CA (``meshctl ca init`` layout), which the services' configs name.
+CA_DIR = "ca"
+#: Who ``meshctl bookinfo`` and the launcher are when they read the services' admin endpoints.
+ADMIN_ACCOUNT = ("istio-system", "meshctl")
+
+
+def admin_context(run_dir: str | os.PathLike[str]) -> ssl.SSLContext | None:
+    """A client context with a fresh certificate of the run directory's CA (for
+    ``spiffe://<trust domain>/ns/istio-system/sa/meshctl``), or None when the run directory has
+    no CA (the services then have no identity, and their admin endpoints take plain text)."""
+    folder = os.path.join(os.fspath(run_dir), CA_DIR)
+    if not os.path.isdir(folder):
+        return None
+    from meshlib.security.ca import CertificateAuthority  # noqa: PLC0415 - loads cryptography
+    from meshlib.security.workload import WorkloadIdentity  # noqa: PLC0415
+
+    authority = CertificateAuthority.load(folder)
+    namespace, account = ADMIN_ACCOUNT
+    spiffe_id = f"spiffe://{authority.trust_domain}/ns/{namespace}/sa/{account}"
+    return WorkloadIdentity.from_ca(authority, spiffe_id).client_context()
 
 
 def default_run_dir() -> str:
@@ -92,6 +121,10 @@ class Demo:
             ),
             productpage=state["productpage"],
         )
+
+    def admin_tls(self) -> ssl.SSLContext | None:
+        """How to reach the services' admin endpoints (see ``admin_context``)."""
+        return admin_context(self.run_dir)
 
     def service_configs(self) -> list[MeshConfig]:
         """Each service's config as its files hold it now (those that load)."""
@@ -316,14 +349,25 @@ def _routes(args: argparse.Namespace, out: TextIO) -> int:
         origin = (resource.document.data.get("metadata", {}).get("annotations") or {}).get(
             control.ANNOTATION, ""
         )
-        print(f"  {resource.kind:<16}{resource.name:<13}{summary(resource.spec)}", file=out)
+        name = (
+            resource.name
+            if resource.namespace == "default"
+            else str(f"{resource.namespace}/{resource.name}")
+        )
+        kind_width, name_width = max(16, len(resource.kind) + 1), max(13, len(name) + 1)
+        print(
+            f"  {resource.kind:<{kind_width}}{name:<{name_width}}"
+            f"{summary(resource.spec, resource.namespace)}",
+            file=out,
+        )
         if origin:
             print(f"      from {origin}", file=out)
         if isinstance(resource.spec, m.VirtualService):
             for line in http_routes(resource.spec):
                 print(f"      {line}", file=out)
     print("Services:", file=out)
-    return _print_sync([control.check(s) for s in demo.services], out)
+    tls = demo.admin_tls()
+    return _print_sync([control.check(s, tls) for s in demo.services], out)
 
 
 MAX_CONCURRENCY = 64
@@ -487,7 +531,7 @@ def _finish(demo: Demo, args: argparse.Namespace, out: TextIO) -> int:
     if args.no_wait:
         return 0
     started = time.monotonic()
-    syncs = control.wait_in_sync(demo.services, timeout=args.timeout)
+    syncs = control.wait_in_sync(demo.services, timeout=args.timeout, tls=demo.admin_tls())
     took = time.monotonic() - started
     if all(s.in_sync for s in syncs):
         print(f"all {len(syncs)} services run the new rules ({took:.1f}s)", file=out)
@@ -511,7 +555,7 @@ def _print_sync(syncs: Sequence[control.Sync], out: TextIO) -> int:
 # --------------------------------------------------------------------------- summaries
 
 
-def summary(spec: m.Model | None) -> str:
+def summary(spec: m.Model | None, namespace: str = "default") -> str:
     """One line about a resource: a DestinationRule's subsets and policy, a VS's hosts."""
     if isinstance(spec, m.DestinationRule):
         subsets = ", ".join(s.name for s in spec.subsets or ()) or "none"
@@ -522,7 +566,26 @@ def summary(spec: m.Model | None) -> str:
         return text
     if isinstance(spec, m.VirtualService):
         return f"hosts {', '.join(spec.hosts or ())}"
+    if isinstance(spec, sec.AuthorizationPolicy):
+        rules = len(spec.rules or ())
+        return f"{spec.action or 'ALLOW'} on {_selected(spec.selector, namespace)}, {rules} rule(s)"
+    if isinstance(spec, sec.PeerAuthentication):
+        mode = spec.mtls.mode if spec.mtls is not None and spec.mtls.mode else "UNSET"
+        return f"mTLS {mode} on {_selected(spec.selector, namespace)}"
+    if isinstance(spec, sec.RequestAuthentication):
+        issuers = ", ".join(r.issuer or "?" for r in spec.jwt_rules or ()) or "none"
+        return f"JWT issuers {issuers} on {_selected(spec.selector, namespace)}"
     return ""
+
+
+def _selected(selector: m.WorkloadSelector | None, namespace: str) -> str:
+    """Which workloads a security policy applies to, as the demo's services see it."""
+    labels = (selector.match_labels or {}) if selector is not None else {}
+    if labels:
+        return ", ".join(f"{k}={v}" for k, v in labels.items())
+    if namespace == DEFAULT_ROOT_NAMESPACE:
+        return "the whole mesh"
+    return f"namespace {namespace}"
 
 
 def http_routes(spec: m.VirtualService) -> list[str]:
@@ -585,4 +648,14 @@ def _percent(part: m.Delay | m.Abort) -> float:
     return float(part.percent or 0)
 
 
-__all__ = ["RUN_DIR_ENV", "STATE_FILE", "Demo", "add_parser", "default_run_dir", "http_routes"]
+__all__ = [
+    "ADMIN_ACCOUNT",
+    "CA_DIR",
+    "RUN_DIR_ENV",
+    "STATE_FILE",
+    "Demo",
+    "add_parser",
+    "admin_context",
+    "default_run_dir",
+    "http_routes",
+]

@@ -6,6 +6,10 @@ Services include one rules file in their config (``spec.include``) and watch the
 ``wait_in_sync`` until each service's admin endpoint (``GET /_mesh/config``) reports the digest of
 the config its files now hold.
 
+When the services have a mesh identity, their admin endpoints answer only a verified mesh peer
+(and, under a STRICT PeerAuthentication, take no plain text at all): pass ``tls``, a client
+context presenting a certificate of the mesh CA, and the admin calls go over mutual TLS.
+
 * ``apply``: each resource of the given files is created, or replaces the one of the same kind,
   namespace and name (``configured``/``unchanged``); the others stay. Each is annotated with the
   file it came from (``meshctl.meshlib.dev/applied-from``), as kubectl annotates what it applied.
@@ -19,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import ssl
 import sys
 import tempfile
 import time
@@ -216,24 +221,40 @@ def expected_digest(service: ServiceRef) -> str:
     return config_digest(load_config([service.config]))
 
 
-def fetch_status(service: ServiceRef, timeout: float = 2.0) -> dict[str, Any]:
-    """The service's ``GET /_mesh/config`` (a plain HTTP call, not through any mesh), with
-    ``$MESHLIB_ADMIN_TOKEN`` as a bearer token when it is set."""
+def admin_url(service: ServiceRef, tls: ssl.SSLContext | None = None) -> str:
+    """The service's admin endpoint: its URL, over ``https`` when ``tls`` is given."""
+    base = service.url.rstrip("/")
+    if tls is not None and base.startswith("http://"):
+        base = "https://" + base.removeprefix("http://")
+    return base + CONFIG_PATH
+
+
+def fetch_status(
+    service: ServiceRef, timeout: float = 2.0, tls: ssl.SSLContext | None = None
+) -> dict[str, Any]:
+    """The service's ``GET /_mesh/config`` (a direct call, not through any mesh), with
+    ``$MESHLIB_ADMIN_TOKEN`` as a bearer token when it is set, over mutual TLS with ``tls``
+    (a client context with a mesh certificate) when given."""
     token = os.environ.get("MESHLIB_ADMIN_TOKEN")
     headers = {"authorization": f"Bearer {token}"} if token else {}
-    response = httpx.get(service.url.rstrip("/") + CONFIG_PATH, timeout=timeout, headers=headers)
+    response = httpx.get(
+        admin_url(service, tls),
+        timeout=timeout,
+        headers=headers,
+        verify=tls if tls is not None else True,
+    )
     response.raise_for_status()
     body: dict[str, Any] = response.json()
     return body
 
 
-def check(service: ServiceRef) -> Sync:
+def check(service: ServiceRef, tls: ssl.SSLContext | None = None) -> Sync:
     try:
         expected = expected_digest(service)
     except ConfigError as exc:
         return Sync(service, None, None, f"its config does not load:\n{exc}")
     try:
-        status = fetch_status(service)
+        status = fetch_status(service, tls=tls)
     except (httpx.HTTPError, ValueError) as exc:
         return Sync(service, expected, None, f"no answer from {service.url}: {exc}")
     reported = status.get("digest")
@@ -250,17 +271,20 @@ def check(service: ServiceRef) -> Sync:
 
 
 def wait_in_sync(
-    services: Sequence[ServiceRef], timeout: float = 15.0, interval: float = 0.1
+    services: Sequence[ServiceRef],
+    timeout: float = 15.0,
+    interval: float = 0.1,
+    tls: ssl.SSLContext | None = None,
 ) -> list[Sync]:
-    """Poll until every service runs the config its files hold, or ``timeout`` seconds pass.
-    Returns the last look at each."""
+    """Poll until every service runs the config its files hold, or ``timeout`` seconds pass
+    (``tls``: see ``fetch_status``). Returns the last look at each."""
     deadline = time.monotonic() + timeout
     pending = list(services)
     done: dict[str, Sync] = {}
     while True:
         still = []
         for service in pending:
-            sync = check(service)
+            sync = check(service, tls)
             done[service.url] = sync
             if not sync.in_sync:
                 still.append(service)
@@ -277,6 +301,7 @@ __all__ = [
     "ServiceRef",
     "Source",
     "Sync",
+    "admin_url",
     "check",
     "describe",
     "expected_digest",

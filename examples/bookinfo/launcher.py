@@ -10,12 +10,18 @@ free port. The launcher lays out the run directory that ``meshctl bookinfo`` wor
     DIR/config/<service>.yaml   each service's mesh.yaml, copied from examples/bookinfo/config/
     DIR/registry.yaml           where each service listens (its registry.file)
     DIR/rules/bookinfo.yaml     the rules in force (each mesh.yaml includes ../rules/*.yaml)
+    DIR/ca/                     the demo's root CA (``meshctl ca init``), new for each run: each
+                                service's certificate comes from it (``spec.identity``)
     DIR/bookinfo.json           the services, their URLs and config files; removed at the end
 
 It binds every port itself, then hands each service its socket: a port in use is reported before
-anything starts. The baseline rules are ``destination-rule-all.yaml`` from ``--samples`` (default
-``$BOOKINFO_SAMPLES``, else the demo's own ``examples/bookinfo/networking/``; Istio's
-``samples/bookinfo/networking`` folder works as well), applied first as Istio's tasks have it.
+anything starts. Every registry endpoint is labelled ``security.istio.io/tlsMode: istio``, as
+Istio labels the endpoints of pods with a sidecar: the services call one another over mutual TLS
+(auto mTLS), each as its Istio service account (``bookinfo-productpage``, ``bookinfo-details``,
+``bookinfo-reviews``, ``bookinfo-ratings``). The baseline rules are
+``destination-rule-all.yaml`` from ``--samples`` (default ``$BOOKINFO_SAMPLES``, else the demo's
+own ``examples/bookinfo/networking/``; Istio's ``samples/bookinfo/networking`` folder works as
+well), applied first as Istio's tasks have it.
 """
 
 from __future__ import annotations
@@ -39,9 +45,10 @@ import yaml
 
 from examples.bookinfo import NETWORKING as DEFAULT_SAMPLES
 from meshlib import control
-from meshlib.bookinfo import RUN_DIR_ENV, STATE_FILE, default_run_dir
+from meshlib.bookinfo import CA_DIR, RUN_DIR_ENV, STATE_FILE, admin_context, default_run_dir
 from meshlib.errors import ConfigError
-from meshlib.server.admin import CONFIG_PATH
+from meshlib.security.ca import CertificateAuthority
+from meshlib.security.outbound import TLS_MODE_LABEL
 
 HOST = "127.0.0.1"
 HERE = Path(__file__).resolve().parent
@@ -113,16 +120,20 @@ def bind(port: int) -> socket.socket:
 
 
 def lay_out(run_dir: Path, ports: dict[Spec, int], baseline: list[str]) -> None:
-    """The run directory: configs, registry, baseline rules."""
+    """The run directory: a new root CA, configs, registry, baseline rules."""
     for part in ("config", "rules"):
         shutil.rmtree(run_dir / part, ignore_errors=True)
         (run_dir / part).mkdir(parents=True)
+    CertificateAuthority.init(run_dir / CA_DIR, force=True)
     for spec in SERVICES:
         shutil.copyfile(CONFIGS / spec.config, run_dir / "config" / spec.config)
     registry: dict[str, list[dict[str, object]]] = {}
     for spec, port in ports.items():
         registry.setdefault(spec.name, []).append(
-            {"address": f"{HOST}:{port}", "labels": {"version": spec.version}}
+            {
+                "address": f"{HOST}:{port}",
+                "labels": {"version": spec.version, TLS_MODE_LABEL: "istio"},
+            }
         )
     (run_dir / "registry.yaml").write_text(
         "# Where each Bookinfo service listens: written by the launcher.\n"
@@ -148,16 +159,19 @@ def spawn(spec: Spec, sock: socket.socket, config: Path) -> subprocess.Popen[byt
     )
 
 
-def wait_ready(services: list[Running]) -> None:
+def wait_ready(services: list[Running], run_dir: Path) -> None:
+    """Until each service answers its admin endpoint (over mutual TLS, as a mesh peer)."""
     deadline = time.monotonic() + START_TIMEOUT
-    with httpx.Client(timeout=2.0) as http:
+    tls = admin_context(run_dir)
+    with httpx.Client(timeout=2.0, verify=tls if tls is not None else True) as http:
         for service in services:
+            ref = control.ServiceRef(service.spec.name, service.spec.version, service.url, "")
             while True:
                 code = service.process.poll()
                 if code is not None:
                     raise SystemExit(f"bookinfo: {service.spec.label} exited with {code}")
                 try:
-                    if http.get(service.url + CONFIG_PATH).status_code == 200:
+                    if http.get(control.admin_url(ref, tls)).status_code == 200:
                         break
                 except httpx.HTTPError:
                     pass
@@ -254,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             config = run_dir / "config" / spec.config
             services.append(Running(spec, ports[spec], spawn(spec, sock, config), str(config)))
             sock.close()
-        wait_ready(services)
+        wait_ready(services, run_dir)
         productpage = f"{services[0].url}/productpage"
         state = {
             "launcher": os.getpid(),

@@ -1,5 +1,7 @@
 """What every Bookinfo service process does around its app: log with its name, watch its mesh
-config, answer ``GET /_mesh/config``, and serve on 127.0.0.1 with uvicorn.
+config, answer ``GET /_mesh/config``, and serve on 127.0.0.1 with meshlib's runner (uvicorn with
+the workload's certificate, each connection taken as the PeerAuthentication in force says:
+PERMISSIVE, Istio's default, until a rule says otherwise).
 
     MESH_CONFIG=run/config/reviews-v2.yaml python -m examples.bookinfo.reviews --port 9083
 
@@ -19,10 +21,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import uvicorn
-
 from meshlib import client
 from meshlib.server import MeshAdmin
+from meshlib.server.runner import make_server
 
 HOST = "127.0.0.1"
 #: How often each service looks at its config files (meshlib's ConfigWatcher).
@@ -63,12 +64,15 @@ def run(name: str, build: Callable[[str], Any], *, default_version: str = "v1") 
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((HOST, args.port))
         logging.getLogger(label).info("listening on http://%s:%d", HOST, sock.getsockname()[1])
-    config = uvicorn.Config(
-        MeshAdmin(build(args.version)),
+    server = make_server(
+        MeshAdmin(build(args.version), mesh),
+        mesh,
+        host=HOST,
+        port=sock.getsockname()[1],
         log_level="warning",
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=1,
     )
-    uvicorn.Server(config).run(sockets=[sock])
+    server.run(sockets=[sock])
     mesh.close()

@@ -1,4 +1,5 @@
-"""Istio's Bookinfo traffic-management tasks, step by step, against Bookinfo on meshlib.
+"""Istio's Bookinfo traffic-management and security tasks, step by step, against Bookinfo on
+meshlib.
 
     python examples/bookinfo/walkthrough.py            # starts its own demo on free ports
     python examples/bookinfo/walkthrough.py --attach   # uses the demo `make demo` runs
@@ -12,7 +13,9 @@ task says to expect and what the page showed. The test suite runs the same steps
 The rule files are the demo's own (``examples/bookinfo/networking/``, named after Istio's files and
 meaning what Istio's mean); ``--samples DIR`` runs the steps on another folder of them, such as
 Istio's ``samples/bookinfo/networking``. The few rules Istio's tasks write inline are written to a
-temporary directory.
+temporary directory. The security steps (Istio's "Authorization for HTTP traffic" and mutual TLS
+tasks) apply the demo's ``examples/bookinfo/security/`` files, the policies Istio's task pages
+write inline.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -38,13 +42,31 @@ from typing import Any
 import httpx
 
 from meshlib import Mesh
-from meshlib.bookinfo import default_run_dir
+from meshlib.bookinfo import admin_context, default_run_dir
+from meshlib.security.verify import spiffe_id_of_der
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "examples" / "bookinfo" / "networking"
+#: The demo's security rule files: the policies of Istio's authorization and mutual TLS tasks.
+SECURITY = ROOT / "examples" / "bookinfo" / "security"
 CLIENTS = ("sync", "async")
 REVIEWS_ERROR = "Sorry, product reviews are currently unavailable for this book."
 RATINGS_ERROR = "Ratings service is currently unavailable"
+DETAILS_FAILED = "Error fetching product details"
+REVIEWS_FAILED = "Error fetching product reviews"
+DENIED = "RBAC: access denied"
+#: The authorization task's policies, in the order its steps apply them.
+AUTHORIZATION = (
+    "allow-nothing.yaml",
+    "productpage-viewer.yaml",
+    "details-viewer.yaml",
+    "reviews-viewer.yaml",
+    "ratings-viewer.yaml",
+)
+MUTUAL_TLS = (
+    "peer-authentication-mesh-strict.yaml",
+    "peer-authentication-productpage-permissive.yaml",
+)
 
 # --------------------------------------------------------------------------- inline rules
 
@@ -170,6 +192,7 @@ class Page:
     reviews_error: str | None = None
     ratings_errors: list[str] = field(default_factory=list)
     details_error: str | None = None
+    text: str = ""  # the body as received
 
     @property
     def colors(self) -> set[str]:
@@ -177,8 +200,15 @@ class Page:
 
     def describe(self) -> str:
         if self.status != 200:
-            return f"HTTP {self.status}"
-        if self.reviews_error:
+            short = self.text if len(self.text) < 80 and "<" not in self.text else ""
+            return f"HTTP {self.status} {short}".rstrip()
+        if self.details_error:
+            shown = "Error fetching product details! "
+            if self.reviews_error:
+                shown += "Error fetching product reviews!"
+            else:
+                shown += f"reviews {self.version}"
+        elif self.reviews_error:
             shown = f"Error fetching product reviews! {self.reviews_error}"
         elif self.ratings_errors:
             shown = f"reviews {self.version}, {self.ratings_errors[0]}"
@@ -248,7 +278,7 @@ def read_page(html: str, status: int = 200, seconds: float = 0.0) -> Page:
     parser.feed(html)
     parser.close()
     page = parser.page
-    page.status, page.seconds = status, seconds
+    page.status, page.seconds, page.text = status, seconds, html
     return page
 
 
@@ -353,6 +383,10 @@ class Demo:
             return 0
         self.process.send_signal(signal.SIGINT)
         return self.process.wait(timeout=30)
+
+    def service_url(self, name: str) -> str:
+        """The base URL of a service (its first instance)."""
+        return next(str(s["url"]) for s in self.state["services"] if s["name"] == name)
 
     def service_pids(self) -> list[int]:
         return [int(s["pid"]) for s in self.state["services"]]
@@ -677,6 +711,154 @@ async def _load_async(mesh: Mesh, url: str, rounds: int) -> Load:
     return load
 
 
+# --------------------------------------------------------------------------- security
+
+
+def _authorization(demo: Demo, security: Path, upto: int, title: str, expect: str) -> Step:
+    """Reset, apply the authorization task's policies up to ``AUTHORIZATION[upto]``, load the
+    page once per visitor (anonymous and jason, both clients). jason signs in first: the
+    policies allow GET only, and signing in is a POST."""
+    demo.reset()
+    visitors = demo.visitors() + demo.visitors("jason")
+    demo.apply(*(security / name for name in AUTHORIZATION[: upto + 1]))
+    step = Step(f"{AUTHORIZATION[upto]}: {title}", expect)
+    _load(step, visitors, 1)
+    _close(visitors)
+    return step
+
+
+def step_allow_nothing(demo: Demo, security: Path = SECURITY) -> Step:
+    step = _authorization(
+        demo, security, 0, "ALLOW without rules in default", f"productpage answers {DENIED}"
+    )
+    for name, (page,) in step.pages.items():
+        step.check(page.status == 403 and page.text == DENIED, f"{name}: {page.status} {page.text}")
+    return step
+
+
+def step_productpage_viewer(demo: Demo, security: Path = SECURITY) -> Step:
+    step = _authorization(
+        demo,
+        security,
+        1,
+        "GET productpage from anyone",
+        f'the page loads with "{DETAILS_FAILED}" and "{REVIEWS_FAILED}"',
+    )
+    for name, (page,) in step.pages.items():
+        good = page.status == 200 and DETAILS_FAILED in page.text and REVIEWS_FAILED in page.text
+        step.check(good, f"{name}: {page.status}, details and reviews errors")
+    return step
+
+
+def step_details_viewer(demo: Demo, security: Path = SECURITY) -> Step:
+    step = _authorization(
+        demo,
+        security,
+        2,
+        "GET details from cluster.local/ns/default/sa/bookinfo-productpage",
+        "the book's details are shown; the reviews error stays",
+    )
+    for name, (page,) in step.pages.items():
+        good = page.details_error is None and "<dt>ISBN-10</dt>" in page.text
+        good = good and REVIEWS_FAILED in page.text
+        step.check(page.status == 200 and good, f"{name}: details shown, reviews error")
+    return step
+
+
+def step_reviews_viewer(demo: Demo, security: Path = SECURITY) -> Step:
+    step = _authorization(
+        demo,
+        security,
+        3,
+        "GET reviews from cluster.local/ns/default/sa/bookinfo-productpage",
+        f'reviews are shown; v2 and v3 say "{RATINGS_ERROR}"',
+    )
+    for name, (page,) in step.pages.items():
+        good = page.reviews_error is None and page.details_error is None and not page.stars
+        if page.version in ("v2", "v3"):
+            good = good and page.ratings_errors == [RATINGS_ERROR] * 2
+        step.check(page.status == 200 and good, f"{name}: reviews {page.version}, no stars")
+    return step
+
+
+def step_ratings_viewer(demo: Demo, security: Path = SECURITY, loads: int = 6) -> Step:
+    demo.reset()
+    demo.apply(*(security / name for name in AUTHORIZATION))
+    step = Step(
+        f"{AUTHORIZATION[4]}: GET ratings from cluster.local/ns/default/sa/bookinfo-reviews",
+        "the stars are back: black (v2) and red (v3)",
+    )
+    visitors = demo.visitors()
+    _load(step, visitors, loads)
+    _close(visitors)
+    for name, pages in step.pages.items():
+        starred = [p for p in pages if p.version in ("v2", "v3")]
+        good = all(p.status == 200 and p.details_error is None for p in pages)
+        good = good and bool(starred) and all(len(p.stars) == 2 for p in starred)
+        good = good and all(not p.ratings_errors for p in pages)
+        step.check(good, f"{name}: stars on every v2/v3 page ({len(starred)} of {len(pages)})")
+    return step
+
+
+@dataclass
+class PlainCall:
+    """What a client without a mesh identity got from a service: a status, or the error."""
+
+    status: int | None
+    error: str | None
+
+
+def plain_call(url: str) -> PlainCall:
+    """One plain-text GET, as ``curl http://...`` from outside the mesh."""
+    try:
+        response = httpx.get(url, timeout=5.0)
+    except httpx.HTTPError as exc:
+        return PlainCall(None, type(exc).__name__)
+    return PlainCall(response.status_code, None)
+
+
+def presented_identity(base_url: str, run_dir: Path) -> str:
+    """The SPIFFE ID in the certificate a service presents to a mesh client (a TLS handshake with
+    a certificate of the demo's CA, as ``openssl s_client`` shows it in Istio's task)."""
+    context = admin_context(run_dir)
+    if context is None:
+        raise RuntimeError(f"{run_dir} has no CA: the services have no identity")
+    host, port = base_url.removeprefix("http://").rsplit(":", 1)
+    with (
+        socket.create_connection((host, int(port)), timeout=5.0) as raw,
+        context.wrap_socket(raw) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    if der is None:
+        raise RuntimeError(f"{base_url} presented no certificate")
+    return spiffe_id_of_der(der).uri
+
+
+def step_mutual_tls(demo: Demo, security: Path = SECURITY, loads: int = 6) -> Step:
+    demo.reset()
+    demo.apply(*(security / name for name in MUTUAL_TLS))
+    step = Step(
+        "PeerAuthentication: STRICT mesh-wide (istio-system), PERMISSIVE on productpage",
+        "the page works (the services call one another over mutual TLS; browsers reach "
+        "productpage in plain text); a plain-text call to details is refused",
+    )
+    visitors = demo.visitors() + demo.visitors("jason")
+    _load(step, visitors, loads)
+    _close(visitors)
+    for name, pages in step.pages.items():
+        good = all(p.status == 200 and not p.details_error and not p.reviews_error for p in pages)
+        step.check(good, f"{name}: the page, with details and reviews")
+    details = demo.service_url("details")
+    call = plain_call(f"{details}/details/0")
+    step.check(call.error is not None, f"plain text to details: {call.error or call.status}")
+    identity = presented_identity(details, demo.run_dir)
+    step.check(
+        identity == "spiffe://cluster.local/ns/default/sa/bookinfo-details",
+        f"details presents {identity}",
+    )
+    return step
+
+
 def _close(visitors: Sequence[Visitor]) -> None:
     for visitor in visitors:
         visitor.close()
@@ -697,6 +879,12 @@ def steps(
         ("traffic shifting", lambda: step_all_v3(demo, samples)),
         ("request timeouts", lambda: step_request_timeout(demo, samples, rules)),
         ("circuit breaking", lambda: step_circuit_breaking(demo, rules)),
+        ("authorization", lambda: step_allow_nothing(demo)),
+        ("authorization", lambda: step_productpage_viewer(demo)),
+        ("authorization", lambda: step_details_viewer(demo)),
+        ("authorization", lambda: step_reviews_viewer(demo)),
+        ("authorization", lambda: step_ratings_viewer(demo)),
+        ("mutual TLS", lambda: step_mutual_tls(demo)),
     ]
 
 
