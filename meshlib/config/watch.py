@@ -107,6 +107,14 @@ class ConfigWatcher:
     def _take(paths: Iterable[str]) -> dict[str, Stamp]:
         return {path: stamp_of(path) for path in paths}
 
+    def _since(self, read: dict[str, Stamp]) -> dict[str, Stamp]:
+        """The stamps of the files the config in force watches: as they were read for the
+        files watched before, as they are now for the ones the new config added."""
+        return {
+            path: read[path] if path in read else stamp_of(path)
+            for path in watched_paths(self.mesh.config)
+        }
+
     # ------------------------------------------------------------------ one look
 
     def changed(self) -> bool:
@@ -119,17 +127,18 @@ class ConfigWatcher:
             self.checks += 1
             if not self.changed():
                 return False
-            before = self._stamps
+            # The state about to be read: a write that lands while the reload reads the files
+            # differs from it, so the next look loads that write too.
+            read = self._take(self._stamps)
             try:
                 self.mesh.reload()
             except ConfigError as exc:
                 # Mesh.reload has logged every problem; remember what was seen, so that only
                 # the next change is tried again.
                 self.last_error = exc
-                now = self._take(before)
-                self._stamps = {**now, **self._take(watched_paths(self.mesh.config))}
+                self._stamps = {**read, **self._since(read)}
                 return False
-            self._stamps = self._take(watched_paths(self.mesh.config))
+            self._stamps = self._since(read)
             self.last_error = None
             self.reloads += 1
             self.last_reload = time.time()

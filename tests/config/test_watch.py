@@ -97,6 +97,28 @@ def test_a_changed_included_file_is_reloaded(mesh: Mesh, write_yaml: WriteYaml) 
     assert watcher.check() is False
 
 
+def test_a_write_that_lands_while_the_reload_reads_is_loaded_next(
+    mesh: Mesh, write_yaml: WriteYaml, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watcher keeps the state it read, not the state after reloading: a rewrite made
+    while the files are being read is not lost."""
+    watcher = ConfigWatcher(mesh, interval=1.0)
+    reload = mesh.reload
+
+    def reload_while_rewritten() -> None:
+        reload()  # reads the v2 file ...
+        touch_later(write_yaml("rules/reviews.yaml", route_to("v3")))  # ... then it changes
+
+    monkeypatch.setattr(mesh, "reload", reload_while_rewritten)
+    touch_later(write_yaml("rules/reviews.yaml", route_to("v2")))
+    assert watcher.check() is True
+    assert subset_of(mesh) == "v2"
+    monkeypatch.setattr(mesh, "reload", reload)
+    assert watcher.check() is True  # the write made during the reload
+    assert subset_of(mesh) == "v3"
+    assert watcher.check() is False
+
+
 def test_a_file_added_to_an_included_directory_is_loaded(
     mesh: Mesh, write_yaml: WriteYaml, tmp_path: Path
 ) -> None:
