@@ -14,21 +14,8 @@ import pytest
 
 from examples.bookinfo import walkthrough
 
-CIRCUIT_BREAKER = """\
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata:
-  name: productpage
-spec:
-  host: productpage
-  trafficPolicy:
-    connectionPool:
-      tcp: {maxConnections: 1}
-      http: {http1MaxPendingRequests: 1, maxRequestsPerConnection: 1}
-  subsets:
-  - name: v1
-    labels: {version: v1}
-"""
+#: The tutorial's circuit-breaking rule for productpage (Istio's httpbin settings).
+CIRCUIT_BREAKER = walkthrough.RULES["productpage-circuit-breaker.yaml"]
 
 
 def meshctl(demo: walkthrough.Demo, *args: str) -> subprocess.CompletedProcess[str]:
