@@ -10,12 +10,13 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
 
 from meshlib import Mesh
 from meshlib.config.load import ServiceInfo
 from meshlib.server.inbound import Inbound
 from meshlib.server.wsgi import MeshWSGIMiddleware
-from meshlib.telemetry import InboundFinished, peer
+from meshlib.telemetry import InboundFinished, metrics, peer
 from meshlib.telemetry.accesslog import AccessLogger
 from meshlib.telemetry.metrics import LABELS, Workload, inbound_labels
 from meshlib.telemetry.peer import PeerMetadata
@@ -212,7 +213,7 @@ def test_metadata_claiming_another_identity_is_ignored_and_logged_once(
 
 
 def _inbound(principal: str | None, metadata: PeerMetadata | None) -> dict[str, str]:
-    service = ServiceInfo(name="reviews", version="v2")
+    service = ServiceInfo(name="reviews", version="v2", service_account="reviews")
     event = InboundFinished(
         "GET", "/", 200, 0.01, 0, 0, "r", None, None, principal=principal, peer=metadata
     )
@@ -226,7 +227,10 @@ def test_inbound_labels_of_a_verified_caller_with_metadata() -> None:
     assert labels["source_workload_namespace"] == "default"
     assert labels["source_app"] == "productpage"
     assert labels["source_version"] == "v1"
-    assert labels["source_principal"] == PRINCIPAL
+    # Istio's metrics show the certificate's URI SAN, scheme and all (its authorization
+    # principals drop the scheme): the Workload dashboard's mTLS panels select "spiffe.*"
+    assert labels["source_principal"] == "spiffe://" + PRINCIPAL
+    assert labels["destination_principal"] == "spiffe://cluster.local/ns/default/sa/reviews"
     assert labels["source_canonical_service"] == "productpage"
     assert labels["source_canonical_revision"] == "v1"
     assert labels["source_cluster"] == "Kubernetes"
@@ -236,7 +240,7 @@ def test_inbound_labels_of_a_verified_caller_with_metadata() -> None:
 
 def test_inbound_labels_of_a_verified_caller_without_metadata() -> None:
     labels = _inbound(PRINCIPAL, None)
-    assert labels["source_principal"] == PRINCIPAL
+    assert labels["source_principal"] == "spiffe://" + PRINCIPAL
     assert labels["source_workload_namespace"] == "default"
     assert labels["source_workload"] == "unknown"
     assert labels["connection_security_policy"] == "mutual_tls"
@@ -246,6 +250,7 @@ def test_inbound_labels_of_a_plain_text_caller() -> None:
     labels = _inbound(None, PRODUCTPAGE)
     assert labels["source_workload"] == "productpage-v1"
     assert labels["source_principal"] == "unknown"
+    assert labels["destination_principal"] == "unknown"  # plain text: no certificate shown
     assert labels["connection_security_policy"] == "none"
     assert _inbound(None, None)["source_workload"] == "unknown"
 
@@ -319,3 +324,24 @@ def test_the_wsgi_middleware_reads_removes_and_answers_the_metadata() -> None:
     [finished] = [e for e in events if isinstance(e, InboundFinished)]
     assert finished.peer == PRODUCTPAGE
     assert finished.principal is None
+
+
+def test_refused_claims_are_a_prometheus_counter() -> None:
+    mesh = Mesh.from_yaml(
+        "apiVersion: meshlib.dev/v1\nkind: Service\nmetadata: {name: reviews}\n"
+        "spec: {telemetry: {metrics: {}}}\n"
+    )
+    try:
+        peer.bind(PRODUCTPAGE, "cluster.local/ns/default/sa/bookinfo-ratings")
+        expected = peer.refused_claims()
+        _, body = metrics.scrape(mesh)
+    finally:
+        mesh.close()
+    found = [
+        sample.value
+        for family in text_string_to_metric_families(body.decode())
+        for sample in family.samples
+        if sample.name == "meshlib_peer_metadata_refused_total"
+    ]
+    assert found == [expected]
+    assert expected >= 1

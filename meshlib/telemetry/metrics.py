@@ -10,7 +10,9 @@ meshlib services unchanged:
   ``reporter="destination"`` for the requests it serves (reported by ``meshlib.server``);
 * meshlib's own: ``meshlib_retries_total``, ``meshlib_breaker_state`` (0 closed, 1 open,
   2 half-open), ``meshlib_outlier_ejections_total``, ``meshlib_faults_injected_total`` and
-  ``meshlib_retry_budget_exhausted_total``.
+  ``meshlib_retry_budget_exhausted_total``, and ``meshlib_peer_metadata_refused_total``
+  (inbound requests whose workload metadata claimed another identity than the caller's
+  certificate: the metadata was ignored; counted for the whole process).
 
 Each recorder owns its OpenTelemetry ``MeterProvider`` (never the global one: several meshes in
 one process keep apart) and a ``prometheus_client`` registry of its own, read by OpenTelemetry's
@@ -29,6 +31,7 @@ with Istio's two dozen labels).
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import http.server
 import logging
 import socket
@@ -69,7 +72,7 @@ from meshlib.telemetry import (
     RequestFinished,
     RetryScheduled,
 )
-from meshlib.telemetry.peer import PeerMetadata, principal_parts
+from meshlib.telemetry.peer import PeerMetadata, principal_parts, refused_claims
 
 if TYPE_CHECKING:
     from meshlib.mesh import Mesh
@@ -212,14 +215,15 @@ class Workload:
         """The caller of an inbound request: its metadata, its verified identity (whose
         namespace stands when the metadata says none)."""
         parts = principal_parts(principal) if principal is not None else None
+        shown = spiffe_uri(principal)
         if peer is None:
             if principal is None:
                 return _UNKNOWN_WORKLOAD
-            return cls(principal=principal, namespace=parts[0] if parts else UNKNOWN)
+            return cls(principal=shown, namespace=parts[0] if parts else UNKNOWN)
         return cls(
             workload=peer.workload or UNKNOWN,
             namespace=peer.namespace or (parts[0] if parts else UNKNOWN),
-            principal=principal or UNKNOWN,
+            principal=shown,
             app=peer.app or UNKNOWN,
             version=peer.version or UNKNOWN,
             canonical_service=peer.canonical_service or peer.app or UNKNOWN,
@@ -242,6 +246,16 @@ class Workload:
 
 _NO_PEER = PeerMetadata()
 _UNKNOWN_WORKLOAD = Workload()
+
+
+def spiffe_uri(principal: str | None) -> str:
+    """A principal as Istio's metric labels show it: the certificate's URI SAN
+    (``spiffe://cluster.local/ns/default/sa/bookinfo-details``), ``unknown`` without one.
+    Istio's authorization principals drop the scheme; its metrics keep it (the Workload
+    dashboard's mTLS panels select ``destination_principal=~"spiffe.*"``)."""
+    if not principal:
+        return UNKNOWN
+    return principal if "://" in principal else "spiffe://" + principal
 
 
 def _first(labels: Mapping[str, str], keys: Sequence[str]) -> str | None:
@@ -276,15 +290,25 @@ def outbound_labels(
     status: int | None,
     flags: str,
     peer: PeerMetadata | None = None,
+    tls: str | None = None,
+    peer_identity: str | None = None,
+    own_identity: str | None = None,
 ) -> tuple[str, ...]:
     """Istio's labels, in ``LABELS`` order, for a call this service made (``reporter="source"``).
 
     ``destination_version``/``_app``/``_workload`` come from the labels of the endpoint that
     answered (the pod's labels, under Istio), else from the subset's labels, else from the
     upstream's metadata (``peer``), else the service's short name is its app and workload; a
-    host outside
-    the mesh is ``PassthroughCluster``, one refused by ``REGISTRY_ONLY`` ``BlackHoleCluster``,
-    as Envoy names them."""
+    host outside the mesh is ``PassthroughCluster``, one refused by ``REGISTRY_ONLY``
+    ``BlackHoleCluster``, as Envoy names them.
+
+    Over mutual TLS (``tls``, ``peer_identity``: the attempt's TLS mode and the upstream's
+    verified identity), ``source_principal`` is this workload's SPIFFE ID when it presented its
+    mesh certificate (``ISTIO_MUTUAL``), and ``destination_principal`` the URI SAN the upstream
+    presented, as Envoy reports ``uri_san_local_certificate`` and ``uri_san_peer_certificate``
+    (``own_identity``: this workload's SPIFFE ID)."""
+    if tls == "ISTIO_MUTUAL" and own_identity:
+        source = dataclasses.replace(source, principal=spiffe_uri(own_identity))
     target = decision.destination
     host = target.host if target is not None else decision.host
     if decision.passthrough:
@@ -299,6 +323,8 @@ def outbound_labels(
         if endpoint is not None and endpoint.labels:
             labels.update(endpoint.labels)
         destination = Workload.of_destination(labels, name, namespace, peer)
+        if peer_identity and "://" in peer_identity:
+            destination = dataclasses.replace(destination, principal=peer_identity)
     return (
         "source",
         *source.values(),
@@ -327,6 +353,8 @@ def inbound_labels(
         source = Workload(workload=event.source)
     name = service.name
     host = f"{name}.{service.namespace}.{CLUSTER_DOMAIN}"
+    if event.principal is not None:  # mutual TLS: this workload presented its certificate
+        local = dataclasses.replace(local, principal=service.spiffe_id)
     return (
         "destination",
         *source.values(),
@@ -465,6 +493,14 @@ class MetricsRecorder:
             meter.create_observable_counter(
                 name, callbacks=[self._tally_callback(name, tally)], description=description
             )
+        meter.create_observable_counter(
+            "meshlib_peer_metadata_refused",
+            callbacks=[_observe_refused_claims],
+            description=(
+                "Inbound requests whose workload metadata claimed another namespace or service "
+                "account than the caller's certificate (the metadata was ignored)"
+            ),
+        )
         meter.create_observable_gauge(
             "meshlib_breaker_state",
             callbacks=[self._observe_breakers],
@@ -506,11 +542,27 @@ class MetricsRecorder:
         # gets a fresh target on every call, so its name keys it instead.
         where: object = decision.host if target is None or decision.passthrough else id(target)
         peer = event.peer
-        key = (where, id(endpoint), event.status, event.flags, id(peer))
+        key = (
+            where,
+            id(endpoint),
+            event.status,
+            event.flags,
+            id(peer),
+            event.tls,
+            event.peer_identity,
+        )
         found = self._routes.get(key)
         if found is None:
             labels = outbound_labels(
-                self.source, decision, endpoint, event.status, event.flags, peer
+                self.source,
+                decision,
+                endpoint,
+                event.status,
+                event.flags,
+                peer,
+                event.tls,
+                event.peer_identity,
+                self.service.spiffe_id,
             )
             found = (self._series_for(labels), target, endpoint, peer)
             routes = self._routes
@@ -678,6 +730,10 @@ class MetricsRecorder:
         server, self._server = self._server, None
         if server is not None:
             server.close()
+
+
+def _observe_refused_claims(options: CallbackOptions) -> Iterator[Observation]:
+    yield Observation(refused_claims())
 
 
 _DESTINATION = ("destination_service", "destination_subset")

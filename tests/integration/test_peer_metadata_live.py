@@ -249,10 +249,13 @@ def test_a_mutual_tls_caller_is_named_by_its_certificate(ca_dir: Path) -> None:
         sock.close()
         ratings.close()
     assert count == 2
-    assert inbound["source_principal"] == "cluster.local/ns/default/sa/productpage"
+    assert inbound["source_principal"] == "spiffe://cluster.local/ns/default/sa/productpage"
+    assert inbound["destination_principal"] == "spiffe://cluster.local/ns/default/sa/ratings"
     assert inbound["connection_security_policy"] == "mutual_tls"
     assert inbound["source_workload"] == "productpage-v1"
     assert inbound["source_app"] == "productpage"
     assert inbound["source_version"] == "v1"
     assert outbound["destination_workload"] == "ratings-v1"
+    assert outbound["source_principal"] == "spiffe://cluster.local/ns/default/sa/productpage"
+    assert outbound["destination_principal"] == "spiffe://cluster.local/ns/default/sa/ratings"
     assert outbound["connection_security_policy"] == "unknown"  # Istio's source reporter
