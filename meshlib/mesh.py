@@ -51,11 +51,13 @@ from meshlib.telemetry import (
 from meshlib.telemetry.setup import build as build_telemetry
 from meshlib.transport import (
     FREE_LEASE,
+    MESH_SUFFIX,
     NO_TICKET,
     AsyncMeshTransport,
     Call,
     FreeLease,
     MeshTransport,
+    stamp_metadata,
 )
 
 if TYPE_CHECKING:
@@ -590,6 +592,8 @@ class Mesh:
             name, sep, port = host.partition(":")
             headers["host"] = f"{name}-shadow{sep}{port}"
             copy = httpx.Request(original.method, url, headers=headers, stream=original.stream)
+            if target.host.endswith(MESH_SUFFIX):  # a shadow says who sent it, as the call does
+                stamp_metadata(copy, self)
             out.append((copy, cluster, endpoint))
         return out
 

@@ -315,9 +315,9 @@ class Call:
             if (
                 target is not None
                 and not self.decision.passthrough
-                and target.host.endswith(_MESH_SUFFIX)
+                and target.host.endswith(MESH_SUFFIX)
             ):
-                _stamp(request, self.mesh)
+                stamp_metadata(request, self.mesh)
         endpoint = self.endpoint
         request.url = with_endpoint(self.url, endpoint) if endpoint is not None else self.url
         if timeout is not None:
@@ -1230,10 +1230,10 @@ def _carry(request: httpx.Request, carried: Mapping[str, str]) -> None:
             headers[name] = carried[name]
 
 
-_MESH_SUFFIX = "." + CLUSTER_DOMAIN
+MESH_SUFFIX = "." + CLUSTER_DOMAIN
 
 
-def _stamp(request: httpx.Request, mesh: Mesh) -> None:
+def stamp_metadata(request: httpx.Request, mesh: Mesh) -> None:
     """Put this workload's metadata exchange headers on the request (in place of any the caller
     set: a peer speaks for itself only), on a copy of its headers (``Call.restore`` puts the
     caller's own back)."""

@@ -1256,6 +1256,9 @@ def test_mirroring_copies_the_request_and_never_affects_the_caller(
     assert shadow.content == b"payload"
     primary = upstreams.calls("reviews", subset="v1")[0].request
     assert primary.headers["host"] == "reviews:9080"
+    # the shadow carries the caller's workload metadata, as the call itself does
+    for name in ("x-envoy-peer-metadata", "x-envoy-peer-metadata-id"):
+        assert shadow.headers[name] == primary.headers[name]
 
 
 def test_a_mirror_at_0_percent_sends_nothing(connect: Connect, upstreams: Upstreams) -> None:
