@@ -31,7 +31,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -67,6 +67,13 @@ MUTUAL_TLS = (
     "peer-authentication-mesh-strict.yaml",
     "peer-authentication-productpage-permissive.yaml",
 )
+#: Istio's end-user authentication task, at the edge: the JWT rule, then the policy that
+#: requires a token; demo.jwt is a token the rule's key set verifies.
+END_USER_AUTH = ("request-authentication-jwt.yaml", "require-jwt.yaml")
+DEMO_TOKEN = "demo.jwt"
+#: What Istio's task sends as a token that cannot verify, and Envoy's answer to it.
+BAD_TOKEN = "deadbeef"
+JWT_MALFORMED = "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections"
 
 # --------------------------------------------------------------------------- inline rules
 
@@ -312,9 +319,9 @@ class Visitor:
         assert self._async is not None
         return self._loop.run_until_complete(self._async.request(method, url, **kwargs))
 
-    def load(self) -> Page:
+    def load(self, headers: Mapping[str, str] | None = None) -> Page:
         started = time.monotonic()
-        response = self._send("GET", "/productpage")
+        response = self._send("GET", "/productpage", headers=headers)
         return read_page(response.text, response.status_code, time.monotonic() - started)
 
     def html(self) -> str:
@@ -859,6 +866,64 @@ def step_mutual_tls(demo: Demo, security: Path = SECURITY, loads: int = 6) -> St
     return step
 
 
+def _end_user_auth(demo: Demo, security: Path, upto: int, title: str, expect: str) -> Step:
+    """Reset, apply the end-user authentication task's resources up to ``END_USER_AUTH[upto]``,
+    and load the page once per visitor with no token, with Istio's bad token and with the
+    demo's valid one (as ``curl -H "Authorization: Bearer $TOKEN"`` in Istio's task)."""
+    demo.reset()
+    demo.apply(*(security / name for name in END_USER_AUTH[: upto + 1]))
+    step = Step(f"{END_USER_AUTH[upto]}: {title}", expect)
+    token = (security / DEMO_TOKEN).read_text(encoding="utf-8").strip()
+    tokens = {"no token": None, "bad token": BAD_TOKEN, "valid token": token}
+    visitors = demo.visitors()
+    for visitor in visitors:
+        for label, value in tokens.items():
+            headers = {"authorization": f"Bearer {value}"} if value is not None else None
+            step.pages[f"{visitor.name}, {label}"] = [visitor.load(headers)]
+    _close(visitors)
+    return step
+
+
+def _shows_the_page(page: Page) -> bool:
+    return page.status == 200 and page.details_error is None and page.reviews_error is None
+
+
+def step_request_authentication(demo: Demo, security: Path = SECURITY) -> Step:
+    step = _end_user_auth(
+        demo,
+        security,
+        0,
+        "productpage verifies tokens from testing@secure.istio.io",
+        f"a bad token gets 401 ({JWT_MALFORMED}); no token and a valid token get the page",
+    )
+    for name, (page,) in step.pages.items():
+        if name.endswith("bad token"):
+            good = page.status == 401 and page.text == JWT_MALFORMED
+        else:
+            good = _shows_the_page(page)
+        step.check(good, f"{name}: {page.describe()}")
+    return step
+
+
+def step_require_jwt(demo: Demo, security: Path = SECURITY) -> Step:
+    step = _end_user_auth(
+        demo,
+        security,
+        1,
+        "DENY requests without a request principal on productpage",
+        f"no token gets {DENIED}; a bad token still 401; a valid token gets the page",
+    )
+    for name, (page,) in step.pages.items():
+        if name.endswith("no token"):
+            good = page.status == 403 and page.text == DENIED
+        elif name.endswith("bad token"):
+            good = page.status == 401 and page.text == JWT_MALFORMED
+        else:
+            good = _shows_the_page(page)
+        step.check(good, f"{name}: {page.describe()}")
+    return step
+
+
 def _close(visitors: Sequence[Visitor]) -> None:
     for visitor in visitors:
         visitor.close()
@@ -885,6 +950,8 @@ def steps(
         ("authorization", lambda: step_reviews_viewer(demo)),
         ("authorization", lambda: step_ratings_viewer(demo)),
         ("mutual TLS", lambda: step_mutual_tls(demo)),
+        ("end-user authentication", lambda: step_request_authentication(demo)),
+        ("end-user authentication", lambda: step_require_jwt(demo)),
     ]
 
 

@@ -1,17 +1,27 @@
 """Istio's security tasks on Bookinfo, end to end: the demo runs each service with Istio's
 service account and a certificate of the run directory's CA, the services call one another over
 mutual TLS (auto mTLS), and ``meshctl bookinfo apply`` takes the policies of Istio's
-"Authorization for HTTP traffic" and mutual TLS tasks (``examples/bookinfo/security/``). The
-asserts say what Istio's task pages tell the user to expect."""
+"Authorization for HTTP traffic", mutual TLS and end-user authentication tasks
+(``examples/bookinfo/security/``). The asserts say what Istio's task pages tell the user to
+expect."""
 
 from __future__ import annotations
 
 import httpx
+import jwt
 import pytest
 import yaml
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from examples.bookinfo import walkthrough
-from examples.bookinfo.walkthrough import DENIED, RATINGS_ERROR, SECURITY, Demo, Step
+from examples.bookinfo.walkthrough import (
+    DENIED,
+    JWT_MALFORMED,
+    RATINGS_ERROR,
+    SECURITY,
+    Demo,
+    Step,
+)
 from meshlib.bookinfo import admin_context
 
 pytestmark = pytest.mark.integration
@@ -132,3 +142,41 @@ def test_authorization_policies_show_in_routes(demo: Demo) -> None:
     assert "AuthorizationPolicy details-viewer" in out
     assert "ALLOW on app=details, 1 rule(s)" in out
     assert "      from details-viewer.yaml" in out
+
+
+def test_request_authentication_refuses_a_bad_token_only(demo: Demo) -> None:
+    step = walkthrough.step_request_authentication(demo)
+    assert_ok(step)
+    statuses = {name: page.status for name, (page,) in step.pages.items()}
+    assert statuses == {
+        f"anonymous ({client}), {label}": 401 if label == "bad token" else 200
+        for client in ("httpx.Client", "httpx.AsyncClient")
+        for label in ("no token", "bad token", "valid token")
+    }
+    assert all(
+        page.text == JWT_MALFORMED
+        for name, (page,) in step.pages.items()
+        if name.endswith("bad token")
+    )
+
+
+def test_require_jwt_denies_requests_without_a_token(demo: Demo) -> None:
+    step = walkthrough.step_require_jwt(demo)
+    assert_ok(step)
+    expected = {"no token": 403, "bad token": 401, "valid token": 200}
+    for name, (page,) in step.pages.items():
+        assert page.status == expected[name.split(", ")[1]], name
+    # a token of another key set (signed with a key the rule does not hold) is refused too
+    forged = _token_of_another_key()
+    visitor = walkthrough.Visitor(demo.base_url, "sync")
+    try:
+        page = visitor.load({"authorization": f"Bearer {forged}"})
+    finally:
+        visitor.close()
+    assert (page.status, page.text) == (401, "Jwks doesn't have key to match kid or alg from Jwt")
+
+
+def _token_of_another_key() -> str:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    claims = {"iss": "testing@secure.istio.io", "sub": "testing@secure.istio.io"}
+    return jwt.encode(claims, key, algorithm="RS256", headers={"kid": "another"})
