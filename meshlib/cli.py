@@ -5,6 +5,8 @@ meshctl explain -c FILE [-H 'name: value'] METHOD URL [--json]
 meshctl bookinfo apply|delete|reset|routes|load  the running Bookinfo demo (bookinfo.py)
 meshctl ca init|issue                          the mesh's local CA (security/cli.py)
 meshctl run [-c FILE] [--port P] MODULE:APP     serve an app with the mesh's identity (runner.py)
+meshctl --store URL apply|delete -f FILE...     the fleet's rules in its store (store/cli.py)
+meshctl --store URL get [KIND [NAME]] | status
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from meshlib.mesh import Mesh
 from meshlib.routing import RouteDecision
 from meshlib.security import cli as security_cli
 from meshlib.server import run_command
+from meshlib.store import cli as store_cli
 
 #: The exit code when the reader of meshctl's output goes away (``meshctl ... | head``): the
 #: one a shell shows for git, kubectl or cat ended by SIGPIPE (128 + 13).
@@ -103,6 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("url", metavar="URL")
     explain.set_defaults(run=_explain)
 
+    store_cli.register(commands, parser)
     bookinfo.add_parser(commands)
     security_cli.register(commands)
     run_command.register(commands)

@@ -6,6 +6,7 @@ MeshError
  ├─ IdentityError                              this workload's identity: CA, keys, certificates
  │   └─ SpiffeIdError      (also ValueError)   a string that is not a valid SPIFFE ID
  ├─ PeerIdentityError                          a peer's certificate was refused (expected/presented)
+ ├─ StoreError                                 the fleet's store (etcd) cannot be read or written
  └─ MeshRequestError       (also httpx.TransportError)  a call the mesh could not complete
      ├─ NoRouteError                           no route matched (flag NR)
      ├─ NoHealthyUpstream                      no endpoint to send to (flags UH / NC)
@@ -87,6 +88,11 @@ class PeerIdentityError(MeshError):
         self.expected = expected
         self.presented = presented
         super().__init__(message)
+
+
+class StoreError(MeshError):
+    """The fleet's store could not be read or written: no member of the etcd cluster answered,
+    an answer that is not etcd's, a write that lost a race (``meshlib.store``)."""
 
 
 class MeshRequestError(MeshError, httpx.TransportError):

@@ -29,11 +29,12 @@ from meshlib.clients import MeshAsyncClient, MeshClient
 from meshlib.clock import SYSTEM_CLOCK, Clock, SystemClock
 from meshlib.config import model as m
 from meshlib.config.compile import compile_table, fqdn
+from meshlib.config.digest import config_digest
 from meshlib.config.load import MeshConfig, ServiceInfo, load_config, load_texts
 from meshlib.discovery import Endpoint, Registry, RegistryChain
 from meshlib.discovery.file import FileRegistry
 from meshlib.discovery.static import StaticRegistry
-from meshlib.errors import ConfigError, Problem
+from meshlib.errors import ConfigError, Problem, StoreError
 from meshlib.httpcore_transport import HTTPCoreTransport
 from meshlib.inner import async_transport_name, new_async_transport
 from meshlib.policies.breaker import UNLIMITED, Breaker, BreakerSettings, Lease, PoolLimits
@@ -46,6 +47,7 @@ from meshlib.telemetry import (
     EndpointEjected,
     EndpointReturned,
     MeshListener,
+    StoreHealthChanged,
     Telemetry,
 )
 from meshlib.telemetry.setup import build as build_telemetry
@@ -64,6 +66,8 @@ if TYPE_CHECKING:
     from meshlib.config.watch import ConfigWatcher
     from meshlib.security.outbound import Outbound
     from meshlib.security.workload import WorkloadIdentity
+    from meshlib.store.link import StoreLink
+    from meshlib.store.registration import Registration
 
 log = logging.getLogger("meshlib")
 
@@ -273,11 +277,22 @@ class Mesh:
         self._by_target: dict[int, tuple[Target, int | None, Cluster]] = {}
         self._breakers: dict[str, tuple[BreakerSettings, Breaker]] = {}
         self._file_registry: FileRegistry | None = None
+        self._next_store: StoreLink | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.watcher: ConfigWatcher | None = None  # set by watch()
         self._identity: tuple[object, WorkloadIdentity | None] = (None, None)
-        self._snapshot = self._build(config)
+        #: the fleet's store (``spec.store: etcd://...``), None without one; the config of the
+        #: service's own files, before the store's rules are merged in
+        self.store: StoreLink | None = None
+        self._base = config
+        self._swap = threading.RLock()
+        try:
+            self._snapshot = self._build(config)
+        except BaseException:
+            self._drop_next_store()
+            raise
+        self._start_store()
 
     # ------------------------------------------------------------------ construction
 
@@ -303,6 +318,9 @@ class Mesh:
         return cls(load_texts([(name, text)]), seed=seed, **options)
 
     def _build(self, config: MeshConfig) -> _Snapshot:
+        store = self._store_for(config)
+        if store is not None:
+            config = store.merged(config)
         static = StaticRegistry.from_config(config)
         if self._extra:
             namespace = config.service.namespace
@@ -327,6 +345,9 @@ class Mesh:
         hosts = static.hosts()
         if path is not None and self._file_registry is not None:
             hosts += self._file_registry.hosts()
+        if store is not None:
+            sources.insert(0, store.registry)
+            hosts += store.hosts()
         table = compile_table(config, extra_hosts=hosts)
         registry: Registry = sources[0] if len(sources) == 1 else RegistryChain(*sources)
         return _Snapshot(config, table, registry, static, _dns_hosts(config))
@@ -372,13 +393,90 @@ class Mesh:
     # ------------------------------------------------------------------ reload
 
     def apply(self, config: MeshConfig) -> None:
-        """Swap in a validated config: one reference assignment; nothing half-applies."""
-        snapshot = self._build(config)
-        with self._lock:
-            self._snapshot = snapshot
-            for cluster in self._clusters.values():
-                cluster.use_registry(snapshot.registry)  # the state of unchanged destinations stays
-                cluster.outbound = self._outbound(cluster.target, cluster.policy, snapshot.config)
+        """Swap in a validated config: one reference assignment; nothing half-applies. With a
+        store, its rules are merged into ``config`` (the service's own files)."""
+        with self._swap:
+            try:
+                snapshot = self._build(config)
+            except BaseException:
+                self._drop_next_store()
+                raise
+            with self._lock:
+                self._base = config
+                self._snapshot = snapshot
+                for cluster in self._clusters.values():
+                    cluster.use_registry(snapshot.registry)  # unchanged destinations keep state
+                    cluster.outbound = self._outbound(
+                        cluster.target, cluster.policy, snapshot.config
+                    )
+            self._start_store()
+
+    # ------------------------------------------------------------------ the fleet's store
+
+    def _store_for(self, config: MeshConfig) -> StoreLink | None:
+        """The link to ``config``'s etcd store: the current one when the URL is the same, a new
+        one (listed once, now) otherwise; None without an etcd store."""
+        url = config.service.store
+        current = self.store
+        if url is None or not url.startswith("etcd:"):
+            return None
+        if current is not None and current.source == url:
+            return current
+        from meshlib.store.link import StoreLink  # noqa: PLC0415 - only a mesh with a store
+
+        link = StoreLink.open(url, clock=self.clock)
+        link.connect()
+        self._next_store = link
+        return link
+
+    def _drop_next_store(self) -> None:
+        link, self._next_store = self._next_store, None
+        if link is not None:
+            link.close()
+
+    def _start_store(self) -> None:
+        """After a swap: close a store the config no longer names, start a new one's watch,
+        and mark the rules revision the mesh now runs."""
+        link = self._next_store
+        if link is not None:
+            self._next_store = None
+            old, self.store = self.store, link
+            if old is not None:
+                old.close()
+            link.digest = lambda: config_digest(self.config)
+            link.start(self._store_changed, self._store_health)
+            self._store_health(link.stale)
+        elif self.store is not None and self._base.service.store != self.store.source:
+            old, self.store = self.store, None
+            old.close()
+        if self.store is not None:
+            self.store.applied()
+
+    def _store_changed(self) -> None:
+        """The store's rules or hosts changed (the watch thread): the same files, new rules."""
+        self.apply(self._base)
+        self.telemetry.emit(ConfigReloaded(True, None))
+
+    def _store_health(self, stale: bool) -> None:
+        store = self.store
+        if store is not None:
+            self.telemetry.emit(StoreHealthChanged(str(store.url), stale))
+
+    def register(
+        self, address: str, labels: Mapping[str, str] | None = None, ttl: int = 10
+    ) -> Registration:
+        """Register this service's endpoint ``address`` (``host:port``) in the store, with its
+        version and labels (the config's, plus ``labels``), on a lease of ``ttl`` seconds
+        renewed in the background. Returns the ``Registration``: a context manager whose
+        ``close()`` revokes the lease. Needs ``spec.store: etcd://...`` (``StoreError``
+        otherwise); a store that does not answer yet is retried in the background."""
+        store = self.store
+        if store is None:
+            raise StoreError(
+                "registering needs an etcd store: set spec.store: etcd://host:port/prefix "
+                "in the Service document"
+            )
+        return store.register(self.config.service, address, labels, ttl)
 
     def reload(self, paths: Sequence[str | os.PathLike[str]] | None = None) -> None:
         """Re-read the config files (or ``paths``). A bad config raises ``ConfigError`` and the
@@ -604,6 +702,8 @@ class Mesh:
             self._executor.shutdown(wait=False)
         if self.watcher is not None:
             self.watcher.stop()
+        if self.store is not None:
+            self.store.close()
         self.telemetry.close()
 
 

@@ -100,6 +100,8 @@ class ServiceInfo:
     #: ``spec.inbound`` and ``spec.admin`` (meshlib.server: the trust boundary, the admin token).
     inbound: m.InboundSettings | None = None
     admin: m.AdminSettings | None = None
+    #: ``spec.store``: ``etcd://...`` as written, or ``file://<absolute path>`` (meshlib.store)
+    store: str | None = None
 
     @property
     def spiffe_id(self) -> str:
@@ -275,6 +277,10 @@ class _Loader:
             self.service_docs.append((doc, spec, metadata))
             for i, pattern in enumerate(spec.include or ()):
                 self.include(doc, ("spec", "include", i), pattern, base_dir)
+            rules = store_file(spec.store, base_dir)
+            if rules is not None and os.path.exists(rules):
+                where = Problem(doc.file, doc.line_of(("spec", "store")), "spec.store", "")
+                self.load_file(rules, included_from=where)
         resource = Resource(
             api_version=api_version,
             kind=kind,
@@ -422,7 +428,18 @@ def _service_info(entry: tuple[Document, m.Service, m.Metadata] | None) -> Servi
         root_namespace=spec.root_namespace or DEFAULT_ROOT_NAMESPACE,
         inbound=spec.inbound,
         admin=spec.admin,
+        store=(
+            f"file://{store_file(spec.store, here)}" if store_file(spec.store, here) else spec.store
+        ),
     )
+
+
+def store_file(store: str | None, base_dir: str) -> str | None:
+    """The rules file of a ``file://`` store (relative to ``base_dir``), None for any other."""
+    if store is None or not store.startswith("file://"):
+        return None
+    path = store.removeprefix("file://")
+    return path if os.path.isabs(path) else os.path.normpath(os.path.join(base_dir, path))
 
 
 # --------------------------------------------------------------------------- messages

@@ -922,10 +922,19 @@ class AdminSettings(Model):
     token: Annotated[str, AfterValidator(_check_admin_token)] | None = None
 
 
+def _check_store(value: str) -> str:
+    from meshlib.store.url import StoreURL  # noqa: PLC0415 - the store package builds on the model
+
+    StoreURL.parse(value)
+    return value
+
+
 class Service(Model):
     """meshlib's own document: who this service is and where the others are."""
 
     version: str | None = None
+    #: the fleet's store: ``etcd://host:port[,...]/prefix`` or ``file://path`` (meshlib.store)
+    store: Annotated[str, AfterValidator(_check_store)] | None = None
     service_account: str | None = Field(default=None, min_length=1)
     identity: IdentitySettings | None = None
     root_namespace: str | None = Field(default=None, min_length=1)

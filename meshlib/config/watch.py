@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from meshlib.config import model as m
-from meshlib.config.load import MeshConfig
+from meshlib.config.load import MeshConfig, store_file
 from meshlib.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -55,6 +55,9 @@ def watched_paths(config: MeshConfig) -> list[str]:
         if not isinstance(spec, m.Service):
             continue
         base = os.path.dirname(resource.file) or "."
+        rules = store_file(spec.store, base)  # a file:// store: watched even before it exists
+        if rules is not None:
+            paths.setdefault(rules)
         for pattern in spec.include or ():
             full = pattern if os.path.isabs(pattern) else os.path.join(base, pattern)
             if glob.has_magic(full):

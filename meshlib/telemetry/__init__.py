@@ -156,6 +156,15 @@ class ConfigReloaded:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreHealthChanged:
+    """The mesh's view of its store (``meshlib.store``) went stale (no member answers) or is
+    current again."""
+
+    store: str
+    stale: bool
+
+
+@dataclass(frozen=True, slots=True)
 class BudgetExhausted:
     request: RequestInfo
     attempt: int
@@ -276,5 +285,6 @@ __all__ = [
     "RequestFinished",
     "RequestInfo",
     "RetryScheduled",
+    "StoreHealthChanged",
     "Telemetry",
 ]

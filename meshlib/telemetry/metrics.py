@@ -71,6 +71,7 @@ from meshlib.telemetry import (
     InboundFinished,
     RequestFinished,
     RetryScheduled,
+    StoreHealthChanged,
 )
 from meshlib.telemetry.peer import PeerMetadata, principal_parts, refused_claims
 
@@ -456,6 +457,7 @@ class MetricsRecorder:
         self._faults: _Tally = {}
         self._budget: _Tally = {}
         self._breakers: dict[tuple[str, str], int] = {}
+        self._stores: dict[str, int] = {}
         self._started = time.time_ns()
         self.registry = CollectorRegistry(auto_describe=False)
         self._reader = _Reader(self.registry, self._histograms)
@@ -506,7 +508,14 @@ class MetricsRecorder:
             callbacks=[self._observe_breakers],
             description="Circuit breaker state: 0 closed, 1 open, 2 half-open",
         )
+        meter.create_observable_gauge(
+            "meshlib_store_stale",
+            callbacks=[self._observe_stores],
+            description="1 while the service's view of its store is stale (no member answers), "
+            "else 0",
+        )
         self._handlers: dict[type, Callable[[Any], None]] = {
+            StoreHealthChanged: self._store_health,
             RetryScheduled: self._retry,
             FaultInjected: self._fault,
             BudgetExhausted: self._budget_exhausted,
@@ -639,7 +648,17 @@ class MetricsRecorder:
         with self._lock:
             self._breakers[_split(event.destination)] = BREAKER_STATES.get(event.new, 0)
 
+    def _store_health(self, event: StoreHealthChanged) -> None:
+        with self._lock:
+            self._stores[event.store] = int(event.stale)
+
     # ------------------------------------------------------------------ collection
+
+    def _observe_stores(self, options: CallbackOptions) -> Iterator[Observation]:
+        with self._lock:
+            states = list(self._stores.items())
+        for store, stale in states:
+            yield Observation(stale, {"store": store})
 
     def _observe_requests(self, options: CallbackOptions) -> Iterator[Observation]:
         with self._lock:
