@@ -10,7 +10,9 @@
      "warnings": ["…"],
      "watch": {"running": true, "interval": 0.5, "reloads": 3, "last_error": null, …}}
 
-``watch`` is null when the mesh is not watching its files (``Mesh.watch``). Like Envoy's admin
+``watch`` is null when the mesh is not watching its files (``Mesh.watch``); ``store`` is null
+without an etcd store (``spec.store``), else its URL, whether the service's view of it is
+``stale``, the revision seen and the ``rules_revision`` in force (``meshlib.store.link``). Like Envoy's admin
 port, this tells what is in force; it changes nothing. ``meshctl bookinfo apply`` polls it until
 each service reports the digest of the config its files now hold.
 
@@ -76,6 +78,7 @@ def config_status(mesh: Mesh) -> dict[str, Any]:
         ],
         "warnings": [_scrub(str(p), base) for p in config.warnings],
         "watch": _watch(watcher, base),
+        "store": mesh.store.status() if mesh.store is not None else None,
     }
 
 
