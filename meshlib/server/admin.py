@@ -12,9 +12,9 @@
 
 ``watch`` is null when the mesh is not watching its files (``Mesh.watch``); ``store`` is null
 without an etcd store (``spec.store``), else its URL, whether the service's view of it is
-``stale``, the revision seen and the ``rules_revision`` in force (``meshlib.store.link``). Like Envoy's admin
-port, this tells what is in force; it changes nothing. ``meshctl bookinfo apply`` polls it until
-each service reports the digest of the config its files now hold.
+``stale``, the revision seen and the ``rules_revision`` in force (``meshlib.store.link``).
+Like Envoy's admin port, this tells what is in force; it changes nothing. ``meshctl bookinfo
+apply`` polls it until each service reports the digest of the config its files now hold.
 
 * ``MeshAdmin(app, mesh=None)``: ASGI middleware that answers the admin path and passes every
   other request (and scope type) to ``app``;
