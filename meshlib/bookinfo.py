@@ -4,7 +4,9 @@
 The demo (``make demo``, or ``python -m examples.bookinfo``) keeps its state in a run directory
 (``$BOOKINFO_RUN_DIR``, else ``<tmp>/meshlib-bookinfo-<uid>``)::
 
-    bookinfo.json        the running services: name, version, URL, config file; the rules file
+    bookinfo.json        the running services: name, version, URL, config file, metrics
+                         endpoint; the rules file
+    prometheus-targets.json  the metrics endpoints for Prometheus (file_sd_configs)
     config/<svc>.yaml    each service's mesh.yaml: includes ../rules/*.yaml
     registry.yaml        where each service listens
     rules/bookinfo.yaml  the rules in force, written by these commands only
@@ -14,7 +16,8 @@ meshctl bookinfo apply FILE...     create or replace the resources of FILE (``-`
                                    wait until every service runs them
 meshctl bookinfo delete FILE...    remove the resources named in FILE
 meshctl bookinfo reset             back to the baseline: Istio's destination-rule-all.yaml
-meshctl bookinfo routes            the rules in force, and whether each service runs them
+meshctl bookinfo routes            the rules in force, whether each service runs them, and
+                                   where each one's metrics are
 meshctl bookinfo load              concurrent calls to a service through a mesh of meshctl's
                                    own with the rules in force (fortio in Istio's tasks): the
                                    status codes and response flags, counted
@@ -98,6 +101,8 @@ class Demo:
     baseline: tuple[str, ...]
     services: tuple[control.ServiceRef, ...]
     productpage: str
+    #: the services' metrics endpoints as a Prometheus file_sd_configs file, if the demo wrote one
+    prometheus_targets: str | None = None
 
     @classmethod
     def load(cls, run_dir: str) -> Demo:
@@ -116,10 +121,13 @@ class Demo:
             rules=state["rules"],
             baseline=tuple(state.get("baseline", ())),
             services=tuple(
-                control.ServiceRef(s["name"], s.get("version"), s["url"], s["config"])
+                control.ServiceRef(
+                    s["name"], s.get("version"), s["url"], s["config"], s.get("metrics")
+                )
                 for s in state["services"]
             ),
             productpage=state["productpage"],
+            prometheus_targets=state.get("prometheus_targets"),
         )
 
     def admin_tls(self) -> ssl.SSLContext | None:
@@ -206,8 +214,9 @@ def add_parser(commands: Any) -> None:
 
     routes = sub.add_parser(
         "routes",
-        help="the rules in force, and whether each service runs them",
-        description="List the rules in force, route by route, and each service's state.",
+        help="the rules in force, whether each service runs them, where its metrics are",
+        description="List the rules in force, route by route, each service's state, and "
+        "where Prometheus scrapes each service's metrics.",
     )
     common(routes)
     routes.set_defaults(run=_routes)
@@ -367,7 +376,13 @@ def _routes(args: argparse.Namespace, out: TextIO) -> int:
                 print(f"      {line}", file=out)
     print("Services:", file=out)
     tls = demo.admin_tls()
-    return _print_sync([control.check(s, tls) for s in demo.services], out)
+    code = _print_sync([control.check(s, tls) for s in demo.services], out)
+    print("Metrics (Prometheus scrape targets):", file=out)
+    for service in demo.services:
+        print(f"  {service.label:<16}{service.metrics or 'off'}", file=out)
+    if demo.prometheus_targets:
+        print(f"  as a file_sd_configs file: {demo.prometheus_targets}", file=out)
+    return code
 
 
 MAX_CONCURRENCY = 64

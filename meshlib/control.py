@@ -190,12 +190,14 @@ def write_rules(path: str, documents: Sequence[dict[str, Any]]) -> MeshConfig:
 
 @dataclass(frozen=True, slots=True)
 class ServiceRef:
-    """A running service: its name and version, base URL and config file."""
+    """A running service: its name and version, base URL and config file, and where its
+    metrics are scraped (when it said)."""
 
     name: str
     version: str | None
     url: str
     config: str
+    metrics: str | None = None
 
     @property
     def label(self) -> str:
@@ -221,12 +223,14 @@ def expected_digest(service: ServiceRef) -> str:
     return config_digest(load_config([service.config]))
 
 
-def admin_url(service: ServiceRef, tls: ssl.SSLContext | None = None) -> str:
-    """The service's admin endpoint: its URL, over ``https`` when ``tls`` is given."""
+def admin_url(
+    service: ServiceRef, tls: ssl.SSLContext | None = None, path: str = CONFIG_PATH
+) -> str:
+    """The service's admin endpoint ``path``: its URL, over ``https`` when ``tls`` is given."""
     base = service.url.rstrip("/")
     if tls is not None and base.startswith("http://"):
         base = "https://" + base.removeprefix("http://")
-    return base + CONFIG_PATH
+    return base + path
 
 
 def fetch_status(

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import zlib
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -29,6 +31,7 @@ from meshlib.errors import ConfigError
 from meshlib.server.inbound import trace_id_of
 from meshlib.telemetry import Telemetry
 from meshlib.telemetry.tracing import (
+    TRACES_FILE_ENV,
     MeshTracer,
     extract,
     memory_tracer,
@@ -191,14 +194,27 @@ def test_without_an_exporter_spans_are_made_and_not_exported(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("OTEL_TRACES_EXPORTER", raising=False)
-    try:
-        import opentelemetry.exporter.otlp.proto.http  # noqa: F401
-    except ImportError:
-        provider = provider_from_environment(SERVICE)
-    else:  # pragma: no cover - the OTLP exporter is not among the test dependencies
-        pytest.skip("the OTLP exporter is installed: it is the default")
+    monkeypatch.delenv(TRACES_FILE_ENV, raising=False)
+    without_otlp(monkeypatch)
+    provider = provider_from_environment(SERVICE)
     assert "no span exporter is set up" in caplog.text
     assert provider.get_tracer("t").start_span("s").get_span_context().is_valid
+
+
+def test_otlp_asked_for_without_its_package_names_the_package(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    without_otlp(monkeypatch)
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
+    with pytest.raises(
+        ConfigError, match=r"needs the package opentelemetry-exporter-otlp-proto-http: pip install"
+    ):
+        provider_from_environment(SERVICE)
+
+
+def without_otlp(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As if ``opentelemetry-exporter-otlp-proto-http`` were not installed."""
+    monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.http.trace_exporter", None)
 
 
 def test_otel_propagators(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -480,3 +496,122 @@ def test_the_tracing_benchmark_runs() -> None:
         "served traced",
     }
     assert all(isinstance(value, float) for value in result["ratios"].values())
+
+
+# --------------------------------------------------------------------------- file, events
+
+FILE_CONFIG = """\
+apiVersion: meshlib.dev/v1
+kind: Service
+metadata: {name: reviews}
+spec:
+  version: v2
+  telemetry:
+    tracing: {file: spans/reviews.jsonl}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings}
+spec:
+  hosts: [ratings]
+  http:
+  - route: [{destination: {host: ratings}}]
+    retries: {attempts: 2, retryOn: 5xx}
+"""
+
+
+def read_lines(path: Any) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_the_file_exporter_writes_one_span_a_line(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    monkeypatch.delenv("OTEL_TRACES_EXPORTER", raising=False)
+    monkeypatch.delenv(TRACES_FILE_ENV, raising=False)
+    (tmp_path / "spans").mkdir()
+    config = tmp_path / "mesh.yaml"
+    config.write_text(FILE_CONFIG, encoding="utf-8")
+    upstreams = Upstreams(clock=FakeClock())
+    upstreams.script("ratings", [Reply(503), Reply(200)])
+    mesh = Mesh.from_file(
+        config, transport=upstreams.transport(), extra_endpoints=upstreams.registry()
+    )
+    tracer = mesh.telemetry.tracer
+    assert isinstance(tracer, MeshTracer)
+    server = tracer.start_server("GET", "/reviews/0", {}, "r-1")
+    token = otel_context.attach(server.context)
+    try:
+        get(mesh, kind, "http://ratings/ratings/0")
+    finally:
+        otel_context.detach(token)
+    tracer.end_server(server, 200, 0.01)
+    kept = tracer.recent_spans()
+    mesh.close()  # flushes the batch to the file
+    lines = read_lines(tmp_path / "spans" / "reviews.jsonl")  # relative to the config file
+    assert [(s["kind"], s["service"], s["version"]) for s in lines] == [
+        ("CLIENT", "reviews", "v2"),
+        ("CLIENT", "reviews", "v2"),
+        ("SERVER", "reviews", "v2"),
+    ]
+    assert lines == kept  # the same records as GET /_mesh/traces
+    assert [e["name"] for e in lines[2]["events"]] == ["meshlib.retry"]
+
+
+def test_the_file_exporter_from_the_environment(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "all.jsonl"
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "file")
+    monkeypatch.delenv(TRACES_FILE_ENV, raising=False)
+    with pytest.raises(ConfigError, match="the file exporter needs a file"):
+        provider_from_environment(SERVICE)
+    monkeypatch.setenv(TRACES_FILE_ENV, str(path))
+    monkeypatch.delenv("OTEL_TRACES_EXPORTER")  # the file alone turns the exporter on
+    for name in ("productpage", "details"):  # two services append to one file
+        provider = provider_from_environment(ServiceInfo(name=name, version="v1"))
+        provider.get_tracer("t").start_span(f"{name} span").end()
+        provider.shutdown()
+    lines = read_lines(path)
+    assert [(s["name"], s["service"]) for s in lines] == [
+        ("productpage span", "productpage"),
+        ("details span", "details"),
+    ]
+    assert lines[0]["kind"] == "INTERNAL"
+    assert lines[0]["parent_span_id"] is None
+    monkeypatch.setenv(TRACES_FILE_ENV, str(tmp_path / "no-such-dir" / "x.jsonl"))
+    with pytest.raises(ConfigError, match="cannot open the traces file"):
+        provider_from_environment(SERVICE)
+
+
+def test_span_events_for_faults_retries_and_refused_retries(kind: str) -> None:
+    upstreams = Upstreams(clock=FakeClock())
+    upstreams.script("reviews", [Reply(503)] * 4, subset="v2")
+    mesh, spans = traced_mesh(upstreams)
+    tracer = mesh.telemetry.tracer
+    assert isinstance(tracer, MeshTracer)
+    server = tracer.start_server("GET", "/", {}, None)
+    token = otel_context.attach(server.context)
+    try:
+        get(mesh, kind, "http://reviews/slow")  # an injected 2 s delay
+        get(mesh, kind, "http://reviews/r")  # 503 four times: three retries, then given up
+    finally:
+        otel_context.detach(token)
+    tracer.end_server(server, 200, 10.0)
+    (span,) = [s for s in spans.get_finished_spans() if s.kind is SpanKind.SERVER]
+    names = [e.name for e in span.events]
+    assert names == ["meshlib.fault", "meshlib.retry", "meshlib.retry", "meshlib.retry"]
+    fault = dict(span.events[0].attributes or {})
+    assert fault == {
+        "http.request.method": "GET",
+        "url.full": "http://reviews/slow",
+        "meshlib.destination": "reviews.default.svc.cluster.local",
+        "meshlib.destination.subset": "v2",
+        "meshlib.fault": "delay",
+        "meshlib.fault.delay": 2.0,
+    }
+    retries = [dict(e.attributes or {}) for e in span.events[1:]]
+    assert [r["meshlib.retry.attempt"] for r in retries] == [1, 2, 3]
+    assert all(r["meshlib.retry.delay"] >= 0 for r in retries)
+    # event times are the mesh clock's: the delay's event comes before the fake 2 s pass
+    assert span.events[0].timestamp < span.events[1].timestamp

@@ -12,7 +12,9 @@ free port. The launcher lays out the run directory that ``meshctl bookinfo`` wor
     DIR/rules/bookinfo.yaml     the rules in force (each mesh.yaml includes ../rules/*.yaml)
     DIR/ca/                     the demo's root CA (``meshctl ca init``), new for each run: each
                                 service's certificate comes from it (``spec.identity``)
-    DIR/bookinfo.json           the services, their URLs and config files; removed at the end
+    DIR/bookinfo.json           the services, their URLs, config files and where Prometheus
+                                scrapes each one's metrics; removed at the end
+    DIR/prometheus-targets.json those metrics endpoints as a Prometheus file_sd_configs file
 
 It binds every port itself, then hands each service its socket: a port in use is reported before
 anything starts. Every registry endpoint is labelled ``security.istio.io/tlsMode: istio``, as
@@ -22,6 +24,13 @@ Istio labels the endpoints of pods with a sidecar: the services call one another
 ``destination-rule-all.yaml`` from ``--samples`` (default ``$BOOKINFO_SAMPLES``, else the demo's
 own ``examples/bookinfo/networking/``; Istio's ``samples/bookinfo/networking`` folder works as
 well), applied first as Istio's tasks have it.
+
+Each service reports Istio's request metrics on a scrape server of its own (its config's
+``spec.telemetry.metrics``, on a free port, as an Istio sidecar serves them on a port of its own
+apart from the app's traffic) and traces every request (``spec.telemetry.tracing``): the spans
+go where the ``OTEL_*`` variables say (``OTEL_EXPORTER_OTLP_ENDPOINT`` for a collector or Jaeger,
+``MESHLIB_TRACES_FILE`` for a JSON-lines file); with none set they are only kept in each
+service's memory for ``meshctl bookinfo trace``.
 """
 
 from __future__ import annotations
@@ -56,6 +65,16 @@ ROOT = HERE.parents[1]
 CONFIGS = HERE / "config"
 BASELINE = "destination-rule-all.yaml"
 RULES = "bookinfo.yaml"
+#: The services' metrics endpoints, in Prometheus' file_sd_configs format.
+TARGETS = "prometheus-targets.json"
+#: Any of these set: the user chose where spans go. None set: no exporter (the services keep their
+#: spans in memory only, instead of trying an OTLP collector that is not there).
+TRACE_EXPORT_ENV = (
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "MESHLIB_TRACES_FILE",
+)
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
 
@@ -89,6 +108,7 @@ class Running:
     port: int
     process: subprocess.Popen[bytes]
     config: str
+    metrics: str | None = None  # where Prometheus scrapes it, once it has started
 
     @property
     def url(self) -> str:
@@ -146,6 +166,8 @@ def lay_out(run_dir: Path, ports: dict[Spec, int], baseline: list[str]) -> None:
 
 def spawn(spec: Spec, sock: socket.socket, config: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "MESH_CONFIG": str(config), "PYTHONUNBUFFERED": "1"}
+    if not any(os.environ.get(name) for name in TRACE_EXPORT_ENV):
+        env["OTEL_TRACES_EXPORTER"] = "none"
     module = f"examples.bookinfo.{spec.name}"
     command = [sys.executable, "-m", module, "--fd", str(sock.fileno())]
     command += ["--version", spec.version, "--watch-stdin"]
@@ -160,7 +182,8 @@ def spawn(spec: Spec, sock: socket.socket, config: Path) -> subprocess.Popen[byt
 
 
 def wait_ready(services: list[Running], run_dir: Path) -> None:
-    """Until each service answers its admin endpoint (over mutual TLS, as a mesh peer)."""
+    """Until each service answers its admin endpoint (over mutual TLS, as a mesh peer); notes
+    where each one's metrics are, as it reports them there."""
     deadline = time.monotonic() + START_TIMEOUT
     tls = admin_context(run_dir)
     with httpx.Client(timeout=2.0, verify=tls if tls is not None else True) as http:
@@ -171,13 +194,37 @@ def wait_ready(services: list[Running], run_dir: Path) -> None:
                 if code is not None:
                     raise SystemExit(f"bookinfo: {service.spec.label} exited with {code}")
                 try:
-                    if http.get(control.admin_url(ref, tls)).status_code == 200:
+                    response = http.get(control.admin_url(ref, tls))
+                    if response.status_code == 200:
+                        service.metrics = response.json().get("metrics")
                         break
-                except httpx.HTTPError:
+                except (httpx.HTTPError, ValueError):
                     pass
                 if time.monotonic() > deadline:
                     raise SystemExit(f"bookinfo: {service.spec.label} did not start in time")
                 time.sleep(0.05)
+
+
+def scrape_targets(services: list[Running]) -> list[dict[str, object]]:
+    """The services' metrics endpoints as Prometheus' ``file_sd_configs`` wants them: one group
+    per service, labelled with its app and version as Istio's pods are."""
+    groups: list[dict[str, object]] = []
+    for service in services:
+        if not service.metrics:
+            continue
+        url = httpx.URL(service.metrics)
+        groups.append(
+            {
+                "targets": [f"{url.host}:{url.port}"],
+                "labels": {
+                    "__metrics_path__": url.path,
+                    "app": service.spec.name,
+                    "version": service.spec.version,
+                    "namespace": "default",
+                },
+            }
+        )
+    return groups
 
 
 def stop(services: list[Running]) -> None:
@@ -282,15 +329,21 @@ def main(argv: list[str] | None = None) -> int:
                     "url": s.url,
                     "config": s.config,
                     "pid": s.process.pid,
+                    "metrics": s.metrics,
                 }
                 for s in services
             ],
+            "prometheus_targets": str(run_dir / TARGETS),
         }
+        targets = json.dumps(scrape_targets(services), indent=2)
+        (run_dir / TARGETS).write_text(targets, encoding="utf-8")
         (run_dir / STATE_FILE).write_text(json.dumps(state, indent=2), encoding="utf-8")
         print(f"Bookinfo is running ({len(services)} services, run directory {run_dir}):")
         for service in services:
-            print(f"  {service.spec.label:<16}{service.url}")
+            metrics = f"metrics {service.metrics}" if service.metrics else ""
+            print(f"  {service.spec.label:<16}{service.url:<26}{metrics}")
         print(f"\nOpen {productpage}")
+        print(f"Prometheus scrape targets: {run_dir / TARGETS} (docs/observability.md)")
         print("Change the rules with: .venv/bin/meshctl bookinfo apply FILE...  (docs/tutorial.md)")
         print("Press Ctrl-C to stop.", flush=True)
         while True:
@@ -309,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
         for sock in sockets.values():
             sock.close()
         stop(services)
-        with contextlib.suppress(FileNotFoundError):
-            (run_dir / STATE_FILE).unlink()
+        for name in (STATE_FILE, TARGETS):
+            with contextlib.suppress(FileNotFoundError):
+                (run_dir / name).unlink()
         if services:
             print("Bookinfo stopped.", flush=True)

@@ -410,6 +410,11 @@ def _service_info(entry: tuple[Document, m.Service, m.Metadata] | None) -> Servi
                 if (value := getattr(identity, name)) is not None
             }
         )
+    telemetry = spec.telemetry
+    tracing = telemetry.tracing if telemetry is not None else None
+    if telemetry is not None and tracing is not None and tracing.file is not None:
+        tracing = tracing.model_copy(update={"file": beside(tracing.file)})
+        telemetry = telemetry.model_copy(update={"tracing": tracing})
     return ServiceInfo(
         name=metadata.name,
         namespace=metadata.namespace or DEFAULT_NAMESPACE,
@@ -421,7 +426,7 @@ def _service_info(entry: tuple[Document, m.Service, m.Metadata] | None) -> Servi
         registry_refresh=(source.refresh_interval or 1.0) if source else 1.0,
         outbound_mode=outbound.mode if outbound else "ALLOW_ANY",
         circuit_breakers=spec.circuit_breakers,
-        telemetry=spec.telemetry,
+        telemetry=telemetry,
         service_account=spec.service_account or metadata.name,
         trust_domain=(identity.trust_domain if identity else None) or DEFAULT_TRUST_DOMAIN,
         identity=identity,

@@ -815,6 +815,10 @@ class TracingSettings(Model):
     enabled: bool | None = None
     sampling: Annotated[float, AfterValidator(_check_percent)] | None = None
     propagation: list[Propagation] | None = None
+    #: a JSON-lines file the spans are written to (one span a line), relative to the config file
+    file: str | None = Field(default=None, min_length=1)
+    #: how many finished spans the mesh keeps for ``GET /_mesh/traces`` (0: none)
+    recent_spans: int | None = Field(default=None, ge=0, le=100_000)
 
 
 class MetricsSettings(Model):

@@ -1,4 +1,5 @@
-"""The admin endpoint: which config a service runs, for tools that wait for a rollout.
+"""The admin endpoints: which config a service runs (for tools that wait for a rollout), and the
+spans it made last (for tools that show a trace).
 
 ``GET /_mesh/config`` answers JSON::
 
@@ -8,13 +9,29 @@
      "resources": [{"kind": "VirtualService", "namespace": "default", "name": "reviews",
                     "file": "../rules/bookinfo.yaml", "line": 12}, …],
      "warnings": ["…"],
-     "watch": {"running": true, "interval": 0.5, "reloads": 3, "last_error": null, …}}
+     "watch": {"running": true, "interval": 0.5, "reloads": 3, "last_error": null, …},
+     "metrics": "http://127.0.0.1:41234/metrics",   # the scrape server, or null
+     "tracing": true}
 
 ``watch`` is null when the mesh is not watching its files (``Mesh.watch``); ``store`` is null
 without an etcd store (``spec.store``), else its URL, whether the service's view of it is
 ``stale``, the revision seen and the ``rules_revision`` in force (``meshlib.store.link``).
 Like Envoy's admin port, this tells what is in force; it changes nothing. ``meshctl bookinfo
 apply`` polls it until each service reports the digest of the config its files now hold.
+
+``GET /_mesh/traces?limit=N[&trace_id=HEX32]`` answers the last ``N`` spans (default 100) of the
+ones the mesh keeps when it traces (``spec.telemetry.tracing.recentSpans``, default 1024),
+oldest first, only those of one trace with ``trace_id``::
+
+    {"tracing": true, "keeps": 1024,
+     "spans": [{"trace_id": "<32 hex>", "span_id": "<16 hex>", "parent_span_id": "<16 hex>"|null,
+                "name": "GET /productpage", "service": "productpage", "version": "v1",
+                "kind": "SERVER"|"CLIENT"|"INTERNAL", "start_unix_nano": …, "end_unix_nano": …,
+                "status": "OK"|"ERROR"|"UNSET", "attributes": {…},
+                "events": [{"name": "meshlib.retry", "time_unix_nano": …, "attributes": {…}}]}, …]}
+
+With tracing off, ``spans`` is empty and ``tracing`` false. A ``limit`` that is not a whole number
+from 0 to 100000, or a ``trace_id`` that is not 32 hex digits, is a 400.
 
 * ``MeshAdmin(app, mesh=None)``: ASGI middleware that answers the admin path and passes every
   other request (and scope type) to ``app``;
@@ -35,8 +52,10 @@ import dataclasses
 import hmac
 import json
 import os
+import re
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
 
 from meshlib.config.digest import config_digest
 from meshlib.server.asgi import ASGIApp, Receive, Scope, Send, chain_of_scope
@@ -46,8 +65,14 @@ from meshlib.server.wsgi import StartResponse, WSGIApp
 if TYPE_CHECKING:
     from meshlib.config.watch import ConfigWatcher
     from meshlib.mesh import Mesh
+    from meshlib.telemetry.tracing import MeshTracer
 
 CONFIG_PATH = "/_mesh/config"
+TRACES_PATH = "/_mesh/traces"
+#: How many spans ``GET /_mesh/traces`` answers without ``limit``, and the most it takes.
+DEFAULT_TRACE_LIMIT = 100
+MAX_TRACE_LIMIT = 100_000
+_TRACE_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def config_status(mesh: Mesh) -> dict[str, Any]:
@@ -79,7 +104,53 @@ def config_status(mesh: Mesh) -> dict[str, Any]:
         "warnings": [_scrub(str(p), base) for p in config.warnings],
         "watch": _watch(watcher, base),
         "store": mesh.store.status() if mesh.store is not None else None,
+        "metrics": _metrics_url(mesh),
+        "tracing": _tracer(mesh) is not None,
     }
+
+
+def _metrics_url(mesh: Mesh) -> str | None:
+    from meshlib.telemetry.metrics import recorder_of  # noqa: PLC0415 - loads prometheus
+
+    recorder = recorder_of(mesh)
+    return recorder.url if recorder is not None else None
+
+
+def _tracer(mesh: Mesh) -> MeshTracer | None:
+    from meshlib.telemetry.tracing import MeshTracer  # noqa: PLC0415
+
+    found = mesh.telemetry.tracer
+    return found if isinstance(found, MeshTracer) else None
+
+
+class BadQueryError(ValueError):
+    """A query string the admin endpoint refuses (answered 400 with the message)."""
+
+
+def traces_status(mesh: Mesh, query: str = "") -> dict[str, Any]:
+    """What ``GET /_mesh/traces?<query>`` answers for ``mesh`` (``BadQueryError``: a bad one)."""
+    try:
+        params = parse_qs(query, keep_blank_values=True, strict_parsing=False, max_num_fields=16)
+    except ValueError as exc:
+        raise BadQueryError(f"bad query string: {exc}") from None
+    limit = DEFAULT_TRACE_LIMIT
+    values = params.get("limit")
+    if values:
+        text = values[-1].strip()
+        if not text.isdigit() or not text.isascii() or int(text) > MAX_TRACE_LIMIT:
+            raise BadQueryError(f"limit must be a whole number from 0 to {MAX_TRACE_LIMIT}")
+        limit = int(text)
+    trace_id = None
+    values = params.get("trace_id")
+    if values:
+        trace_id = values[-1].strip().lower()
+        if not _TRACE_ID.fullmatch(trace_id):
+            raise BadQueryError("trace_id must be 32 hex digits")
+    tracer = _tracer(mesh)
+    if tracer is None:
+        return {"tracing": False, "keeps": 0, "spans": []}
+    spans = tracer.recent_spans(limit, trace_id)
+    return {"tracing": True, "keeps": tracer.keeps, "spans": spans}
 
 
 def _scrub(text: str, base: str) -> str:
@@ -130,8 +201,18 @@ _REFUSED = b'{"error": "the admin endpoints need a mesh identity or the admin to
 _CHALLENGE = 'Bearer realm="meshlib admin"'
 
 
-def _body(mesh: Mesh) -> bytes:
-    return json.dumps(config_status(mesh), indent=1).encode("utf-8")
+def _answer(mesh: Mesh, path: str, query: str) -> tuple[int, bytes]:
+    """The status and JSON body of an admin path, for a caller already admitted."""
+    if path == CONFIG_PATH:
+        return 200, json.dumps(config_status(mesh), indent=1).encode("utf-8")
+    try:
+        status = traces_status(mesh, query)
+    except BadQueryError as exc:
+        return 400, json.dumps({"error": str(exc)}).encode("utf-8")
+    return 200, json.dumps(status, separators=(",", ":")).encode("utf-8")
+
+
+_PATHS = frozenset({CONFIG_PATH, TRACES_PATH})
 
 
 def _mesh_of(mesh: Mesh | None) -> Mesh:
@@ -143,14 +224,16 @@ def _mesh_of(mesh: Mesh | None) -> Mesh:
 
 
 class MeshAdmin:
-    """ASGI middleware: ``GET /_mesh/config`` answered here, everything else passed on."""
+    """ASGI middleware: ``GET /_mesh/config`` and ``GET /_mesh/traces`` answered here, everything
+    else passed on."""
 
     def __init__(self, app: ASGIApp, mesh: Mesh | None = None) -> None:
         self.app = app
         self.mesh = mesh
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path") != CONFIG_PATH:
+        path = scope.get("path") if scope["type"] == "http" else None
+        if path not in _PATHS:
             await self.app(scope, receive, send)
             return
         if scope.get("method") not in ("GET", "HEAD"):
@@ -165,8 +248,10 @@ class MeshAdmin:
             challenge = [(b"www-authenticate", _CHALLENGE.encode())]
             await _asgi_reply(send, 401, _REFUSED, challenge)
             return
-        body = _body(mesh)
-        await _asgi_reply(send, 200, b"" if scope.get("method") == "HEAD" else body, [], len(body))
+        query = (scope.get("query_string") or b"").decode("latin-1")
+        status, body = _answer(mesh, str(path), query)
+        shown = b"" if scope.get("method") == "HEAD" else body
+        await _asgi_reply(send, status, shown, [], len(body))
 
 
 async def _asgi_reply(
@@ -193,14 +278,16 @@ async def _asgi_reply(
 
 
 class MeshWSGIAdmin:
-    """WSGI middleware: ``GET /_mesh/config`` answered here, everything else passed on."""
+    """WSGI middleware: ``GET /_mesh/config`` and ``GET /_mesh/traces`` answered here, everything
+    else passed on."""
 
     def __init__(self, app: WSGIApp, mesh: Mesh | None = None) -> None:
         self.app = app
         self.mesh = mesh
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") != CONFIG_PATH:
+        path = environ.get("PATH_INFO")
+        if path not in _PATHS:
             return self.app(environ, start_response)
         method = environ.get("REQUEST_METHOD")
         if method not in ("GET", "HEAD"):
@@ -221,9 +308,9 @@ class MeshWSGIAdmin:
                 [("content-type", "application/json"), ("www-authenticate", _CHALLENGE)],
             )
             return [_REFUSED]
-        body = _body(mesh)
+        status, body = _answer(mesh, str(path), environ.get("QUERY_STRING") or "")
         start_response(
-            "200 OK",
+            "200 OK" if status == 200 else "400 Bad Request",
             [
                 ("content-type", "application/json"),
                 ("content-length", str(len(body))),
@@ -233,4 +320,15 @@ class MeshWSGIAdmin:
         return [b"" if method == "HEAD" else body]
 
 
-__all__ = ["CONFIG_PATH", "MeshAdmin", "MeshWSGIAdmin", "admitted", "config_status"]
+__all__ = [
+    "CONFIG_PATH",
+    "DEFAULT_TRACE_LIMIT",
+    "MAX_TRACE_LIMIT",
+    "TRACES_PATH",
+    "BadQueryError",
+    "MeshAdmin",
+    "MeshWSGIAdmin",
+    "admitted",
+    "config_status",
+    "traces_status",
+]

@@ -186,7 +186,8 @@ class MeshListener(Protocol):
 
 class AttemptTracer(Protocol):
     """Traces outbound attempts: ``start`` may add headers to the attempt and returns a token
-    handed back to ``end``."""
+    handed back to ``end``. A tracer with an ``on_event(event)`` method also gets every event
+    the hub emits (meshlib's own records faults and retries as span events)."""
 
     def start(self, event: AttemptStarted, request: httpx.Request) -> Any: ...
 
@@ -196,7 +197,7 @@ class AttemptTracer(Protocol):
 class Telemetry:
     """The hub one mesh reports to."""
 
-    __slots__ = ("_listeners", "active", "listening", "tracer")
+    __slots__ = ("_listeners", "_span_events", "active", "listening", "tracer")
 
     def __init__(
         self, listeners: Sequence[MeshListener] = (), tracer: AttemptTracer | None = None
@@ -206,6 +207,8 @@ class Telemetry:
         self._refresh()
 
     def _refresh(self) -> None:
+        #: The tracer's ``on_event``, which turns faults and retries into span events.
+        self._span_events = getattr(self.tracer, "on_event", None)
         #: Whether anything listens for events (a tracer alone needs only the attempt ones).
         self.listening = bool(self._listeners)
         #: Whether the pipeline reports at all: a listener or a tracer.
@@ -240,6 +243,12 @@ class Telemetry:
                 log.exception("closing %r failed", part)
 
     def emit(self, event: Any) -> None:
+        span_events = self._span_events
+        if span_events is not None:
+            try:
+                span_events(event)
+            except Exception:
+                log.exception("attempt tracer failed on %s", type(event).__name__)
         for listener in self._listeners:
             try:
                 listener.on_event(event)

@@ -58,6 +58,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+import meshlib
 from meshlib.config import model as m
 from meshlib.config.load import ServiceInfo
 from meshlib.discovery import Endpoint
@@ -426,6 +427,16 @@ class _Series:
 _Tally = dict[tuple[str, ...], int]
 
 
+def build_labels() -> dict[str, str]:
+    """``istio_build``'s labels, as an Istio proxy reports them: ``component="proxy"`` and the
+    build's tag (``meshlib-0.1.0``). Istio's dashboards read the versions running from it."""
+    return {"component": "proxy", "tag": f"meshlib-{meshlib.__version__}"}
+
+
+def _observe_build(options: CallbackOptions) -> Iterator[Observation]:
+    yield Observation(1, build_labels())
+
+
 # --------------------------------------------------------------------------- the recorder
 
 
@@ -502,6 +513,11 @@ class MetricsRecorder:
                 "Inbound requests whose workload metadata claimed another namespace or service "
                 "account than the caller's certificate (the metadata was ignored)"
             ),
+        )
+        meter.create_observable_gauge(
+            "istio_build",
+            callbacks=[_observe_build],
+            description="Istio component build info: the proxy is meshlib, tagged with its version",
         )
         meter.create_observable_gauge(
             "meshlib_breaker_state",

@@ -30,11 +30,13 @@ or what ``$OTEL_TRACES_SAMPLER`` says); Istio's own default is 1 %: write ``samp
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import sys
 import time
 import zlib
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -103,7 +105,11 @@ _EXTRACTORS: tuple[TextMapPropagator, ...] = (
     TraceContextTextMapPropagator(),
     W3CBaggagePropagator(),
 )
-EXPORTERS = ("console", "otlp", "none")
+EXPORTERS = ("console", "otlp", "file", "none")
+#: Where the ``file`` exporter writes when the config names no file.
+TRACES_FILE_ENV = "MESHLIB_TRACES_FILE"
+#: How many finished spans a mesh keeps for ``GET /_mesh/traces`` unless ``recentSpans`` says.
+RECENT_SPANS = 1024
 _OTLP_MODULES = {
     "http/protobuf": ("opentelemetry.exporter.otlp.proto.http.trace_exporter", "http"),
     "grpc": ("opentelemetry.exporter.otlp.proto.grpc.trace_exporter", "grpc"),
@@ -151,13 +157,17 @@ class MeshTracer:
     __slots__ = (
         "_attributes",
         "_clock",
+        "_event_handlers",
         "_inject",
+        "_owned",
         "_random",
+        "_recent",
         "_tracer",
         "_w3c",
         "propagation",
         "sampling",
         "service",
+        "version",
     )
 
     def __init__(
@@ -168,13 +178,22 @@ class MeshTracer:
         clock: Clock = SYSTEM_CLOCK,
         sampling: float | None = None,
         propagation: Sequence[str] | None = None,
+        version: str | None = None,
+        recent_spans: int = RECENT_SPANS,
+        owns_provider: bool = False,
     ) -> None:
         provider = provider if provider is not None else trace.get_tracer_provider()
         self._tracer = provider.get_tracer("meshlib", getattr(meshlib, "__version__", None))
+        #: the provider meshlib built for this mesh, shut down (its exporters flushed) by close()
+        self._owned: Any = provider if owns_provider else None
         self._clock = clock
         self._random = random.Random()
         self._attributes: dict[tuple[int, int], tuple[Any, Any, dict[str, Any]]] = {}
+        #: the mesh's spans that ended last, for ``GET /_mesh/traces`` (oldest first)
+        self._recent: deque[Any] | None = deque(maxlen=recent_spans) if recent_spans else None
+        self._event_handlers: dict[type, Any] = {}
         self.service = service
+        self.version = version
         self.sampling = sampling
         names = tuple(propagation) if propagation is not None else DEFAULT_PROPAGATION
         unknown = [name for name in names if name not in PROPAGATORS]
@@ -243,6 +262,10 @@ class MeshTracer:
             elif status >= 500:
                 span.set_attribute("error.type", str(status))
                 span.set_status(Status(StatusCode.ERROR))
+            span.end(end_time=server.start_ns + int(duration * 1e9))
+            if self._recent is not None:
+                self._recent.append(span)
+            return
         span.end(end_time=server.start_ns + int(duration * 1e9))
 
     # ------------------------------------------------------------------ outbound attempts
@@ -322,7 +345,110 @@ class MeshTracer:
                 span.set_attribute("meshlib.response_flags", flags)
                 if "DI" in flags.split(","):
                     span.set_attribute("meshlib.fault", "delay")
+            span.end(end_time=attempt.start_ns + int(event.duration * 1e9))
+            if self._recent is not None:
+                self._recent.append(span)
+            return
         span.end(end_time=attempt.start_ns + int(event.duration * 1e9))
+
+    # ------------------------------------------------------------------ the mesh's own events
+
+    def on_event(self, event: Any) -> None:
+        """Record what the mesh did to a call as an event of the current span (the SERVER span
+        of the inbound request being served, or the app's own span): a fault injected
+        (``meshlib.fault``), a retry scheduled (``meshlib.retry``), a retry refused by the
+        budget (``meshlib.retry.refused``). Other events are ignored."""
+        handlers = self._event_handlers
+        if not handlers:
+            from meshlib.telemetry import (  # noqa: PLC0415 - the package imports this module
+                BudgetExhausted,
+                FaultInjected,
+                RetryScheduled,
+            )
+
+            handlers[FaultInjected] = self._fault_event
+            handlers[RetryScheduled] = self._retry_event
+            handlers[BudgetExhausted] = self._refused_event
+        handler = handlers.get(type(event))
+        if handler is None:
+            return
+        span = trace.get_current_span()
+        if span.is_recording():
+            name, attributes = handler(event)
+            span.add_event(name, attributes, timestamp=self._now_ns())
+
+    def _fault_event(self, event: Any) -> tuple[str, dict[str, Any]]:
+        attributes = self._call_attributes(event.request)
+        if event.delay is not None:
+            attributes["meshlib.fault.delay"] = event.delay
+        if event.abort_status is not None:
+            attributes["meshlib.fault.abort.http_status"] = event.abort_status
+        if event.abort_grpc_status is not None:
+            attributes["meshlib.fault.abort.grpc_status"] = event.abort_grpc_status
+        aborts = event.abort_status is not None or event.abort_grpc_status is not None
+        kinds = [kind for kind, on in (("delay", event.delay is not None), ("abort", aborts)) if on]
+        attributes["meshlib.fault"] = ",".join(kinds)
+        return "meshlib.fault", attributes
+
+    def _retry_event(self, event: Any) -> tuple[str, dict[str, Any]]:
+        attributes = self._call_attributes(event.request)
+        attributes["meshlib.retry.attempt"] = event.attempt
+        attributes["meshlib.retry.delay"] = event.delay
+        return "meshlib.retry", attributes
+
+    def _refused_event(self, event: Any) -> tuple[str, dict[str, Any]]:
+        attributes = self._call_attributes(event.request)
+        attributes["meshlib.retry.attempt"] = event.attempt
+        return "meshlib.retry.refused", attributes
+
+    @staticmethod
+    def _call_attributes(info: Any) -> dict[str, Any]:
+        attributes: dict[str, Any] = {
+            "http.request.method": info.method,
+            "url.full": _full_url(info.url),
+        }
+        target = info.decision.destination
+        if target is not None:
+            attributes["meshlib.destination"] = target.host
+            if target.subset is not None:
+                attributes["meshlib.destination.subset"] = target.subset
+        return attributes
+
+    # ------------------------------------------------------------------ recent spans
+
+    def recent_spans(self, limit: int | None = None, trace_id: str | None = None) -> list[Any]:
+        """The last ``limit`` spans of this mesh that ended (all kept, with None), oldest first,
+        as ``span_record`` makes them; only those of ``trace_id`` (32 hex digits) when given."""
+        kept = self._recent
+        if kept is None or limit == 0:
+            return []
+        while True:
+            try:
+                spans = list(kept)
+                break
+            except RuntimeError:  # pragma: no cover - appended to while copied (free threading)
+                continue
+        if trace_id is not None:
+            wanted = int(trace_id, 16)
+            spans = [s for s in spans if s.get_span_context().trace_id == wanted]
+        if limit is not None:
+            spans = spans[-limit:]
+        records = (span_record(s, self.service, self.version) for s in spans)
+        return [r for r in records if r is not None]
+
+    @property
+    def keeps(self) -> int:
+        """How many finished spans this tracer keeps (``recentSpans``)."""
+        if self._recent is None:
+            return 0
+        return self._recent.maxlen or 0
+
+    def close(self) -> None:
+        """Flush and shut down the provider meshlib built for this mesh (not an app's)."""
+        provider = self._owned
+        self._owned = None
+        if provider is not None:
+            provider.shutdown()
 
     def _route_attributes(self, decision: RouteDecision, endpoint: Endpoint | None) -> Any:
         """The span attributes of a route and an endpoint: the same for every attempt that
@@ -410,6 +536,70 @@ def extract(headers: Any) -> otel_context.Context:
     return found
 
 
+_KINDS = {"SERVER", "CLIENT", "INTERNAL", "PRODUCER", "CONSUMER"}
+
+
+def span_record(
+    span: Any, service: str | None = None, version: str | None = None
+) -> dict[str, Any] | None:
+    """A finished span as JSON-ready data, the form of ``GET /_mesh/traces`` and of the
+    ``file`` exporter's lines::
+
+        {"trace_id": "<32 hex>", "span_id": "<16 hex>", "parent_span_id": "<16 hex>" | null,
+         "name": "GET /productpage", "service": "productpage", "version": "v1",
+         "kind": "SERVER", "start_unix_nano": 1767225600000000000, "end_unix_nano": ...,
+         "status": "OK" | "ERROR" | "UNSET", "status_message": "..." (only when set),
+         "attributes": {...}, "events": [{"name": ..., "time_unix_nano": ..., "attributes": {...}}]}
+
+    ``span`` is the SDK's finished span (``ReadableSpan``); ``service``/``version`` default to
+    its resource's ``service.name``/``service.version``. None for a span that is not one (a
+    provider of another kind) or has not ended."""
+    context = getattr(span, "context", None)
+    end = getattr(span, "end_time", None)
+    if context is None or end is None or not hasattr(span, "attributes"):
+        return None
+    resource = getattr(getattr(span, "resource", None), "attributes", None) or {}
+    parent = span.parent
+    kind = getattr(span.kind, "name", "INTERNAL")
+    status = span.status
+    record: dict[str, Any] = {
+        "trace_id": f"{context.trace_id:032x}",
+        "span_id": f"{context.span_id:016x}",
+        "parent_span_id": f"{parent.span_id:016x}" if parent is not None else None,
+        "name": span.name,
+        "service": service if service is not None else str(resource.get("service.name", "")),
+        "version": version if version is not None else resource.get("service.version"),
+        "kind": kind if kind in _KINDS else "INTERNAL",
+        "start_unix_nano": int(span.start_time or 0),
+        "end_unix_nano": int(end),
+        "status": status.status_code.name,
+        "attributes": _json_attributes(span.attributes),
+        "events": [
+            {
+                "name": e.name,
+                "time_unix_nano": int(e.timestamp),
+                "attributes": _json_attributes(e.attributes),
+            }
+            for e in span.events
+        ],
+    }
+    if status.description:
+        record["status_message"] = status.description
+    return record
+
+
+def _json_attributes(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {key: _json_value(value) for key, value in (attributes or {}).items()}
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN or infinity
+    if isinstance(value, (tuple, list)):
+        return [_json_value(v) for v in value]
+    return value
+
+
 def _full_url(url: httpx.URL) -> str:
     if url.userinfo:
         url = url.copy_with(username=None, password=None)
@@ -440,19 +630,33 @@ def tracer_from_settings(
     enabled = None if settings is None else settings.enabled is not False
     if enabled is False:
         return None
+    owns = False
     if provider is None:
         provider = installed_provider()
+        if provider is not None and settings is not None and settings.file is not None:
+            log.warning(
+                "%s: spec.telemetry.tracing.file is not used: the app installed its own tracer "
+                "provider, whose exporters decide where spans go",
+                service.name,
+            )
     if provider is None:
         if not enabled:
             return None
-        provider = provider_from_environment(service)
+        provider = provider_from_environment(
+            service, file=settings.file if settings is not None else None
+        )
+        owns = True
     propagation = settings.propagation if settings is not None else None
+    recent = settings.recent_spans if settings is not None else None
     return MeshTracer(
         provider,
         service=service.name,
+        version=service.version,
         clock=clock,
         sampling=settings.sampling if settings is not None else None,
         propagation=propagation if propagation is not None else propagation_from_environment(),
+        recent_spans=RECENT_SPANS if recent is None else recent,
+        owns_provider=owns,
     )
 
 
@@ -471,16 +675,23 @@ def propagation_from_environment() -> tuple[str, ...] | None:
     return known
 
 
-def provider_from_environment(service: ServiceInfo) -> SdkTracerProvider:
+def provider_from_environment(
+    service: ServiceInfo, *, file: str | None = None
+) -> SdkTracerProvider:
     """An SDK ``TracerProvider`` set up from the standard environment variables.
 
     ``OTEL_SERVICE_NAME`` (default: the Service document's name), ``OTEL_RESOURCE_ATTRIBUTES``,
     ``OTEL_TRACES_SAMPLER``/``_ARG`` (read by the SDK) and ``OTEL_TRACES_EXPORTER``: a comma
     list of ``console`` (stdout, each span as it ends), ``otlp`` (batched; needs
     ``opentelemetry-exporter-otlp-proto-http``, or ``-grpc`` with
-    ``OTEL_EXPORTER_OTLP_PROTOCOL=grpc``) and ``none``. Unset, it is ``otlp`` when that package
-    is installed and ``none`` otherwise (spans are made and propagated, not exported: a warning
-    says so). meshlib keeps this provider to itself; it does not become the global one.
+    ``OTEL_EXPORTER_OTLP_PROTOCOL=grpc``), ``file`` (batched, JSON lines) and ``none``.
+
+    ``file`` (``spec.telemetry.tracing.file``), else ``$MESHLIB_TRACES_FILE``, names the file
+    the ``file`` exporter appends to; either one alone turns that exporter on, in addition to
+    those ``OTEL_TRACES_EXPORTER`` names. With neither a file nor ``OTEL_TRACES_EXPORTER``, the
+    exporter is ``otlp`` when its package is installed and none otherwise (spans are made,
+    propagated and kept for ``GET /_mesh/traces``, not exported: a warning says so). meshlib
+    keeps this provider to itself; it does not become the global one.
     """
     # the SDK is imported only where meshlib sets a provider up itself
     from opentelemetry.sdk.resources import Resource  # noqa: PLC0415
@@ -497,31 +708,51 @@ def provider_from_environment(service: ServiceInfo) -> SdkTracerProvider:
         attributes["service.name"] = service.name
     if service.version:
         attributes["service.version"] = service.version
-    provider = TracerProvider(resource=Resource.create(attributes))
+    path = file or env.get(TRACES_FILE_ENV, "").strip() or None
     wanted = env.get("OTEL_TRACES_EXPORTER", "").strip()
     if wanted:
         names = [name.strip().lower() for name in wanted.split(",") if name.strip()]
+    elif path is not None:
+        names = []
     else:
         names = ["otlp"] if _otlp_exporter(env, required=False) is not None else ["none"]
         if names == ["none"]:
             log.warning(
                 "tracing is on for %s but no span exporter is set up: set OTEL_TRACES_EXPORTER "
-                "(console, otlp) or install a TracerProvider before the mesh is built",
+                "(console, otlp, file) or install a TracerProvider before the mesh is built",
                 service.name,
             )
+    if path is not None and "file" not in names:
+        names.append("file")
     for name in names:
-        if name == "console":
-            provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter(out=sys.stdout)))
-        elif name == "otlp":
-            exporter = _otlp_exporter(env, required=True)
-            provider.add_span_processor(BatchSpanProcessor(exporter))
-        elif name != "none":
+        if name not in EXPORTERS:
             raise ConfigError.single(
                 "$OTEL_TRACES_EXPORTER",
                 0,
                 "",
                 f"unknown span exporter {name!r}: meshlib sets up {', '.join(EXPORTERS)}",
             )
+        if name == "file" and path is None:
+            raise ConfigError.single(
+                "$OTEL_TRACES_EXPORTER",
+                0,
+                "",
+                "the file exporter needs a file: set spec.telemetry.tracing.file or "
+                f"${TRACES_FILE_ENV}",
+            )
+    processors: list[Any] = []
+    for name in dict.fromkeys(names):
+        if name == "console":
+            processors.append(SimpleSpanProcessor(ConsoleSpanExporter(out=sys.stdout)))
+        elif name == "otlp":
+            processors.append(BatchSpanProcessor(_otlp_exporter(env, required=True)))
+        elif name == "file" and path is not None:
+            from meshlib.telemetry.spanfile import JsonLinesSpanExporter  # noqa: PLC0415
+
+            processors.append(BatchSpanProcessor(JsonLinesSpanExporter(path)))
+    provider = TracerProvider(resource=Resource.create(attributes))
+    for processor in processors:
+        provider.add_span_processor(processor)
     return provider
 
 
@@ -587,7 +818,9 @@ def memory_tracer(
 __all__ = [
     "DEFAULT_PROPAGATION",
     "PROPAGATORS",
+    "RECENT_SPANS",
     "SPAN_HEADERS",
+    "TRACES_FILE_ENV",
     "TRACE_HEADERS",
     "AttemptSpan",
     "MeshTracer",
@@ -597,5 +830,6 @@ __all__ = [
     "memory_tracer",
     "propagation_from_environment",
     "provider_from_environment",
+    "span_record",
     "tracer_from_settings",
 ]

@@ -1,20 +1,25 @@
 """``GET /_mesh/config``: the digest of the config in force, its files and resources, and the
-watcher's state — through the ASGI and the WSGI middleware; every other request passes on."""
+watcher's state; ``GET /_mesh/traces``: the spans the mesh made last — through the ASGI and the
+WSGI middleware; every other request passes on."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
 
 from meshlib import Mesh
 from meshlib.config.digest import config_digest
 from meshlib.config.load import load_config
-from meshlib.server import MeshAdmin, MeshWSGIAdmin
+from meshlib.server import MeshAdmin, MeshMiddleware, MeshWSGIAdmin, MeshWSGIMiddleware
+from meshlib.telemetry.tracing import MeshTracer
+from meshlib.testing import FakeClock, Reply, Upstreams, in_memory_mesh
 
 WriteYaml = Callable[[str, str], Path]
 
@@ -89,6 +94,23 @@ def test_the_config_in_force(
         ("VirtualService", "ratings", 7),
     ]
     assert body["watch"] is None
+    assert body["metrics"] is None  # metrics off
+
+
+def test_where_the_metrics_are_scraped(
+    call: Callable[[Mesh, str, str], httpx.Response], write_yaml: WriteYaml
+) -> None:
+    text = CONFIG.replace("  version: v2\n", "  version: v2\n  telemetry: {metrics: {port: 0}}\n")
+    mesh = Mesh.from_file(write_yaml("mesh.yaml", text))
+    try:
+        url = call(mesh, "GET", "/_mesh/config").json()["metrics"]
+        assert url.startswith("http://127.0.0.1:")
+        assert url.endswith("/metrics")
+        scraped = httpx.get(url)
+        assert scraped.status_code == 200
+        assert 'istio_build{component="proxy",tag="meshlib-' in scraped.text
+    finally:
+        mesh.close()
 
 
 def test_the_watcher_state_once_watching(
@@ -125,3 +147,167 @@ def test_the_digest_ignores_file_names_layout_and_order(write_yaml: WriteYaml) -
     digest = config_digest(load_config([one]))
     assert config_digest(load_config([reordered])) == digest
     assert config_digest(load_config([changed])) != digest
+
+
+# --------------------------------------------------------------------------- GET /_mesh/traces
+
+TRACED = """\
+apiVersion: meshlib.dev/v1
+kind: Service
+metadata: {name: productpage}
+spec: {version: v1}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - route: [{destination: {host: reviews}}]
+    retries: {attempts: 2, retryOn: 5xx}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings}
+spec:
+  hosts: [ratings]
+  http:
+  - fault: {abort: {httpStatus: 500, percentage: {value: 100}}}
+    route: [{destination: {host: ratings}}]
+"""
+INCOMING = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def traced_service(kind: str, keep: int = 1024) -> tuple[Mesh, Any]:
+    """A traced productpage whose page calls reviews (503, then 200 on the retry) and ratings
+    (an injected abort), behind the admin middleware of ``kind`` (asgi, wsgi)."""
+    upstreams = Upstreams(clock=FakeClock())
+    upstreams.script("reviews", [Reply(503), Reply(200)])
+    upstreams.endpoint("ratings")
+    mesh = in_memory_mesh(TRACED, upstreams)
+    tracer = MeshTracer(
+        TracerProvider(), service="productpage", version="v1", clock=mesh.clock, recent_spans=keep
+    )
+    mesh.telemetry.set_tracer(tracer)
+    if kind == "asgi":
+
+        async def page(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            async with mesh.async_client() as http:
+                await http.get("http://reviews/reviews/0")
+                await http.get("http://ratings/ratings/0")
+            await asgi_app(scope, receive, send)
+
+        return mesh, MeshAdmin(MeshMiddleware(page, mesh), mesh)
+
+    def wsgi_page(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        with mesh.client() as http:
+            http.get("http://reviews/reviews/0")
+            http.get("http://ratings/ratings/0")
+        return wsgi_app(environ, start_response)
+
+    return mesh, MeshWSGIAdmin(MeshWSGIMiddleware(wsgi_page, mesh), mesh)
+
+
+def request(kind: str, app: Any, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    if kind == "wsgi":
+        with httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://pp") as http:
+            return http.request(method, path, **kwargs)
+
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://pp") as http:
+            return await http.request(method, path, **kwargs)
+
+    return asyncio.run(go())
+
+
+@pytest.fixture(params=["asgi", "wsgi"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def test_the_spans_of_a_request_with_a_retry_and_a_fault(kind: str) -> None:
+    mesh, app = traced_service(kind)
+    assert request(kind, app, "GET", "/productpage", headers={"traceparent": INCOMING}).text == (
+        "the app"
+    )
+    response = request(kind, app, "GET", "/_mesh/traces?limit=10")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert body["tracing"] is True
+    spans = body["spans"]
+    # in the order they ended: the two attempts to reviews, then the SERVER span
+    assert [(s["kind"], s["status"]) for s in spans] == [
+        ("CLIENT", "ERROR"),
+        ("CLIENT", "UNSET"),
+        ("SERVER", "UNSET"),
+    ]
+    failed, retried, server = spans
+    trace_id = INCOMING.split("-")[1]
+    assert {s["trace_id"] for s in spans} == {trace_id}
+    assert server["parent_span_id"] == INCOMING.split("-")[2]
+    assert failed["parent_span_id"] == retried["parent_span_id"] == server["span_id"]
+    assert all(len(s["span_id"]) == 16 and int(s["span_id"], 16) for s in spans)
+    assert (server["name"], server["service"], server["version"]) == ("GET", "productpage", "v1")
+    assert failed["attributes"]["http.response.status_code"] == 503
+    assert retried["attributes"]["http.request.resend_count"] == 1
+    for span in spans:
+        assert 0 < span["start_unix_nano"] <= span["end_unix_nano"]
+    # the mesh's own doings are events of the SERVER span: the retry, and the injected abort
+    events = {e["name"]: e for e in server["events"]}
+    assert set(events) == {"meshlib.retry", "meshlib.fault"}
+    retry, fault = events["meshlib.retry"], events["meshlib.fault"]
+    assert retry["attributes"]["meshlib.retry.attempt"] == 1
+    assert retry["attributes"]["meshlib.destination"] == "reviews.default.svc.cluster.local"
+    assert fault["attributes"]["meshlib.fault"] == "abort"
+    assert fault["attributes"]["meshlib.fault.abort.http_status"] == 500
+    assert fault["attributes"]["url.full"] == "http://ratings/ratings/0"
+    assert server["start_unix_nano"] <= retry["time_unix_nano"] <= fault["time_unix_nano"]
+    json.dumps(body, allow_nan=False)  # strict JSON
+    mesh.close()
+
+
+def test_limit_and_trace_id_select_the_most_recent(kind: str) -> None:
+    mesh, app = traced_service(kind, keep=4)
+    ids = [f"{n:032x}" for n in range(1, 4)]
+    for trace_id in ids:
+        request(kind, app, "GET", "/", headers={"traceparent": f"00-{trace_id}-{'1' * 16}-01"})
+    everything = request(kind, app, "GET", "/_mesh/traces?limit=100").json()
+    assert everything["keeps"] == 4
+    assert len(everything["spans"]) == 4  # the ring keeps the last four spans only
+    assert everything["spans"][-1]["trace_id"] == ids[-1]  # most recent last
+    last = request(kind, app, "GET", "/_mesh/traces?limit=1").json()["spans"]
+    assert last == everything["spans"][-1:]
+    one = request(kind, app, "GET", f"/_mesh/traces?trace_id={ids[1].upper()}").json()["spans"]
+    assert {s["trace_id"] for s in one} == {ids[1]}
+    assert request(kind, app, "GET", "/_mesh/traces?limit=0").json()["spans"] == []
+    mesh.close()
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "limit=-1",
+        "limit=x",
+        "limit=100001",
+        "limit=1e3",
+        "limit=%D9%A3",
+        "trace_id=xyz",
+        "trace_id=",
+    ],
+)
+def test_a_bad_query_is_a_400(kind: str, query: str) -> None:
+    _, app = traced_service(kind)
+    response = request(kind, app, "GET", f"/_mesh/traces?{query}")
+    assert response.status_code == 400
+    assert "must be" in response.json()["error"]
+
+
+def test_without_tracing_there_are_no_spans(
+    call: Callable[[Mesh, str, str], httpx.Response], config_file: Path
+) -> None:
+    mesh = Mesh.from_file(config_file)
+    assert call(mesh, "GET", "/_mesh/traces").json() == {"tracing": False, "keeps": 0, "spans": []}
+    assert call(mesh, "GET", "/_mesh/config").json()["tracing"] is False
+    assert call(mesh, "POST", "/_mesh/traces").status_code == 405

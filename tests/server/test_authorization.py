@@ -526,35 +526,37 @@ def test_handler_in_flask_and_starlette_and_with_headers(meshes: Any) -> None:
 # --------------------------------------------------------------------------- admin
 
 
+#: Both admin endpoints answer the same callers.
+ADMIN_PATHS = pytest.mark.parametrize("path", ["/_mesh/config", "/_mesh/traces"])
+
+
+@ADMIN_PATHS
 def test_admin_needs_identity_or_token(
-    meshes: Any, ca: CertificateAuthority, monkeypatch: pytest.MonkeyPatch
+    path: str, meshes: Any, ca: CertificateAuthority, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     mesh = meshes(service_doc(identity=str(ca.directory)))
     app = starlette_app(mesh)
-    refused = call(app, "GET", "/_mesh/config")
+    refused = call(app, "GET", path)
     assert refused.status_code == 401
-    assert call(WithCert(app, [cert_of(ca)]), "GET", "/_mesh/config").status_code == 200
+    assert call(WithCert(app, [cert_of(ca)]), "GET", path).status_code == 200
     monkeypatch.setenv("MESHLIB_ADMIN_TOKEN", "s3cret-token-of-the-admin")
-    ok = call(
-        app, "GET", "/_mesh/config", headers={"authorization": "Bearer s3cret-token-of-the-admin"}
-    )
+    ok = call(app, "GET", path, headers={"authorization": "Bearer s3cret-token-of-the-admin"})
     assert ok.status_code == 200
-    assert (
-        call(app, "GET", "/_mesh/config", headers={"authorization": "Bearer nope"}).status_code
-        == 401
-    )
+    assert call(app, "GET", path, headers={"authorization": "Bearer nope"}).status_code == 401
 
 
-def test_admin_token_in_the_service_document(meshes: Any, tmp_path: Path) -> None:
+@ADMIN_PATHS
+def test_admin_token_in_the_service_document(path: str, meshes: Any, tmp_path: Path) -> None:
     mesh = meshes(service_doc(extra="  admin: {token: a-token-of-16-chars}\n"))
     app = starlette_app(mesh)
-    assert call(app, "GET", "/_mesh/config").status_code == 401
+    assert call(app, "GET", path).status_code == 401
     headers = {"authorization": "Bearer a-token-of-16-chars"}
-    assert call(app, "GET", "/_mesh/config", headers=headers).status_code == 200
+    assert call(app, "GET", path, headers=headers).status_code == 200
 
 
-def test_admin_stays_open_without_identity_or_token(meshes: Any) -> None:
-    assert call(starlette_app(meshes(service_doc())), "GET", "/_mesh/config").status_code == 200
+@ADMIN_PATHS
+def test_admin_stays_open_without_identity_or_token(path: str, meshes: Any) -> None:
+    assert call(starlette_app(meshes(service_doc())), "GET", path).status_code == 200
 
 
 def test_a_reload_recompiles_the_policies(meshes: Any) -> None:
