@@ -18,7 +18,9 @@ watch never stays open on a member that is cut off from the others.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import socket
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -130,6 +132,7 @@ class EtcdClient:
         self._current = 0
         self._lock = threading.Lock()
         self._closed = False
+        self._streams: set[httpx.Response] = set()
 
     # ------------------------------------------------------------------ plumbing
 
@@ -309,7 +312,13 @@ class EtcdClient:
                 failures.append(f"{self.endpoints[index]}: HTTP {response.status_code}")
                 continue
             self._current = index
-            yield from self._stream(response, index)
+            with self._lock:
+                self._streams.add(response)
+            try:
+                yield from self._stream(response, index)
+            finally:
+                with self._lock:
+                    self._streams.discard(response)
             return
         raise StoreError("no etcd member accepted the watch: " + "; ".join(failures))
 
@@ -328,10 +337,19 @@ class EtcdClient:
             response.close()
 
     def close(self) -> None:
+        """Close the client; a watch another thread reads ends at once (its socket is shut)."""
         with self._lock:
-            if not self._closed:
-                self._closed = True
-                self._http.close()
+            if self._closed:
+                return
+            self._closed = True
+            streams = list(self._streams)
+        for response in streams:
+            stream = response.extensions.get("network_stream")
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            if isinstance(sock, socket.socket):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+        self._http.close()
 
 
 def _reason(exc: BaseException) -> str:

@@ -128,6 +128,7 @@ class StoreFeed:
         self.lists = 0  # how many times the range was listed (the first, and after compaction)
         self.watches = 0  # how many watch streams were opened
         self._need_list = True
+        self._streaming = False  # the current watch stream was accepted
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -150,6 +151,7 @@ class StoreFeed:
         ``StoreError``; ``Compacted`` or a store that went back in time mark a new list)."""
         start, end = self.layout.watched()
         self.watches += 1
+        self._streaming = False
         for batch in self.client.watch(start, end, self.state.revision + 1, idle=self.idle):
             if self._stop.is_set():
                 return
@@ -166,6 +168,7 @@ class StoreFeed:
                         f"the store's revision went back ({batch.revision} < "
                         f"{self.state.revision}): listing again"
                     )
+                self._streaming = True
                 self._reached()
                 continue
             self._deliver(self.state.apply(batch.events))
@@ -186,6 +189,12 @@ class StoreFeed:
             if self._need_list and self.health.synced and "went back" in str(exc):
                 log.warning("store %s: %s", self.url, exc)
                 return 0.0
+            if self._streaming:
+                # a watch that was running broke (its member stopped): that is no outage
+                # until no member takes the next one
+                self._streaming = False
+                log.info("store %s: %s; watching again", self.url, exc)
+                return self.backoff.delay()
             self.lost(str(exc))
             return self.backoff.delay()
         self.backoff.reset()

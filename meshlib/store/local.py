@@ -69,12 +69,18 @@ class EtcdCluster:
         self.heartbeat_ms = heartbeat_ms
         self.election_ms = election_ms
         self.extra_args = extra_args
-        #: a command prefix per member, e.g. ("ip", "netns", "exec", "ns1"), or None
+        #: a command prefix for the members, e.g. ("ip", "netns", "exec", "ns1"), or None; in a
+        #: namespace of its own the members use etcd's ports (2379, 2380, ...) and ``start``
+        #: does not wait for them (this process may not reach them)
         self.netns = netns
         self.root = tempfile.mkdtemp(prefix="meshlib-etcd-")
         self.names = [f"m{i}" for i in range(size)]
-        self.client_ports = [free_port(host) for _ in range(size)]
-        self.peer_ports = [free_port(host) for _ in range(size)]
+        if netns is None:
+            self.client_ports = [free_port(host) for _ in range(size)]
+            self.peer_ports = [free_port(host) for _ in range(size)]
+        else:  # a namespace of its own: etcd's own ports are free there
+            self.client_ports = [2379 + 2 * i for i in range(size)]
+            self.peer_ports = [2380 + 2 * i for i in range(size)]
         self.processes: list[subprocess.Popen[bytes] | None] = [None] * size
         self._token = f"meshlib-{os.getpid()}-{id(self)}"
 
@@ -104,7 +110,8 @@ class EtcdCluster:
         try:
             for index in range(self.size):
                 self._spawn(index)
-            self.wait_ready()
+            if self.netns is None:  # from another namespace it cannot be asked; clients retry
+                self.wait_ready()
         except BaseException:
             self.close()
             raise

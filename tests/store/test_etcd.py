@@ -30,7 +30,11 @@ def echo(request: httpx.Request) -> httpx.Response:
     return httpx.Response(200, text=f"{request.url.host}:{request.url.port}")
 
 
-def service(tmp_path: Path, name: str, url: str, version: str = "v1", extra: str = "") -> Path:
+def service(
+    tmp_path: Path, name: str, url: str, version: str = "v1", extra: str = "", spec: str = ""
+) -> Path:
+    """A service's config file with ``spec.store: url`` (``spec``: more lines of its spec,
+    ``extra``: more documents)."""
     path = tmp_path / f"{name}-{version}.yaml"
     path.write_text(
         textwrap.dedent(
@@ -43,6 +47,7 @@ def service(tmp_path: Path, name: str, url: str, version: str = "v1", extra: str
               store: {url}
             """
         )
+        + spec
         + textwrap.dedent(extra),
         encoding="utf-8",
     )
