@@ -43,6 +43,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.reload
 	$(BIN)/python -m bench.memory
 	$(BIN)/python -m bench.fast_fail
+	$(BIN)/python -m bench.store
 
 # The demo's own rule files (examples/bookinfo/networking); BOOKINFO_SAMPLES=DIR names another folder.
 demo: $(STAMP)
