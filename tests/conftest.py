@@ -46,8 +46,11 @@ def _istio_files(variable: str, folder: str) -> tuple[Path | None, str]:
 
 ISTIO_BOOKINFO, ISTIO_BOOKINFO_MISSING = _istio_files("ISTIO_BOOKINFO_SAMPLES", "istio-bookinfo")
 ISTIO_SECURITY, ISTIO_SECURITY_MISSING = _istio_files("ISTIO_SECURITY_SAMPLES", "istio-security")
+ISTIO_DASHBOARDS, ISTIO_DASHBOARDS_MISSING = _istio_files("ISTIO_DASHBOARDS", "istio-dashboards")
 #: The fixtures through which a test may read Istio's own files, and only those tests.
-ISTIO_FIXTURES = frozenset({"istio_bookinfo_dir", "istio_bookinfo_file", "istio_security_dir"})
+ISTIO_FIXTURES = frozenset(
+    {"istio_bookinfo_dir", "istio_bookinfo_file", "istio_security_dir", "istio_dashboards_dir"}
+)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -87,9 +90,20 @@ def istio_security_dir() -> Path:
     return ISTIO_SECURITY
 
 
+@pytest.fixture(scope="session")
+def istio_dashboards_dir() -> Path:
+    """Istio's Grafana dashboards, unmodified (``$ISTIO_DASHBOARDS``: istio/istio's folder
+    ``manifests/addons/dashboards``, or any folder holding its JSON files)."""
+    if ISTIO_DASHBOARDS is None:
+        pytest.skip(ISTIO_DASHBOARDS_MISSING)
+    return ISTIO_DASHBOARDS
+
+
 # --------------------------------------------------------------------------- standing alone
 
-_OUTSIDE = [str(ROOT.parent)] + [str(p) for p in (ISTIO_BOOKINFO, ISTIO_SECURITY) if p]
+_OUTSIDE = [str(ROOT.parent)] + [
+    str(p) for p in (ISTIO_BOOKINFO, ISTIO_SECURITY, ISTIO_DASHBOARDS) if p
+]
 #: The repository, and the Python installation that runs the tests (a venv may sit beside it).
 _INSIDE = tuple({str(ROOT), sys.prefix, sys.base_prefix, sys.exec_prefix})
 _READ_EVENTS = frozenset({"open", "os.listdir", "os.scandir"})

@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 
 from meshlib import Mesh
 from meshlib.telemetry import metrics
 from meshlib.testing import Upstreams, in_memory_mesh
+
+from .prometheus import Prometheus, scrape_config
 
 pytestmark = pytest.mark.integration
 
@@ -58,77 +56,6 @@ spec:
 """
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-class Prometheus:
-    """A Prometheus server of this test's own, scraping one target every second."""
-
-    def __init__(self, binary: str, workdir: Path, target: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = workdir / "prometheus.yml"
-        config.write_text(
-            "global: {scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s}\n"
-            "scrape_configs:\n"
-            "  - job_name: meshlib\n"
-            f"    static_configs: [{{targets: ['{target}']}}]\n",
-            encoding="utf-8",
-        )
-        self.log = (workdir / "prometheus.log").open("wb")
-        self.process = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={workdir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"prometheus did not start:\n{self.output()}")
-            time.sleep(0.1)
-
-    def query(self, promql: str) -> list[dict[str, Any]]:
-        """An instant query through ``/api/v1/query``: the result vector."""
-        response = httpx.get(f"{self.url}/api/v1/query", params={"query": promql}, timeout=5)
-        response.raise_for_status()
-        body = response.json()
-        assert body["status"] == "success", body
-        result: list[dict[str, Any]] = body["data"]["result"]
-        return result
-
-    def targets(self) -> list[dict[str, Any]]:
-        response = httpx.get(f"{self.url}/api/v1/targets", timeout=5)
-        active: list[dict[str, Any]] = response.json()["data"]["activeTargets"]
-        return active
-
-    def stop(self) -> int:
-        self.process.terminate()
-        try:
-            return self.process.wait(timeout=20)
-        finally:
-            self.log.close()
-
-    def output(self) -> str:
-        self.log.flush()
-        return Path(self.log.name).read_text(encoding="utf-8", errors="replace")[-4000:]
-
-
 @pytest.fixture
 def mesh() -> Iterator[Mesh]:
     upstreams = Upstreams()
@@ -147,7 +74,8 @@ def prometheus(tmp_path: Path, mesh: Mesh) -> Iterator[Prometheus]:
     recorder = metrics.recorder_of(mesh)
     assert recorder is not None
     assert recorder.port is not None
-    server = Prometheus(binary, tmp_path, f"127.0.0.1:{recorder.port}")
+    targets = f"    static_configs: [{{targets: ['127.0.0.1:{recorder.port}']}}]\n"
+    server = Prometheus(binary, tmp_path, scrape_config({"meshlib": targets}))
     try:
         server.wait_ready()
         yield server
