@@ -1,0 +1,1 @@
+"""Chaos tests: real upstream processes that misbehave (trickle, hang, reset), and the mesh."""

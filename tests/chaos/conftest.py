@@ -1,0 +1,266 @@
+"""Chaos fixtures: real upstream processes on 127.0.0.1 that misbehave, and meshes that call them.
+
+``misbehaving`` is one ``tests/chaos/misbehaving.py`` process for the whole run (trickled headers
+or body, a hang, a reset in the middle of a body, …: see that module); ``unaccepting`` one whose
+listener never accepts a connection. ``chaos_mesh(docs)`` builds a mesh whose service ``chaos``
+is the misbehaving upstream. Every scenario runs through each client kind: ``httpx.Client``
+(the default sync inner transport) and ``httpx.AsyncClient`` on each async inner transport,
+httpx's and aiohttp's (``kind``, ``caller``); the ``Caller`` drives any of them from plain test
+code and measures how long each call took, on the real clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from meshlib import Mesh
+from meshlib.inner import new_async_transport
+from meshlib.transport import AsyncMeshTransport, MeshTransport
+
+from .misbehaving import Misbehaving
+
+#: The client kinds every scenario runs through: the sync client, and the async client on each
+#: async inner transport.
+KINDS = ("sync", "async-httpx", "async-aiohttp")
+#: The service name the misbehaving upstream is registered under.
+SERVICE = "chaos"
+
+
+@pytest.fixture(scope="session")
+def misbehaving() -> Iterator[Misbehaving]:
+    """The misbehaving upstream process, for the whole run."""
+    server = Misbehaving.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def unaccepting() -> Iterator[Misbehaving]:
+    """An upstream process whose listener never accepts a connection (connects hang)."""
+    server = Misbehaving.start(no_accept=True)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def mesh_config(
+    address: str, docs: str = "", *, service: str = SERVICE, telemetry: bool = False
+) -> str:
+    """A config whose ``service`` is the upstream at ``address``, plus more ``docs``;
+    ``telemetry``: with metrics and the access log on."""
+    text = (
+        "apiVersion: meshlib.dev/v1\n"
+        "kind: Service\n"
+        "metadata: {name: caller}\n"
+        "spec:\n"
+        "  registry:\n"
+        "    static:\n"
+        f"      {service}:\n"
+        f"        - {{address: {address}, labels: {{version: v1}}}}\n"
+    )
+    if telemetry:
+        text += "  telemetry: {metrics: {}, accessLog: {}, tracing: {enabled: false}}\n"
+    return text + ("---\n" + docs if docs.strip() else "")
+
+
+@pytest.fixture
+def chaos_mesh(misbehaving: Misbehaving) -> Iterator[Callable[..., Mesh]]:
+    """``chaos_mesh(docs, address=..., telemetry=...)``: a mesh calling the misbehaving upstream
+    (or the one at ``address``) as service ``chaos``, with Istio resources ``docs`` (and metrics
+    and the access log, with ``telemetry``); closed after the test."""
+    made: list[Mesh] = []
+
+    def make(
+        docs: str = "", *, address: str | None = None, telemetry: bool = False, **options: Any
+    ) -> Mesh:
+        config = mesh_config(address or misbehaving.address, docs, telemetry=telemetry)
+        mesh = Mesh.from_yaml(config, **options)
+        made.append(mesh)
+        return mesh
+
+    yield make
+    for mesh in made:
+        mesh.close()
+
+
+@dataclass
+class Outcome:
+    """What one call came to: the response (body read) or the exception, and how long it took
+    on the real clock."""
+
+    response: httpx.Response | None
+    error: BaseException | None
+    body: bytes
+    elapsed: float
+
+    @property
+    def status(self) -> int | None:
+        return self.response.status_code if self.response is not None else None
+
+
+class Caller:
+    """One mesh client of a kind — ``"sync"``, ``"async-httpx"``, ``"async-aiohttp"`` — driven
+    from synchronous test code (the async client runs on an event loop of its own).
+    ``timeout`` is the client's own httpx timeout (httpx's default: 5 s)."""
+
+    def __init__(self, mesh: Mesh, kind: str, timeout: Any = 5.0) -> None:
+        self.mesh = mesh
+        self.kind = kind
+        self._client: httpx.Client | None = None
+        self._aclient: httpx.AsyncClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        if kind == "sync":
+            self._client = httpx.Client(transport=MeshTransport(mesh), timeout=timeout)
+        else:
+            self._loop = asyncio.new_event_loop()
+            inner = new_async_transport(kind.partition("-")[2])
+            transport = AsyncMeshTransport(mesh, inner)
+            self._aclient = httpx.AsyncClient(transport=transport, timeout=timeout)
+
+    @property
+    def client(self) -> httpx.Client | httpx.AsyncClient:
+        client = self._client if self._client is not None else self._aclient
+        assert client is not None
+        return client
+
+    def run(self, work: Callable[[Any], Any]) -> Any:
+        """``work(client)`` — a plain call for the sync client, a coroutine for the async one."""
+        if self._client is not None:
+            return work(self._client)
+        assert self._loop is not None
+        return self._loop.run_until_complete(work(self._aclient))
+
+    def call(self, method: str, url: str, **kwargs: Any) -> Outcome:
+        """One call, its body read by httpx (``client.request``); never raises."""
+        started = time.monotonic()
+        try:
+            if self._client is not None:
+                response = self._client.request(method, url, **kwargs)
+            else:
+
+                async def request(client: httpx.AsyncClient) -> httpx.Response:
+                    return await client.request(method, url, **kwargs)
+
+                response = self.run(request)
+        except Exception as exc:
+            return Outcome(None, exc, b"", _since(started))
+        return Outcome(response, None, response.content, _since(started))
+
+    def stream(self, method: str, url: str, *, read: bool = True, **kwargs: Any) -> Outcome:
+        """One streamed call (``client.stream``), the body read chunk by chunk (unless ``read``
+        is False); never raises: the outcome holds what came."""
+        started = time.monotonic()
+        chunks: list[bytes] = []
+        holder: list[httpx.Response] = []
+        try:
+            if self._client is not None:
+                with self._client.stream(method, url, **kwargs) as response:
+                    holder.append(response)
+                    if read:
+                        for chunk in response.iter_raw():
+                            chunks.append(chunk)
+            else:
+
+                async def streamed(client: httpx.AsyncClient) -> None:
+                    async with client.stream(method, url, **kwargs) as response:
+                        holder.append(response)
+                        if read:
+                            async for chunk in response.aiter_raw():
+                                chunks.append(chunk)
+
+                self.run(streamed)
+        except Exception as exc:
+            return Outcome(holder[0] if holder else None, exc, b"".join(chunks), _since(started))
+        return Outcome(holder[0], None, b"".join(chunks), _since(started))
+
+    def concurrently(self, n: int, method: str, url: str, **kwargs: Any) -> list[Outcome]:
+        """``n`` calls at once (threads released together, or ``asyncio.gather``)."""
+        if self._client is not None:
+            start = threading.Barrier(n)
+
+            def one(_: int) -> Outcome:
+                start.wait(timeout=10)
+                return self.call(method, url, **kwargs)
+
+            with ThreadPoolExecutor(n) as pool:
+                return list(pool.map(one, range(n)))
+        assert self._loop is not None
+        client = self._aclient
+        assert client is not None
+
+        async def one_async() -> Outcome:
+            started = time.monotonic()
+            try:
+                response = await client.request(method, url, **kwargs)
+            except Exception as exc:
+                return Outcome(None, exc, b"", _since(started))
+            return Outcome(response, None, response.content, _since(started))
+
+        async def all_at_once() -> list[Outcome]:
+            return list(await asyncio.gather(*(one_async() for _ in range(n))))
+
+        return self._loop.run_until_complete(all_at_once())  # type: ignore[no-any-return]
+
+    def wait_until(self, condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+        """Wait (bounded) until ``condition()`` holds, the async client's event loop running
+        meanwhile (its background tasks progress); whether it came to hold."""
+        ends = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() >= ends:
+                return False
+            if self._loop is not None:
+                self._loop.run_until_complete(asyncio.sleep(0.02))
+            else:
+                time.sleep(0.02)
+        return True
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+        if self._loop is not None:
+            assert self._aclient is not None
+            self._loop.run_until_complete(self._aclient.aclose())
+            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+            self._loop.close()
+
+
+def _since(started: float) -> float:
+    return time.monotonic() - started
+
+
+@pytest.fixture(params=KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def connect(kind: str) -> Iterator[Callable[..., Caller]]:
+    """``connect(mesh, timeout=...)``: a ``Caller`` of this test's kind, closed after the test."""
+    made: list[Caller] = []
+
+    def make(mesh: Mesh, timeout: Any = 5.0) -> Caller:
+        caller = Caller(mesh, kind, timeout)
+        made.append(caller)
+        return caller
+
+    yield make
+    for caller in made:
+        caller.close()
+
+
+@pytest.fixture
+def base_path(request: pytest.FixtureRequest, kind: str) -> str:
+    """A path suffix of this test's own (the upstream counts hits per path)."""
+    return f"/{request.node.name}".replace("[", "/").replace("]", "")
