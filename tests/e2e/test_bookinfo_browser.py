@@ -20,7 +20,19 @@ from typing import Any
 
 import pytest
 
-from examples.bookinfo.walkthrough import RATINGS_ERROR, REVIEWS_ERROR, Demo
+from examples.bookinfo.walkthrough import (
+    AUTHORIZATION,
+    DENIED,
+    DETAILS_FAILED,
+    END_USER_AUTH,
+    MUTUAL_TLS,
+    RATINGS_ERROR,
+    REVIEWS_ERROR,
+    REVIEWS_FAILED,
+    SECURITY,
+    Demo,
+    plain_call,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -70,13 +82,14 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 class Shots:
     """Screenshots, numbered in the order taken."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, prefix: str = "bookinfo") -> None:
         self.folder = folder
+        self.prefix = prefix
         self.extra = os.environ.get(SCREENSHOTS_ENV)
         self.taken: list[Path] = []
 
     def take(self, driver: Any, name: str) -> Path:
-        path = self.folder / f"bookinfo-{len(self.taken) + 1:02d}-{name}.png"
+        path = self.folder / f"{self.prefix}-{len(self.taken) + 1:02d}-{name}.png"
         assert driver.save_screenshot(str(path)), f"no screenshot {path}"
         self.taken.append(path)
         if self.extra:
@@ -164,3 +177,74 @@ def test_the_walkthrough_in_chromium(
     for shot in shots.taken:
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert 5_000 < shot.stat().st_size < 400_000
+
+
+def body_text(driver: Any) -> str:
+    from selenium.webdriver.common.by import By
+
+    return str(driver.find_element(By.TAG_NAME, "body").text)
+
+
+def test_the_security_tasks_in_chromium(browser: Any, demo: Demo, tmp_path: Path) -> None:
+    """Istio's authorization, mutual TLS and end-user authentication tasks, as a browser shows
+    them (anonymous: signing in is a POST, which the viewer policies do not allow)."""
+    shots = Shots(tmp_path, "bookinfo-security")
+    demo.reset()
+
+    demo.apply(*(SECURITY / name for name in AUTHORIZATION[:1]))
+    browser.get(demo.productpage)
+    assert body_text(browser) == DENIED
+    shots.take(browser, "allow-nothing")
+
+    demo.apply(*(SECURITY / name for name in AUTHORIZATION[1:2]))
+    browser.refresh()
+    assert text_of(browser, "#details-error h3") == DETAILS_FAILED + "!"
+    assert text_of(browser, "#reviews-error h3") == REVIEWS_FAILED + "!"
+    shots.take(browser, "productpage-viewer")
+
+    demo.apply(*(SECURITY / name for name in AUTHORIZATION[2:4]))
+    for _ in range(30):  # until reviews v2 or v3 answers: they call ratings, which allows nothing
+        browser.refresh()
+        if "reviews-v1" not in text_of(browser, "#reviews"):
+            break
+    assert "ISBN-10" in text_of(browser, "#details")
+    assert stars_or_errors(browser) == ([], [RATINGS_ERROR] * 2)
+    shots.take(browser, "reviews-viewer")
+
+    demo.apply(*(SECURITY / name for name in AUTHORIZATION[4:]))
+    seen: set[str] = set()
+    for _ in range(30):  # until a page with stars (reviews v2 or v3) shows
+        browser.refresh()
+        colors = stars(browser)
+        seen.update(colors)
+        if colors:
+            break
+    assert seen
+    assert seen <= {"black", "red"}
+    shots.take(browser, "ratings-viewer")
+
+    demo.reset()
+    demo.apply(*(SECURITY / name for name in MUTUAL_TLS))
+    browser.refresh()
+    assert text_of(browser, "h1") == "The Comedy of Errors"
+    assert "ISBN-10" in text_of(browser, "#details")
+    assert plain_call(f"{demo.service_url('details')}/details/0").error is not None
+    shots.take(browser, "mutual-tls-strict")
+
+    demo.reset()
+    demo.apply(*(SECURITY / name for name in END_USER_AUTH))
+    browser.refresh()  # a browser sends no token: no request principal
+    assert body_text(browser) == DENIED
+    shots.take(browser, "require-jwt")
+    demo.reset()
+
+    for shot in shots.taken:
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert 2_000 < shot.stat().st_size < 400_000
+
+
+def stars_or_errors(driver: Any) -> tuple[list[str], list[str]]:
+    from selenium.webdriver.common.by import By
+
+    errors = [e.text for e in driver.find_elements(By.CSS_SELECTOR, ".rating-error")]
+    return stars(driver), errors
