@@ -1,22 +1,32 @@
-"""mTLS benchmark: ISTIO_MUTUAL against plain text through the mesh, on one upstream process.
+"""mTLS benchmark: ISTIO_MUTUAL against plain text through the mesh.
 
     python -m bench.mtls [--calls N] [--block N] [--json]
 
 The Makefile's ``bench`` target runs it (``$(BIN)/python -m bench.mtls``).
 
-One upstream process (this module with ``--serve``) listens on 127.0.0.1 twice: plain text, and
-TLS with a workload certificate from a temporary CA (``CertificateAuthority.init``), requiring
-the client's certificate (PeerAuthentication STRICT). The client is ``mesh.client()`` of a
-workload with an identity from the same CA; ``plain`` (DestinationRule ``tls: DISABLE``) and
-``mtls`` (``tls: ISTIO_MUTUAL``) are two hosts whose endpoints are the two listeners. Sync,
-concurrency 1, keep-alive: each client sends ``--calls`` calls in interleaved blocks (plain,
-mtls, plain again, the order rotating every round), so that drift hits all alike.
+Two upstreams, each in a process of its own, with workload certificates from a temporary CA
+(``CertificateAuthority.init``):
 
-Two more clients give the floor: ``httpx.Client`` alone, plain text to the plain listener and
-TLS (the workload's client context) to the TLS one: what TLS itself costs on this machine.
+* **a meshlib service** (this module with ``--serve-mesh``): a small ASGI app behind
+  ``MeshMiddleware``, served by meshlib's runner (``make_server``) with PeerAuthentication
+  PERMISSIVE, so one port takes both plain text and mutual TLS, as a meshlib service in the mesh
+  does. ``mesh-plain`` (DestinationRule ``tls: DISABLE``) and ``mesh-mtls``
+  (``tls: ISTIO_MUTUAL``) are two hosts whose endpoint is that port: the same server, the same
+  app, the same per-request work, with and without TLS. The target is judged here: a call from
+  one meshlib service to another.
+* **the smallest upstream** (``--serve``): blocking sockets and ``ssl`` in a thread per
+  connection, listening twice (plain text; TLS requiring the client's certificate, STRICT).
+  ``plain`` and ``mtls`` reach it. Its answer costs next to nothing, so TLS is the largest share
+  of the call it can be: the worst case. Two more clients give its floor: ``httpx.Client`` alone,
+  plain text and TLS (the workload's client context): what TLS itself costs on this machine.
+
+The client is ``mesh.client()`` of a workload with an identity from the same CA. Sync,
+concurrency 1, keep-alive: each client sends ``--calls`` calls in interleaved blocks (the order
+rotating every round), so that drift hits all alike.
 
 Reported: median and p99 latency, client CPU per call, and requests per TLS handshake (the
-server counts its TLS connections). Target (reported, not enforced): mTLS median ≤ 1.10 × plain.
+smallest upstream counts its TLS connections). Target (reported, not enforced): mTLS median
+≤ 1.10 × plain, between two meshlib services.
 """
 
 from __future__ import annotations
@@ -42,10 +52,13 @@ from bench.report import publish, verdict
 from meshlib import Mesh
 from meshlib.security.ca import CertificateAuthority
 from meshlib.security.tls import server_context
+from meshlib.server.asgi import MeshMiddleware
+from meshlib.server.runner import make_server
 
 TARGET_MEDIAN_RATIO = 1.10
 HEADERS = {"accept": "application/json"}
 SERVER_ID = "spiffe://cluster.local/ns/default/sa/reviews"
+MESH_SERVER_ID = SERVER_ID  # the --serve-mesh service: reviews, default service account
 BODY = b'{"reviews": []}'
 
 
@@ -144,10 +157,59 @@ def start_upstream(ca_dir: Path) -> tuple[subprocess.Popen[bytes], int, int]:
     return process, int(line[0]), int(line[1])
 
 
+def serve_mesh(ca_dir: str) -> None:
+    """The meshlib upstream: ``MeshMiddleware`` over a small ASGI app on meshlib's runner,
+    PERMISSIVE (plain text and mutual TLS on one port), until stdin closes."""
+    mesh = Mesh.from_yaml(
+        "apiVersion: meshlib.dev/v1\nkind: Service\n"
+        "metadata: {name: reviews, namespace: default}\n"
+        f"spec: {{identity: {{ca: {json.dumps(ca_dir)}}}}}\n"
+    )
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(BODY))]
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": BODY})
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    server = make_server(
+        MeshMiddleware(app, mesh=mesh),
+        mesh,
+        port=listener.getsockname()[1],
+        log_level="warning",
+        access_log=False,
+    )
+
+    def until_stdin_closes() -> None:
+        sys.stdin.read()
+        server.should_exit = True
+
+    threading.Thread(target=until_stdin_closes, daemon=True).start()
+    print(listener.getsockname()[1], flush=True)
+    server.run(sockets=[listener])
+
+
+def start_mesh_upstream(ca_dir: Path) -> tuple[subprocess.Popen[bytes], int]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench.mtls", "--serve-mesh", str(ca_dir)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline().decode().split()
+    if len(line) != 1:
+        process.kill()
+        raise RuntimeError("the meshlib upstream did not start")
+    return process, int(line[0])
+
+
 # --------------------------------------------------------------------------- the client
 
 
-def mesh_config(ca_dir: Path, plain_port: int, tls_port: int) -> str:
+def mesh_config(ca_dir: Path, plain_port: int, tls_port: int, mesh_port: int) -> str:
     return f"""\
 apiVersion: meshlib.dev/v1
 kind: Service
@@ -159,6 +221,20 @@ spec:
     static:
       plain: [{{address: 127.0.0.1:{plain_port}}}]
       mtls: [{{address: 127.0.0.1:{tls_port}}}]
+      mesh-plain: [{{address: 127.0.0.1:{mesh_port}}}]
+      mesh-mtls: [{{address: 127.0.0.1:{mesh_port}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: mesh-plain, namespace: default}}
+spec: {{host: mesh-plain, trafficPolicy: {{tls: {{mode: DISABLE}}}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: mesh-mtls, namespace: default}}
+spec:
+  host: mesh-mtls
+  trafficPolicy: {{tls: {{mode: ISTIO_MUTUAL, subjectAltNames: [{MESH_SERVER_ID}]}}}}
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -177,7 +253,10 @@ spec:
 def bench(
     mesh: Mesh, plain_port: int, tls_port: int, calls: int, block: int
 ) -> dict[str, dict[str, Any]]:
-    urls = {"plain": "http://plain:9080/reviews/0", "mtls": "http://mtls:9080/reviews/0"}
+    urls = {
+        name: f"http://{name}:9080/reviews/0"
+        for name in ("plain", "mtls", "mesh-plain", "mesh-mtls")
+    }
     identity = mesh.identity
     assert identity is not None
     with (
@@ -185,16 +264,19 @@ def bench(
         httpx.Client() as bare,
         httpx.Client(verify=identity.client_context()) as bare_tls,
     ):
-        check = client.get(urls["mtls"], headers=HEADERS)
-        info = check.extensions["mesh"]
-        if (
-            check.status_code != 200
-            or info.tls != "ISTIO_MUTUAL"
-            or info.peer_identity != SERVER_ID
-        ):
-            raise RuntimeError(f"the mtls client is not set up as described: {info}")
-        if client.get(urls["plain"], headers=HEADERS).extensions["mesh"].tls is not None:
-            raise RuntimeError("the plain client is not plain text")
+        for name in ("mtls", "mesh-mtls"):
+            check = client.get(urls[name], headers=HEADERS)
+            info = check.extensions["mesh"]
+            if (
+                check.status_code != 200
+                or info.tls != "ISTIO_MUTUAL"
+                or info.peer_identity != SERVER_ID
+            ):
+                raise RuntimeError(f"the {name} client is not set up as described: {info}")
+        for name in ("plain", "mesh-plain"):
+            check = client.get(urls[name], headers=HEADERS)
+            if check.status_code != 200 or check.extensions["mesh"].tls is not None:
+                raise RuntimeError(f"the {name} client is not plain text: {check}")
         calls_of = {
             name: (lambda url=url: client.get(url, headers=HEADERS).status_code)
             for name, url in urls.items()
@@ -221,20 +303,23 @@ def markdown(result: dict[str, Any]) -> str:
         "| sync c=1 keep-alive | median µs | p99 µs | CPU µs/call |",
         "|---|---:|---:|---:|",
     ]
-    for name in ("plain", "plain2", "mtls", "bare", "bare_tls"):
+    for name in ("mesh-plain", "mesh-mtls", "plain", "plain2", "mtls", "bare", "bare_tls"):
         row = sync[name]
         rows.append(
             f"| {name} | {row['median_us']:.1f} | {row['p99_us']:.1f} | "
             f"{row['cpu_us_per_call']:.1f} |"
         )
     ratio = result["median_ratio"]
+    mesh_ratio = result["mesh_median_ratio"]
     rows += [
         "",
-        f"mTLS median / plain median: **{ratio:.3f}×** (target ≤ {TARGET_MEDIAN_RATIO}×: "
-        f"{verdict(ratio <= TARGET_MEDIAN_RATIO)}); A/A plain2/plain: "
-        f"{result['aa_ratio']:.3f}×; requests per TLS handshake: "
+        f"Between two meshlib services, mesh-mtls median / mesh-plain median: "
+        f"**{mesh_ratio:.3f}×** (target ≤ {TARGET_MEDIAN_RATIO}×: "
+        f"{verdict(mesh_ratio <= TARGET_MEDIAN_RATIO)})",
+        f"The smallest upstream (worst case), mtls median / plain median: {ratio:.3f}×; A/A "
+        f"plain2/plain: {result['aa_ratio']:.3f}×; requests per TLS handshake: "
         f"{result['requests_per_handshake']:.0f} ({result['tls_connections']} handshakes)",
-        f"The floor, httpx alone: TLS median / plain median {result['bare_ratio']:.3f}×; the "
+        f"Its floor, httpx alone: TLS median / plain median {result['bare_ratio']:.3f}×; the "
         f"mesh's mTLS over that floor: {ratio / result['bare_ratio']:.3f}×",
         "",
         result["environment"],
@@ -248,9 +333,13 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=500, help="calls per measurement block")
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
     parser.add_argument("--serve", metavar="CA_DIR", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-mesh", metavar="CA_DIR", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve(args.serve)
+        return
+    if args.serve_mesh:
+        serve_mesh(args.serve_mesh)
         return
     block = max(1, min(args.block, args.calls))
     started = time.perf_counter()
@@ -258,22 +347,27 @@ def main() -> None:
         ca_dir = Path(folder) / "ca"
         CertificateAuthority.init(ca_dir)
         process, plain_port, tls_port = start_upstream(ca_dir)
+        meshed, mesh_port = start_mesh_upstream(ca_dir)
         try:
-            mesh = Mesh.from_yaml(mesh_config(ca_dir, plain_port, tls_port), seed=1)
+            config = mesh_config(ca_dir, plain_port, tls_port, mesh_port)
+            mesh = Mesh.from_yaml(config, seed=1)
             sync = bench(mesh, plain_port, tls_port, args.calls, block)
             stats = httpx.get(f"http://127.0.0.1:{plain_port}/_stats").json()
         finally:
-            assert process.stdin is not None
-            process.stdin.close()
-            process.wait(10)
+            for upstream in (process, meshed):
+                assert upstream.stdin is not None
+                upstream.stdin.close()
+            for upstream in (process, meshed):
+                upstream.wait(10)
     result: dict[str, Any] = {
         "environment": (
             f"Python {platform.python_version()}, httpx {httpx.__version__}, "
-            f"{ssl.OPENSSL_VERSION}, {os.cpu_count()} CPUs, upstream in its own process"
+            f"{ssl.OPENSSL_VERSION}, {os.cpu_count()} CPUs, each upstream in its own process"
         ),
         "block": block,
         "sync": sync,
         "median_ratio": sync["mtls"]["median_us"] / sync["plain"]["median_us"],
+        "mesh_median_ratio": sync["mesh-mtls"]["median_us"] / sync["mesh-plain"]["median_us"],
         "aa_ratio": sync["plain2"]["median_us"] / sync["plain"]["median_us"],
         "bare_ratio": sync["bare_tls"]["median_us"] / sync["bare"]["median_us"],
         "tls_connections": stats["tls_connections"],

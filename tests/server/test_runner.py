@@ -130,6 +130,7 @@ async def scope_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             "meshlib": extensions.get("meshlib"),
             "peer": peer,
             "server_serial": serial,
+            "loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
         }
     ).encode()
     await send(
@@ -329,6 +330,29 @@ def test_permissive_takes_both_on_one_port_and_the_scope_says_which(
     assert body["meshlib"]["connection_security_policy"] == "none"
     assert body["tls"]["client_cert_chain"] == []
     assert body["tls"]["client_cert_name"] is None
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_mutual_tls_and_plain_text_on_either_event_loop(
+    ca_dir: Path, client_identity: WorkloadIdentity, other_ca: CertificateAuthority, loop: str
+) -> None:
+    """uvicorn's ``loop`` option picks the event loop (``auto``, the default, takes uvloop when
+    it is installed, as the ``server`` extra installs it): TLS is terminated by that loop's own
+    TLS layer, and every decision is the same on both."""
+    pytest.importorskip(loop)
+    mesh = serve_mesh(ca_dir)  # PERMISSIVE: both on one port
+    with running(scope_app, mesh, loop=loop) as (_, port):
+        with mtls_client(client_identity) as client:
+            secure = [get(client, f"https://{HOST}:{port}/") for _ in range(3)]
+        with httpx.Client(timeout=WAIT) as client:
+            plain = get(client, f"http://{HOST}:{port}/")
+        stranger = other_ca.issue(REVIEWS)
+        refused = tls_attempt(port, presenting(stranger, ca_dir))
+    assert {seen["loop"] for seen in [*secure, plain]} == {loop}
+    assert all(seen["peer"] == REVIEWS for seen in secure)
+    assert secure[0]["meshlib"]["connection_security_policy"] == "mutual_tls"
+    assert plain["meshlib"]["connection_security_policy"] == "none"
+    assert isinstance(refused, BaseException)
 
 
 def test_permissive_still_refuses_a_certificate_from_another_ca(
