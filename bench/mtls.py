@@ -32,6 +32,7 @@ smallest upstream counts its TLS connections). Target (reported, not enforced): 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -157,7 +158,7 @@ def start_upstream(ca_dir: Path) -> tuple[subprocess.Popen[bytes], int, int]:
     return process, int(line[0]), int(line[1])
 
 
-def serve_mesh(ca_dir: str) -> None:
+def serve_mesh(ca_dir: str, loop: str = "auto") -> None:
     """The meshlib upstream: ``MeshMiddleware`` over a small ASGI app on meshlib's runner,
     PERMISSIVE (plain text and mutual TLS on one port), until stdin closes."""
     mesh = Mesh.from_yaml(
@@ -180,6 +181,7 @@ def serve_mesh(ca_dir: str) -> None:
         port=listener.getsockname()[1],
         log_level="warning",
         access_log=False,
+        loop=loop,
     )
 
     def until_stdin_closes() -> None:
@@ -191,9 +193,9 @@ def serve_mesh(ca_dir: str) -> None:
     server.run(sockets=[listener])
 
 
-def start_mesh_upstream(ca_dir: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_mesh_upstream(ca_dir: Path, loop: str) -> tuple[subprocess.Popen[bytes], int]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "bench.mtls", "--serve-mesh", str(ca_dir)],
+        [sys.executable, "-m", "bench.mtls", "--serve-mesh", str(ca_dir), "--server-loop", loop],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         cwd=Path(__file__).resolve().parents[1],
@@ -327,6 +329,13 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def _loop_name(loop: str) -> str:
+    """The event loop uvicorn runs for ``loop`` (``auto``: uvloop when it is installed)."""
+    if loop != "auto":
+        return loop
+    return "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=10_000, help="calls per client")
@@ -334,12 +343,18 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
     parser.add_argument("--serve", metavar="CA_DIR", help=argparse.SUPPRESS)
     parser.add_argument("--serve-mesh", metavar="CA_DIR", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--server-loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="the meshlib upstream's event loop (uvicorn's loop option; auto: uvloop if installed)",
+    )
     args = parser.parse_args()
     if args.serve:
         serve(args.serve)
         return
     if args.serve_mesh:
-        serve_mesh(args.serve_mesh)
+        serve_mesh(args.serve_mesh, args.server_loop)
         return
     block = max(1, min(args.block, args.calls))
     started = time.perf_counter()
@@ -347,7 +362,7 @@ def main() -> None:
         ca_dir = Path(folder) / "ca"
         CertificateAuthority.init(ca_dir)
         process, plain_port, tls_port = start_upstream(ca_dir)
-        meshed, mesh_port = start_mesh_upstream(ca_dir)
+        meshed, mesh_port = start_mesh_upstream(ca_dir, args.server_loop)
         try:
             config = mesh_config(ca_dir, plain_port, tls_port, mesh_port)
             mesh = Mesh.from_yaml(config, seed=1)
@@ -362,8 +377,10 @@ def main() -> None:
     result: dict[str, Any] = {
         "environment": (
             f"Python {platform.python_version()}, httpx {httpx.__version__}, "
-            f"{ssl.OPENSSL_VERSION}, {os.cpu_count()} CPUs, each upstream in its own process"
+            f"{ssl.OPENSSL_VERSION}, {os.cpu_count()} CPUs, each upstream in its own process; "
+            f"the meshlib upstream on {_loop_name(args.server_loop)}"
         ),
+        "server_loop": _loop_name(args.server_loop),
         "block": block,
         "sync": sync,
         "median_ratio": sync["mtls"]["median_us"] / sync["plain"]["median_us"],
