@@ -18,10 +18,20 @@ set.
 The caller's workload metadata (Istio's ``x-envoy-peer-metadata`` and its id) is read from a
 trusted caller and removed from the scope the app gets; the response to a caller that sent it
 carries this workload's own (as Istio's sidecars exchange it).
+
+Under a server of its own (uvicorn, Hypercorn, Granian...), the middleware can register the
+service in the mesh's store (``spec.store: etcd://...``) for the server's lifespan:
+``MeshMiddleware(app, register="10.0.0.5:8000")``. The address must be given, since the
+middleware cannot see what the server bound. It registers once the app's lifespan startup is
+complete (or at the startup event, when the app does not speak the lifespan protocol), and
+revokes the lease at the shutdown event, before the app's own shutdown. A server with the
+lifespan protocol off never sends those events: nothing is registered then.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -33,6 +43,7 @@ from meshlib.telemetry.peer import PEER_KEYS, PEER_METADATA, PEER_METADATA_ID, s
 
 if TYPE_CHECKING:
     from meshlib.mesh import Mesh
+    from meshlib.store.registration import Registration
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -42,18 +53,39 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _REQUEST_ID = REQUEST_ID.encode("latin-1")
 
+log = logging.getLogger("meshlib.server")
+
 
 class MeshMiddleware:
     """ASGI middleware: request context in, SERVER span and ``InboundFinished`` out, the
     ``x-request-id`` echoed on the response. ``mesh=None``: the default mesh
-    (``meshlib.client.default_mesh()``), found at the first request."""
+    (``meshlib.client.default_mesh()``), found at the first request.
 
-    def __init__(self, app: ASGIApp, mesh: Mesh | None = None) -> None:
+    ``register="host:port"``: this service's endpoint in the mesh's store for the server's
+    lifespan, with the config's labels plus ``labels``, on a lease of ``ttl`` seconds (see the
+    module); ``registration`` is the ``Registration`` while it lasts."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        mesh: Mesh | None = None,
+        *,
+        register: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        ttl: int = 10,
+    ) -> None:
         self.app = app
         self.inbound = Inbound(mesh)
+        self.register = register
+        self.labels = dict(labels or {})
+        self.ttl = ttl
+        self.registration: Registration | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            if scope["type"] == "lifespan" and self.register is not None:
+                await self._lifespan(scope, receive, send)
+                return
             await self.app(scope, receive, send)
             return
         inbound = self.inbound
@@ -126,6 +158,73 @@ class MeshMiddleware:
         finally:
             served.finish(status, sent, route=route_of(scope), error=error)
             served.detach(attached)
+
+    # ------------------------------------------------------------------ registration
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The app's lifespan, with the registration after its startup and before its
+        shutdown; the middleware answers the events itself when the app does not."""
+        received: list[str] = []
+
+        async def app_receive() -> Message:
+            message = await receive()
+            received.append(str(message.get("type")))
+            if message.get("type") == "lifespan.shutdown":
+                await self._deregister()
+            return message
+
+        async def app_send(message: Message) -> None:
+            if message.get("type") == "lifespan.startup.complete":
+                problem = await self._register()
+                if problem is not None:
+                    message = {"type": "lifespan.startup.failed", "message": problem}
+            await send(message)
+
+        try:
+            await self.app(scope, app_receive, app_send)
+        except Exception:
+            if received:  # the app's own lifespan failed: the server says so
+                await self._deregister()
+                raise
+            log.debug("the app does not speak the lifespan protocol: the mesh answers it")
+        else:
+            if received:
+                await self._deregister()
+                return
+        # the app left the lifespan to others: startup, then shutdown, answered here
+        while True:
+            message = await receive()
+            if message.get("type") == "lifespan.startup":
+                problem = await self._register()
+                if problem is not None:
+                    await send({"type": "lifespan.startup.failed", "message": problem})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message.get("type") == "lifespan.shutdown":
+                await self._deregister()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _register(self) -> str | None:
+        """Register ``self.register``; what is wrong when it cannot be (no etcd store, a bad
+        address). A store that does not answer is no error: it is retried in the background."""
+        from meshlib.errors import StoreError  # noqa: PLC0415
+
+        assert self.register is not None
+        try:
+            mesh = self.inbound.mesh
+            self.registration = await asyncio.to_thread(
+                mesh.register, self.register, self.labels, self.ttl
+            )
+        except (StoreError, ValueError) as exc:
+            log.error("cannot register %s: %s", self.register, exc)
+            return f"meshlib: cannot register {self.register}: {exc}"
+        return None
+
+    async def _deregister(self) -> None:
+        registration, self.registration = self.registration, None
+        if registration is not None:
+            await asyncio.to_thread(registration.close)
 
 
 def _without_peer_metadata(scope: Scope) -> Scope:

@@ -45,6 +45,19 @@ def register(commands: Any) -> None:
         "--app-dir", default=".", help="directory put first on sys.path to import APP (.)"
     )
     run.add_argument("--log-level", default="info", help="uvicorn's log level (info)")
+    run.add_argument(
+        "--register",
+        action="store_true",
+        help="register in the mesh's store (spec.store: etcd://...) while serving: the bound "
+        "address, the config's labels, on a lease revoked at shutdown",
+    )
+    run.add_argument(
+        "--advertise",
+        default=None,
+        metavar="HOST[:PORT]",
+        help="with --register: the address others call (default: --host and the bound port; "
+        "needed when --host is 0.0.0.0 or ::)",
+    )
     run.set_defaults(run=_run)
 
 
@@ -53,7 +66,7 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
     from uvicorn.importer import ImportFromStringError, import_from_string  # noqa: PLC0415
 
     from meshlib.client import default_mesh  # noqa: PLC0415
-    from meshlib.errors import ConfigError, IdentityError  # noqa: PLC0415
+    from meshlib.errors import ConfigError, IdentityError, StoreError  # noqa: PLC0415
     from meshlib.mesh import Mesh  # noqa: PLC0415
     from meshlib.server import runner  # noqa: PLC0415
 
@@ -73,16 +86,27 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
     except IdentityError as exc:
         print(f"meshctl run: {exc}", file=sys.stderr)
         return 1
+    wsgi = args.interface == "wsgi" or (args.interface == "auto" and not runner.is_asgi(app))
+    options: dict[str, Any] = {"host": args.host, "port": args.port, "log_level": args.log_level}
+    if args.register:
+        options.update(register=True, advertise=args.advertise)
+    elif args.advertise is not None:
+        print("meshctl run: --advertise goes with --register", file=sys.stderr)
+        return 2
+    try:
+        if wsgi:
+            server = runner.make_wsgi_server(app, mesh, threads=args.threads, **options)
+        else:
+            server = runner.make_server(app, mesh, **options)
+    except (StoreError, ValueError) as exc:
+        if not args.register:
+            raise
+        print(f"meshctl run: --register: {exc}", file=sys.stderr)
+        return 1
     handler = logging.StreamHandler()  # meshlib's lines next to uvicorn's
     handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
     logging.getLogger("meshlib").addHandler(handler)
     logging.getLogger("meshlib").setLevel(LOG_LEVELS.get(args.log_level, logging.INFO))
-    wsgi = args.interface == "wsgi" or (args.interface == "auto" and not runner.is_asgi(app))
-    options = {"host": args.host, "port": args.port, "log_level": args.log_level}
-    if wsgi:
-        server = runner.make_wsgi_server(app, mesh, threads=args.threads, **options)
-    else:
-        server = runner.make_server(app, mesh, **options)
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the SIGINT it stopped on
         server.run()
     return 0 if server.started else 1

@@ -48,6 +48,14 @@ Where this touches uvicorn beyond its public ``Config`` / ``Server`` (pinned by
 - ``MeshH11Protocol`` (passed as ``Config(http=...)``) is uvicorn's h11 protocol whose
   ``connection_made`` wraps ``self.app``, the app uvicorn calls per request, with the
   connection's scope extensions.
+- ``MeshServer.shutdown`` (``register=True``) revokes the registration, then runs uvicorn's.
+
+With ``register=True`` (``spec.store: etcd://...`` needed) the server registers itself in the
+store once it listens (``Mesh.register``): the address it bound (``advertise`` names another
+host, or ``host:port``), the Service document's labels, and ``security.istio.io/tlsMode: istio``
+when the service has an identity (so that callers use mutual TLS: auto mTLS). The lease is kept
+alive in the background and revoked on a graceful shutdown before the connections drain; a store
+that does not answer at startup is logged and retried while the server serves.
 """
 
 from __future__ import annotations
@@ -69,18 +77,21 @@ from typing import TYPE_CHECKING, Any, Literal
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from meshlib.errors import StoreError
 from meshlib.security.peer_authn import Mode, PeerAuthenticationResult, peer_authentication_of
 
 if TYPE_CHECKING:
     from meshlib.config.load import MeshConfig
     from meshlib.mesh import Mesh
     from meshlib.security.workload import WorkloadIdentity
+    from meshlib.store.registration import Registration
 
 __all__ = [
     "DEFAULT_PORT",
     "MeshH11Protocol",
     "MeshServer",
     "WSGIAdapter",
+    "advertised_address",
     "make_server",
     "make_wsgi_server",
     "serve",
@@ -90,6 +101,8 @@ __all__ = [
 log = logging.getLogger("meshlib.server")
 
 DEFAULT_PORT = 8000
+#: Addresses that mean "every interface": not one others can call (``advertise`` names one).
+WILDCARDS = frozenset({"", "0.0.0.0", "::", "[::]"})
 TLS_HANDSHAKE = 0x16
 """The first byte of a TLS record carrying a handshake (the ClientHello)."""
 
@@ -355,7 +368,8 @@ def _leaf_pem(chain_pem: bytes) -> str:
 class MeshServer(uvicorn.Server):
     """A ``uvicorn.Server`` listening with the mesh's identity (see the module's docstring).
 
-    ``port`` is the port it listens on (the one bound, when 0 was asked for) once ``started``.
+    ``port`` is the port it listens on (the one bound, when 0 was asked for) once ``started``;
+    ``registration`` the ``Registration`` of ``register=True`` while it serves.
     """
 
     def __init__(
@@ -365,6 +379,9 @@ class MeshServer(uvicorn.Server):
         *,
         first_byte_timeout: float = 10.0,
         handshake_timeout: float = 10.0,
+        register: bool = False,
+        advertise: str | None = None,
+        register_ttl: int = 10,
     ) -> None:
         super().__init__(config)
         if mesh is None:
@@ -376,6 +393,12 @@ class MeshServer(uvicorn.Server):
         self.handshake_timeout = handshake_timeout
         self.port: int | None = None
         self._listener: _Listener | None = None
+        self.register = register
+        self.advertise = advertise
+        self.register_ttl = register_ttl
+        self.registration: Registration | None = None
+        if register:
+            _check_registration(mesh, config.host, advertise, register_ttl)
 
     def protocol(self, accepted: _Accepted) -> asyncio.Protocol:
         """A new protocol for one connection, made as uvicorn makes it."""
@@ -423,7 +446,84 @@ class MeshServer(uvicorn.Server):
                 identity.spiffe_id,
                 listener.mode(),
             )
+        if self.register:
+            await self._register(identity is not None)
         self.started = True
+
+    async def _register(self, has_identity: bool) -> None:
+        """Register the address this server listens on (see the module)."""
+        from meshlib.security.outbound import TLS_MODE_LABEL  # noqa: PLC0415
+
+        assert self.port is not None
+        address = advertised_address(self.config.host, self.port, self.advertise)
+        labels = {TLS_MODE_LABEL: "istio"} if has_identity else {}
+        mesh = self.mesh
+        self.registration = await asyncio.to_thread(
+            mesh.register, address, labels, self.register_ttl
+        )
+        if self.registration.registered:
+            store = mesh.store
+            log.info("registered %s in %s", address, store.url if store is not None else "?")
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Deregister first (callers stop choosing this endpoint), then uvicorn's shutdown:
+        no new connections, open requests finish, the lifespan shutdown."""
+        registration, self.registration = self.registration, None
+        if registration is not None:
+            registered = registration.registered
+            await asyncio.to_thread(registration.close)
+            if registered:
+                log.info("deregistered %s", registration.address)
+        await super().shutdown(sockets=sockets)
+
+
+def _check_registration(mesh: Mesh, host: str, advertise: str | None, ttl: int) -> None:
+    """``register=True`` can work: an etcd store, an address others can call, a good TTL
+    (``StoreError`` / ``ValueError`` saying what is wrong, before anything listens)."""
+    from meshlib.store.registration import MAX_TTL, MIN_TTL  # noqa: PLC0415
+
+    if mesh.store is None:
+        raise StoreError(
+            "register=True needs an etcd store: set spec.store: etcd://host:port/prefix in the "
+            "Service document"
+        )
+    if isinstance(ttl, bool) or not isinstance(ttl, int) or not MIN_TTL <= ttl <= MAX_TTL:
+        raise ValueError(f"register_ttl must be a whole number of seconds, {MIN_TTL} to {MAX_TTL}")
+    advertised_address(host, 1, advertise)
+
+
+def advertised_address(host: str, port: int, advertise: str | None = None) -> str:
+    """``host:port`` that others call this server at: ``advertise`` (a host, or ``host:port``)
+    when given, else the host it listens on, with the port it bound. A wildcard host (``0.0.0.0``,
+    ``::``) without ``advertise`` is a ``ValueError``: it is no address to call."""
+    text = (advertise if advertise is not None else host).strip()
+    if text in WILDCARDS:
+        raise ValueError(
+            f"cannot register the address {text or host!r}: it means every interface, not one "
+            "to call; name the address others reach this service at (advertise=, "
+            "meshctl run --advertise)"
+        )
+    if any(c in text for c in "/ @?#"):
+        raise ValueError(f"advertised address {text!r} is not host or host:port")
+    port_text = ""
+    if text.startswith("["):
+        inner, bracket, tail = text[1:].partition("]")
+        if not bracket or not inner or (tail and not tail.startswith(":")):
+            raise ValueError(f"advertised address {text!r}: write [IPv6] or [IPv6]:port")
+        name, port_text = f"[{inner}]", tail[1:]
+    elif text.count(":") == 1:
+        name, _, port_text = text.partition(":")
+    elif ":" in text:  # a bare IPv6 address
+        name = f"[{text}]"
+    else:
+        name = text
+    if not name:
+        raise ValueError(f"advertised address {text!r} is not host or host:port")
+    if port_text:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ValueError(f"advertised address {text!r}: port must be 1-65535")
+        port = int(port_text)
+    return f"{name}:{port}"
 
 
 def make_server(
@@ -435,18 +535,29 @@ def make_server(
     log_level: str | None = "info",
     first_byte_timeout: float = 10.0,
     handshake_timeout: float = 10.0,
+    register: bool = False,
+    advertise: str | None = None,
+    register_ttl: int = 10,
     **uvicorn_options: Any,
 ) -> MeshServer:
     """A ``MeshServer`` for an ASGI app (run it with ``.run()`` or ``await .serve()``).
     ``uvicorn_options`` go to ``uvicorn.Config`` (``lifespan``, ``timeout_keep_alive``,
     ``timeout_graceful_shutdown``, ``access_log``…); ``proxy_headers`` is off unless asked for:
-    the peer is who connected."""
+    the peer is who connected. ``register=True``: the server registers itself in the mesh's
+    store while it serves (see the module), at ``advertise`` when given, on a lease of
+    ``register_ttl`` seconds; ``StoreError`` here when the mesh has no etcd store."""
     uvicorn_options.setdefault("proxy_headers", False)
     config = uvicorn.Config(
         app, host=host, port=port, http=MeshH11Protocol, log_level=log_level, **uvicorn_options
     )
     return MeshServer(
-        config, mesh, first_byte_timeout=first_byte_timeout, handshake_timeout=handshake_timeout
+        config,
+        mesh,
+        first_byte_timeout=first_byte_timeout,
+        handshake_timeout=handshake_timeout,
+        register=register,
+        advertise=advertise,
+        register_ttl=register_ttl,
     )
 
 

@@ -557,6 +557,7 @@ def test_the_uvicorn_contract() -> None:
     assert protocol.app is config.loaded_app, "H11Protocol.app: the app called per request"
     assert "self.app" in inspect.getsource(H11Protocol.handle_events)
     assert list(inspect.signature(uvicorn.Server.startup).parameters) == ["self", "sockets"]
+    assert list(inspect.signature(uvicorn.Server.shutdown).parameters) == ["self", "sockets"]
     serve_source = inspect.getsource(uvicorn.Server._serve)
     assert serve_source.index("self.lifespan =") < serve_source.index("self.startup(")
     shutdown = inspect.getsource(uvicorn.Server.shutdown)
