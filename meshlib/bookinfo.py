@@ -21,6 +21,8 @@ meshctl bookinfo routes            the rules in force, whether each service runs
 meshctl bookinfo load              concurrent calls to a service through a mesh of meshctl's
                                    own with the rules in force (fortio in Istio's tasks): the
                                    status codes and response flags, counted
+meshctl bookinfo trace             load the product page once and show its trace: every hop
+                                   across the services, with the mesh's faults and retries
 
 The baseline is what Istio's tasks apply before their first step: the DestinationRules of
 ``destination-rule-all.yaml``, which define the subsets (v1, v2, v3) the VirtualServices route
@@ -39,6 +41,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import secrets
 import ssl
 import sys
 import tempfile
@@ -59,6 +63,7 @@ from meshlib.config.lint import lint
 from meshlib.config.load import DEFAULT_ROOT_NAMESPACE, MeshConfig, load_config, load_texts
 from meshlib.errors import ConfigError, Problem
 from meshlib.mesh import Mesh
+from meshlib.telemetry import spantree
 
 RUN_DIR_ENV = "BOOKINFO_RUN_DIR"
 STATE_FILE = "bookinfo.json"
@@ -273,6 +278,34 @@ def add_parser(commands: Any) -> None:
     )
     load.set_defaults(run=_load)
 
+    trace = sub.add_parser(
+        "trace",
+        help="load the product page once and show that request's trace across the services",
+        description="Load the product page once, as a traced client (a new trace: its own "
+        "traceparent), then collect that trace's spans from every service's GET "
+        "/_mesh/traces and show them as a tree: each hop (a CLIENT span per attempt, the "
+        "SERVER span of the service it reached), with the mesh's faults and retries as events. "
+        "Exit 0 when the page answered and spans were found, 1 otherwise.",
+    )
+    common(trace)
+    trace.add_argument(
+        "--user", default=None, metavar="NAME", help="signed in as NAME (e.g. jason)"
+    )
+    trace.add_argument(
+        "--path", default="/productpage", help="the page to load (default /productpage)"
+    )
+    trace.add_argument(
+        "--timeout",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="the page's timeout (default 15)",
+    )
+    trace.add_argument(
+        "--json", action="store_true", help="print the trace's spans as JSON instead of a tree"
+    )
+    trace.set_defaults(run=_trace)
+
 
 def _help(parser: argparse.ArgumentParser, out: TextIO) -> int:
     parser.print_help(out)
@@ -386,6 +419,8 @@ def _routes(args: argparse.Namespace, out: TextIO) -> int:
 
 
 MAX_CONCURRENCY = 64
+#: A user name productpage signs in (its login form's rule).
+_USER_NAME = re.compile(r"[A-Za-z0-9._@-]{1,64}")
 MAX_CALLS = 10_000
 #: The path ``load`` calls on each Bookinfo service.
 SERVICE_PATHS = {
@@ -497,6 +532,79 @@ def _load(args: argparse.Namespace, out: TextIO) -> int:
         )
     print(f"All done: {total} calls in {took:.1f}s", file=out)
     return 0
+
+
+#: How long ``trace`` waits for the services to report the spans of the page load.
+TRACE_SETTLE = 5.0
+
+
+def _trace(args: argparse.Namespace, out: TextIO) -> int:
+    if args.user is not None and not _USER_NAME.fullmatch(args.user):
+        print(f"meshctl bookinfo trace: bad user name {args.user!r}", file=sys.stderr)
+        return 2
+    if not args.path.startswith("/"):
+        print("meshctl bookinfo trace: --path must start with /", file=sys.stderr)
+        return 2
+    demo = _demo(args)
+    if demo is None:
+        return 1
+    trace_id, parent = f"{secrets.randbits(128) or 1:032x}", f"{secrets.randbits(64) or 1:016x}"
+    headers = {"traceparent": f"00-{trace_id}-{parent}-01"}
+    if args.user is not None:
+        headers["cookie"] = f"user={args.user}"
+    url = demo.productpage.rsplit("/", 1)[0] + args.path
+    started = time.monotonic()
+    try:
+        response = httpx.get(url, headers=headers, timeout=args.timeout)
+    except httpx.HTTPError as exc:
+        print(f"meshctl bookinfo trace: GET {url}: {exc}", file=sys.stderr)
+        return 1
+    took = time.monotonic() - started
+    spans = collect_trace(demo, trace_id)
+    if args.json:
+        json.dump({"trace_id": trace_id, "status": response.status_code, "spans": spans}, out)
+        out.write("\n")
+        return 0 if spans else 1
+    who = f" as {args.user}" if args.user else ""
+    services = sorted({f"{s['service']} {s.get('version') or ''}".strip() for s in spans})
+    print(
+        f"GET {url}{who}: {response.status_code} in {took * 1000:.0f} ms, trace {trace_id}",
+        file=out,
+    )
+    if not spans:
+        print(
+            "no spans: do the services trace (spec.telemetry.tracing)? A sampling percentage "
+            "below 100 may have left this trace out.",
+            file=out,
+        )
+        return 1
+    print(f"{len(spans)} spans from {len(services)} services: {', '.join(services)}", file=out)
+    print(f"{'start':>11} {'duration':>11}", file=out)
+    for line in spantree.draw(spantree.build(spans)):
+        print(line, file=out)
+    return 0
+
+
+def collect_trace(demo: Demo, trace_id: str, settle: float = TRACE_SETTLE) -> list[dict[str, Any]]:
+    """The spans of ``trace_id`` from every service of the demo: polled until two looks in a row
+    find the same spans (a service reports a span when it ends, just after it answered), or
+    ``settle`` seconds pass."""
+    tls = demo.admin_tls()
+    deadline = time.monotonic() + settle
+    last: list[dict[str, Any]] | None = None
+    while True:
+        found: dict[str, dict[str, Any]] = {}
+        for service in demo.services:
+            try:
+                for span in control.fetch_spans(service, trace_id, tls=tls):
+                    found[span["span_id"]] = span
+            except (httpx.HTTPError, ValueError, KeyError):
+                continue
+        spans = sorted(found.values(), key=lambda s: s["start_unix_nano"])
+        if (spans and spans == last) or time.monotonic() >= deadline:
+            return spans
+        last = spans
+        time.sleep(0.1)
 
 
 def _client_mesh(demo: Demo) -> Mesh:
@@ -671,6 +779,7 @@ __all__ = [
     "Demo",
     "add_parser",
     "admin_context",
+    "collect_trace",
     "default_run_dir",
     "http_routes",
 ]

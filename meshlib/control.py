@@ -38,7 +38,7 @@ from meshlib.config.digest import config_digest
 from meshlib.config.load import DEFAULT_NAMESPACE, MeshConfig, load_config, load_texts
 from meshlib.config.source import parse_yaml
 from meshlib.errors import ConfigError, Problem
-from meshlib.server.admin import CONFIG_PATH
+from meshlib.server.admin import CONFIG_PATH, TRACES_PATH
 
 ANNOTATION = "meshctl.meshlib.dev/applied-from"
 STDIN = "-"
@@ -252,6 +252,32 @@ def fetch_status(
     return body
 
 
+def fetch_spans(
+    service: ServiceRef,
+    trace_id: str | None = None,
+    limit: int = 1000,
+    timeout: float = 2.0,
+    tls: ssl.SSLContext | None = None,
+) -> list[dict[str, Any]]:
+    """The service's last ``limit`` spans from ``GET /_mesh/traces`` (only those of
+    ``trace_id`` when given); the admin token and ``tls`` as for ``fetch_status``."""
+    token = os.environ.get("MESHLIB_ADMIN_TOKEN")
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    params: dict[str, str | int] = {"limit": limit}
+    if trace_id is not None:
+        params["trace_id"] = trace_id
+    response = httpx.get(
+        admin_url(service, tls, TRACES_PATH),
+        params=params,
+        timeout=timeout,
+        headers=headers,
+        verify=tls if tls is not None else True,
+    )
+    response.raise_for_status()
+    spans: list[dict[str, Any]] = response.json()["spans"]
+    return spans
+
+
 def check(service: ServiceRef, tls: ssl.SSLContext | None = None) -> Sync:
     try:
         expected = expected_digest(service)
@@ -309,6 +335,7 @@ __all__ = [
     "check",
     "describe",
     "expected_digest",
+    "fetch_spans",
     "fetch_status",
     "key_of",
     "merge",

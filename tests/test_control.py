@@ -203,6 +203,25 @@ def test_no_demo_running(tmp_path: Path, capsys: Capsys) -> None:
     assert code == 1
     assert f"no Bookinfo demo runs from {tmp_path}" in err
     assert run(capsys, "bookinfo")[0] == 2
+    code, _, err = run(capsys, "bookinfo", "trace", "-d", tmp_path)
+    assert code == 1
+    assert f"no Bookinfo demo runs from {tmp_path}" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--user", "jason; drop"], "bad user name"),
+        (["--user", ""], "bad user name"),
+        (["--path", "productpage"], "--path must start with /"),
+    ],
+)
+def test_trace_refuses_bad_arguments(
+    tmp_path: Path, capsys: Capsys, argv: list[str], message: str
+) -> None:
+    code, _, err = run(capsys, "bookinfo", "trace", "-d", tmp_path, *argv)
+    assert code == 2
+    assert message in err
 
 
 def test_merge_replaces_in_place_and_appends() -> None:

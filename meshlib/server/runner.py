@@ -421,6 +421,9 @@ class MeshServer(uvicorn.Server):
         config = self.config
         if sockets:
             sock = sockets[0]
+            # a socket bound but not listening yet listens now, as loop.create_server(sock=...)
+            # makes it do (listening again only sets the backlog)
+            sock.listen(config.backlog)
         else:
             try:
                 sock = socket.create_server((config.host, config.port), backlog=config.backlog)

@@ -388,6 +388,17 @@ def test_without_identity_plain_text_and_one_log_line(
     assert len(said) == 1
 
 
+def test_a_socket_bound_but_not_listening_is_served() -> None:
+    """As uvicorn serves a socket it is handed (``loop.create_server(sock=...)`` listens)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((HOST, 0))
+    with (
+        running(scope_app, serve_mesh(None), sock=sock) as (_, port),
+        httpx.Client(timeout=WAIT) as http,
+    ):
+        assert get(http, f"http://{HOST}:{port}/")["meshlib"]["mtls_mode"] is None
+
+
 def test_a_port_level_setting_overrides_the_workload_mode(ca_dir: Path) -> None:
     sock = socket.create_server((HOST, 0))
     port = sock.getsockname()[1]
