@@ -45,7 +45,8 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.fast_fail
 	$(BIN)/python -m bench.store
 
-# The demo's own rule files (examples/bookinfo/networking); BOOKINFO_SAMPLES=DIR names another folder.
+# The demo's own rule files (examples/bookinfo/networking); BOOKINFO_SAMPLES=DIR names another folder;
+# BOOKINFO_STORE=etcd://host:port/prefix runs it on etcd (docs/distributed.md).
 demo: $(STAMP)
 	$(BIN)/python -m examples.bookinfo
 

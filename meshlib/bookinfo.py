@@ -5,12 +5,20 @@ The demo (``make demo``, or ``python -m examples.bookinfo``) keeps its state in 
 (``$BOOKINFO_RUN_DIR``, else ``<tmp>/meshlib-bookinfo-<uid>``)::
 
     bookinfo.json        the running services: name, version, URL, config file, metrics
-                         endpoint; the rules file
+                         endpoint; the store of the rules
     prometheus-targets.json  the metrics endpoints for Prometheus (file_sd_configs)
     config/<svc>.yaml    each service's mesh.yaml: includes ../rules/*.yaml
     registry.yaml        where each service listens
     rules/bookinfo.yaml  the rules in force, written by these commands only
     ca/                  the demo's root CA: each service's certificate comes from it
+
+The rules live in a store (``meshlib.store.rules``): by default the file store
+``file://<run dir>/rules/bookinfo.yaml``; a demo started with ``--store etcd://...`` keeps them
+in etcd instead, and its services register there and find one another there (no
+``registry.yaml``, no ``rules/``). These commands find the store in ``bookinfo.json``. On a file
+store a service runs a change once its admin endpoint reports the digest of the config its files
+hold; on etcd, once it reports (under the store's ``status/`` keys, as ``meshctl --store URL
+status`` reads them) the rules revision of the change or a later one.
 
 meshctl bookinfo apply FILE...     create or replace the resources of FILE (``-``: stdin), then
                                    wait until every service runs them
@@ -61,8 +69,17 @@ from meshlib.config import model as m
 from meshlib.config import security as sec
 from meshlib.config.lint import lint
 from meshlib.config.load import DEFAULT_ROOT_NAMESPACE, MeshConfig, load_config, load_texts
-from meshlib.errors import ConfigError, Problem
+from meshlib.errors import ConfigError, Problem, StoreError
 from meshlib.mesh import Mesh
+from meshlib.store.rules import (
+    EtcdRuleStore,
+    RuleStore,
+    Written,
+    apply_sources,
+    delete_sources,
+    open_rule_store,
+    replace_all,
+)
 from meshlib.telemetry import spantree
 
 RUN_DIR_ENV = "BOOKINFO_RUN_DIR"
@@ -102,12 +119,15 @@ class Demo:
     """A running demo, as its launcher described it in ``bookinfo.json``."""
 
     run_dir: str
-    rules: str
+    #: the rules file (a file store); None when the rules are in etcd
+    rules: str | None
     baseline: tuple[str, ...]
     services: tuple[control.ServiceRef, ...]
     productpage: str
     #: the services' metrics endpoints as a Prometheus file_sd_configs file, if the demo wrote one
     prometheus_targets: str | None = None
+    #: where the rules are: ``file://<rules>``, or the ``etcd://`` store the services use
+    store: str = ""
 
     @classmethod
     def load(cls, run_dir: str) -> Demo:
@@ -121,9 +141,10 @@ class Demo:
                 "`make demo` or `python -m examples.bookinfo`, or name its run directory "
                 f"with --run-dir or ${RUN_DIR_ENV}"
             ) from None
+        rules = state.get("rules")
         return cls(
             run_dir=run_dir,
-            rules=state["rules"],
+            rules=rules,
             baseline=tuple(state.get("baseline", ())),
             services=tuple(
                 control.ServiceRef(
@@ -133,7 +154,22 @@ class Demo:
             ),
             productpage=state["productpage"],
             prometheus_targets=state.get("prometheus_targets"),
+            store=state.get("store") or f"file://{rules}",
         )
+
+    @property
+    def on_etcd(self) -> bool:
+        """Whether the rules and the endpoints are in etcd (``--store etcd://...``)."""
+        return self.store.startswith("etcd:")
+
+    @property
+    def rules_label(self) -> str:
+        """Where the rules are, as the commands say it: the rules file, or the store's URL."""
+        return self.rules if self.rules is not None and not self.on_etcd else self.store
+
+    def rule_store(self) -> RuleStore:
+        """The store of the demo's rules (close it after use)."""
+        return open_rule_store(self.store)
 
     def admin_tls(self) -> ssl.SSLContext | None:
         """How to reach the services' admin endpoints (see ``admin_context``)."""
@@ -327,63 +363,88 @@ def _apply(args: argparse.Namespace, out: TextIO) -> int:
     demo = _demo(args)
     if demo is None:
         return 1
+    store = demo.rule_store()
     try:
         sources = [control.Source.read(name) for name in args.files]
-        applied = control.resources_of(sources)
-        current = control.read_rules(demo.rules)
-        result, changes = control.merge(current, applied)
-        warnings = _warnings(demo, sources)
-        control.write_rules(demo.rules, result)
+        control.resources_of(sources)  # the files' own errors first, named as validate does
+        warnings = _warnings(demo, sources, store.read().documents)
+        written = apply_sources(store, sources)
+        _print_changes(written.changes, out)
+        for problem in warnings:
+            print(problem, file=out)
+        return _finish(demo, store, written, args, out)
     except ConfigError as exc:
         _refused(exc)
         return 1
-    _print_changes(changes, out)
-    for problem in warnings:
-        print(problem, file=out)
-    return _finish(demo, args, out)
+    except StoreError as exc:
+        return _unreachable(demo, exc)
+    finally:
+        store.close()
 
 
 def _delete(args: argparse.Namespace, out: TextIO) -> int:
     demo = _demo(args)
     if demo is None:
         return 1
+    store = demo.rule_store()
     try:
         sources = [control.Source.read(name) for name in args.files]
-        named = [control.key_of(d) for d in control.resources_of(sources)]
-        result, changes = control.remove(control.read_rules(demo.rules), named)
-        control.write_rules(demo.rules, result)
+        written = delete_sources(store, sources)
+        _print_changes(written.changes, out)
+        return _finish(demo, store, written, args, out)
     except ConfigError as exc:
         _refused(exc)
         return 1
-    _print_changes(changes, out)
-    return _finish(demo, args, out)
+    except StoreError as exc:
+        return _unreachable(demo, exc)
+    finally:
+        store.close()
 
 
 def _reset(args: argparse.Namespace, out: TextIO) -> int:
     demo = _demo(args)
     if demo is None:
         return 1
+    store = demo.rule_store()
     try:
-        baseline = control.resources_of([control.Source.read(p) for p in demo.baseline])
-        control.write_rules(demo.rules, baseline)
+        written = replace_all(store, demo.baseline)
+        names = ", ".join(os.path.basename(p) for p in demo.baseline) or "no rules"
+        print(f"rules reset to the baseline: {names}", file=out)
+        return _finish(demo, store, written, args, out)
     except ConfigError as exc:
         _refused(exc)
         return 1
-    names = ", ".join(os.path.basename(p) for p in demo.baseline) or "no rules"
-    print(f"rules reset to the baseline: {names}", file=out)
-    return _finish(demo, args, out)
+    except StoreError as exc:
+        return _unreachable(demo, exc)
+    finally:
+        store.close()
 
 
 def _routes(args: argparse.Namespace, out: TextIO) -> int:
     demo = _demo(args)
     if demo is None:
         return 1
+    store = demo.rule_store()
     try:
-        rules = load_config([demo.rules]) if os.path.exists(demo.rules) else None
+        return _show_routes(demo, store, out)
     except ConfigError as exc:
         _refused(exc)
         return 1
-    print(f"Rules in force ({demo.rules}):", file=out)
+    except StoreError as exc:
+        return _unreachable(demo, exc)
+    finally:
+        store.close()
+
+
+def _show_routes(demo: Demo, store: RuleStore, out: TextIO) -> int:
+    held = store.read()
+    rules = (
+        load_texts([(demo.rules_label, control.render(held.documents))]) if held.documents else None
+    )
+    where = demo.rules_label
+    if isinstance(store, EtcdRuleStore):
+        where += f", rules revision {held.revision}"
+    print(f"Rules in force ({where}):", file=out)
     resources = rules.resources if rules is not None else ()
     if not resources:
         print("  none", file=out)
@@ -409,7 +470,11 @@ def _routes(args: argparse.Namespace, out: TextIO) -> int:
                 print(f"      {line}", file=out)
     print("Services:", file=out)
     tls = demo.admin_tls()
-    code = _print_sync([control.check(s, tls) for s in demo.services], out)
+    if isinstance(store, EtcdRuleStore):
+        syncs = explain_store_syncs(demo, store_syncs(demo, store, int(held.revision)))
+    else:
+        syncs = [control.check(s, tls) for s in demo.services]
+    code = _print_sync(syncs, out)
     print("Metrics (Prometheus scrape targets):", file=out)
     for service in demo.services:
         print(f"  {service.label:<16}{service.metrics or 'off'}", file=out)
@@ -609,7 +674,17 @@ def collect_trace(demo: Demo, trace_id: str, settle: float = TRACE_SETTLE) -> li
 
 def _client_mesh(demo: Demo) -> Mesh:
     """A mesh of ``load``'s own, as fortio's sidecar is in Istio's task: it finds the services
-    in the demo's registry file and runs the rules in force (not the services' own configs)."""
+    in the demo's registry file (or its etcd store) and runs the rules in force (not the
+    services' own configs)."""
+    if demo.on_etcd:
+        text = (
+            "apiVersion: meshlib.dev/v1\n"
+            "kind: Service\n"
+            "metadata: {name: meshctl-load}\n"
+            f"spec:\n  store: {json.dumps(demo.store)}\n"
+        )
+        return Mesh.from_yaml(text, name="meshctl-load")
+    assert demo.rules is not None
     registry = os.path.join(demo.run_dir, "registry.yaml")
     text = (
         "apiVersion: meshlib.dev/v1\n"
@@ -622,14 +697,15 @@ def _client_mesh(demo: Demo) -> Mesh:
     return Mesh.from_yaml(text, name="meshctl-load")
 
 
-def _warnings(demo: Demo, sources: Sequence[control.Source]) -> list[Problem]:
-    """meshctl validate's warnings about the applied files, seen with the rules in force (so
+def _warnings(
+    demo: Demo, sources: Sequence[control.Source], in_force: Sequence[dict[str, Any]]
+) -> list[Problem]:
+    """meshctl validate's warnings about the applied files, seen with the rules ``in_force`` (so
     that subsets defined there count) and the services' configs (their app timeouts)."""
     names = [s.name for s in sources]
     texts = [(s.name, s.text) for s in sources]
-    if os.path.exists(demo.rules):
-        with open(demo.rules, encoding="utf-8") as handle:
-            texts.insert(0, (demo.rules, handle.read()))
+    if in_force:
+        texts.insert(0, (demo.rules_label, control.render(in_force)))
     config = load_texts(texts)
     found = lint(config, demo.service_configs())
     return [
@@ -645,16 +721,28 @@ def _refused(exc: ConfigError) -> None:
     print("nothing applied: the rules in force stay", file=sys.stderr)
 
 
+def _unreachable(demo: Demo, exc: StoreError) -> int:
+    print(f"meshctl bookinfo: store {demo.store}: {exc}", file=sys.stderr)
+    return 1
+
+
 def _print_changes(changes: Sequence[tuple[control.Key, str]], out: TextIO) -> None:
     for key, what in changes:
         print(f"{control.describe(key)} {what}", file=out)
 
 
-def _finish(demo: Demo, args: argparse.Namespace, out: TextIO) -> int:
+def _finish(
+    demo: Demo, store: RuleStore, written: Written, args: argparse.Namespace, out: TextIO
+) -> int:
+    if isinstance(store, EtcdRuleStore):
+        print(f"rules revision {written.revision} in {store.url}", file=out)
     if args.no_wait:
         return 0
     started = time.monotonic()
-    syncs = control.wait_in_sync(demo.services, timeout=args.timeout, tls=demo.admin_tls())
+    if isinstance(store, EtcdRuleStore):
+        syncs = wait_store_sync(demo, store, int(written.revision), timeout=args.timeout)
+    else:
+        syncs = control.wait_in_sync(demo.services, timeout=args.timeout, tls=demo.admin_tls())
     took = time.monotonic() - started
     if all(s.in_sync for s in syncs):
         print(f"all {len(syncs)} services run the new rules ({took:.1f}s)", file=out)
@@ -666,13 +754,92 @@ def _print_sync(syncs: Sequence[control.Sync], out: TextIO) -> int:
     failed = 0
     for sync in syncs:
         service = sync.service
-        state = f"in sync  {sync.reported[:12]}" if sync.in_sync and sync.reported else "STALE"
+        if sync.in_sync and sync.reported:
+            # a digest is shown as its first 12 characters, a rules revision whole
+            shown = sync.reported if " " in sync.reported else sync.reported[:12]
+            state = f"in sync  {shown}"
+        else:
+            state = "STALE"
         print(f"  {service.label:<16}{service.url:<26}{state}", file=out)
         if not sync.in_sync:
             failed += 1
             for line in (sync.error or "").splitlines():
                 print(f"      {line}", file=out)
     return 1 if failed else 0
+
+
+# --------------------------------------------------------------------------- on etcd
+
+
+def _address(url: str) -> str:
+    """``host:port`` of a service's base URL, as it registers it."""
+    parsed = httpx.URL(url)
+    return f"{parsed.host}:{parsed.port}"
+
+
+def store_syncs(demo: Demo, store: EtcdRuleStore, revision: int) -> list[control.Sync]:
+    """Whether each of the demo's services runs rules ``revision`` (or a later one), as its
+    registration reports it in the store (``meshctl --store URL status``): ``reported`` is the
+    revision it runs."""
+    instances, _ = store.instances()
+    found = {(i.service, i.address): i for i in instances}
+    wanted = f"rules revision {revision}"
+    out = []
+    for service in demo.services:
+        instance = found.get((service.name, _address(service.url)))
+        if instance is None:
+            out.append(control.Sync(service, wanted, None, f"not registered in {store.url}"))
+            continue
+        runs = instance.rules_revision
+        reported = None if runs is None else f"rules revision {runs}"
+        if runs is None:
+            error = "registered, but it has not reported the rules it runs"
+        elif instance.stale:
+            error = "its store is unreachable: it keeps the last rules it had"
+        elif runs < revision:
+            error = "it has not applied the change yet"
+        else:
+            out.append(control.Sync(service, wanted, reported, synced=True))
+            continue
+        out.append(control.Sync(service, wanted, reported, error, synced=False))
+    return out
+
+
+def explain_store_syncs(demo: Demo, syncs: Sequence[control.Sync]) -> list[control.Sync]:
+    """``syncs`` with the reason of a registered service that is behind, from its admin
+    endpoint, when it refused the rules in the store (``store.rules_error``)."""
+    tls = demo.admin_tls()
+    out = []
+    for sync in syncs:
+        if not sync.in_sync and sync.reported is not None:
+            try:
+                status = control.fetch_status(sync.service, tls=tls)
+            except (httpx.HTTPError, ValueError):
+                status = {}
+            refused = (status.get("store") or {}).get("rules_error")
+            if refused:
+                why = f"it refused the change:\n{refused}"
+                out.append(
+                    control.Sync(sync.service, sync.expected, sync.reported, why, synced=False)
+                )
+                continue
+        out.append(sync)
+    return out
+
+
+def wait_store_sync(
+    demo: Demo, store: EtcdRuleStore, revision: int, timeout: float, interval: float = 0.1
+) -> list[control.Sync]:
+    """Poll the store until every service of the demo runs rules ``revision`` or later, or
+    ``timeout`` seconds pass; the last look at each."""
+    deadline = time.monotonic() + timeout
+    while True:
+        syncs = store_syncs(demo, store, revision)
+        if all(s.in_sync for s in syncs):
+            return syncs
+        if time.monotonic() >= deadline:
+            return explain_store_syncs(demo, syncs)
+        time.sleep(interval)
 
 
 # --------------------------------------------------------------------------- summaries
@@ -781,5 +948,8 @@ __all__ = [
     "admin_context",
     "collect_trace",
     "default_run_dir",
+    "explain_store_syncs",
     "http_routes",
+    "store_syncs",
+    "wait_store_sync",
 ]

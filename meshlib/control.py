@@ -212,9 +212,14 @@ class Sync:
     expected: str | None  # the digest of its config files now; None when they do not load
     reported: str | None  # what its admin endpoint says; None when it did not answer
     error: str | None = None  # why not, when not
+    #: whether it runs the change, when something else than the digests says it (the rules
+    #: revision a service reports in an etcd store, which may be later than the change's)
+    synced: bool | None = None
 
     @property
     def in_sync(self) -> bool:
+        if self.synced is not None:
+            return self.synced
         return self.expected is not None and self.expected == self.reported
 
 

@@ -2,6 +2,7 @@
 on Ctrl-C.
 
     python -m examples.bookinfo [--port 9080] [--run-dir DIR] [--samples DIR] [--no-baseline]
+                                [--store etcd://HOST:PORT/PREFIX]
 
 productpage listens on PORT (default ``$BOOKINFO_PORT``, else 9080, as in Istio), details,
 reviews v1, v2, v3 and ratings on the five ports after it; ``--port 0`` puts every service on a
@@ -31,6 +32,14 @@ apart from the app's traffic) and traces every request (``spec.telemetry.tracing
 go where the ``OTEL_*`` variables say (``OTEL_EXPORTER_OTLP_ENDPOINT`` for a collector or Jaeger,
 ``MESHLIB_TRACES_FILE`` for a JSON-lines file); with none set they are only kept in each
 service's memory for ``meshctl bookinfo trace``.
+
+``--store etcd://...`` (default ``$BOOKINFO_STORE``) runs the demo on etcd instead of files: each
+service's config says ``spec.store: <URL>`` (no ``registry.file``, no ``include``), each service
+registers its address in etcd when it starts (``make_server(register=True)``, labelled with its
+version and ``security.istio.io/tlsMode: istio``) and deregisters when it stops, and they find
+one another there only: the run directory has no ``registry.yaml`` and no ``rules/``. The
+launcher replaces the rules under the URL's prefix with the baseline first, and is ready once
+every service sees all six endpoints. ``meshctl bookinfo`` finds the store in ``bookinfo.json``.
 """
 
 from __future__ import annotations
@@ -55,9 +64,11 @@ import yaml
 from examples.bookinfo import NETWORKING as DEFAULT_SAMPLES
 from meshlib import control
 from meshlib.bookinfo import CA_DIR, RUN_DIR_ENV, STATE_FILE, admin_context, default_run_dir
-from meshlib.errors import ConfigError
+from meshlib.errors import ConfigError, StoreError
 from meshlib.security.ca import CertificateAuthority
 from meshlib.security.outbound import TLS_MODE_LABEL
+from meshlib.store.rules import EtcdRuleStore, replace_all
+from meshlib.store.url import StoreURL
 
 HOST = "127.0.0.1"
 HERE = Path(__file__).resolve().parent
@@ -76,6 +87,8 @@ TRACE_EXPORT_ENV = (
     "MESHLIB_TRACES_FILE",
 )
 START_TIMEOUT = 30.0
+#: The demo on etcd: ``--store`` when not given.
+STORE_ENV = "BOOKINFO_STORE"
 STOP_TIMEOUT = 5.0
 
 
@@ -139,12 +152,27 @@ def bind(port: int) -> socket.socket:
     return sock
 
 
-def lay_out(run_dir: Path, ports: dict[Spec, int], baseline: list[str]) -> None:
-    """The run directory: a new root CA, configs, registry, baseline rules."""
+def lay_out(
+    run_dir: Path, ports: dict[Spec, int], baseline: list[str], store: StoreURL | None = None
+) -> None:
+    """The run directory: a new root CA, configs, registry, baseline rules (in ``store`` when
+    the demo runs on etcd: then no registry and no rules file)."""
     for part in ("config", "rules"):
         shutil.rmtree(run_dir / part, ignore_errors=True)
-        (run_dir / part).mkdir(parents=True)
+    (run_dir / "config").mkdir(parents=True)
     CertificateAuthority.init(run_dir / CA_DIR, force=True)
+    if store is not None:
+        (run_dir / "registry.yaml").unlink(missing_ok=True)
+        for spec in SERVICES:
+            text = store_config(CONFIGS / spec.config, str(store))
+            (run_dir / "config" / spec.config).write_text(text, encoding="utf-8")
+        rules = EtcdRuleStore(store)
+        try:
+            replace_all(rules, baseline)
+        finally:
+            rules.close()
+        return
+    (run_dir / "rules").mkdir(parents=True)
     for spec in SERVICES:
         shutil.copyfile(CONFIGS / spec.config, run_dir / "config" / spec.config)
     registry: dict[str, list[dict[str, object]]] = {}
@@ -164,6 +192,20 @@ def lay_out(run_dir: Path, ports: dict[Spec, int], baseline: list[str]) -> None:
     control.write_rules(str(run_dir / "rules" / RULES), control.resources_of(sources))
 
 
+def store_config(config: Path, url: str) -> str:
+    """A service's config for the demo on etcd: ``spec.store: url`` in place of its registry
+    file and its rules include."""
+    data = yaml.safe_load(config.read_text(encoding="utf-8"))
+    spec = data["spec"]
+    spec.pop("registry", None)
+    spec.pop("include", None)
+    spec["store"] = url
+    return (
+        f"# {config.name} for the demo on {url}: endpoints and rules from the store.\n"
+        + yaml.safe_dump(data, sort_keys=False)
+    )
+
+
 def spawn(spec: Spec, sock: socket.socket, config: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "MESH_CONFIG": str(config), "PYTHONUNBUFFERED": "1"}
     if not any(os.environ.get(name) for name in TRACE_EXPORT_ENV):
@@ -181,9 +223,10 @@ def spawn(spec: Spec, sock: socket.socket, config: Path) -> subprocess.Popen[byt
     )
 
 
-def wait_ready(services: list[Running], run_dir: Path) -> None:
-    """Until each service answers its admin endpoint (over mutual TLS, as a mesh peer); notes
-    where each one's metrics are, as it reports them there."""
+def wait_ready(services: list[Running], run_dir: Path, on_store: bool = False) -> None:
+    """Until each service answers its admin endpoint (over mutual TLS, as a mesh peer) and, on
+    a store, has registered and sees every service's endpoint there; notes where each one's
+    metrics are, as it reports them there."""
     deadline = time.monotonic() + START_TIMEOUT
     tls = admin_context(run_dir)
     with httpx.Client(timeout=2.0, verify=tls if tls is not None else True) as http:
@@ -195,7 +238,9 @@ def wait_ready(services: list[Running], run_dir: Path) -> None:
                     raise SystemExit(f"bookinfo: {service.spec.label} exited with {code}")
                 try:
                     response = http.get(control.admin_url(ref, tls))
-                    if response.status_code == 200:
+                    if response.status_code == 200 and (
+                        not on_store or sees_everyone(response.json(), len(services))
+                    ):
                         service.metrics = response.json().get("metrics")
                         break
                 except (httpx.HTTPError, ValueError):
@@ -203,6 +248,16 @@ def wait_ready(services: list[Running], run_dir: Path) -> None:
                 if time.monotonic() > deadline:
                     raise SystemExit(f"bookinfo: {service.spec.label} did not start in time")
                 time.sleep(0.05)
+
+
+def sees_everyone(status: dict[str, object], count: int) -> bool:
+    """Whether a service's ``GET /_mesh/config`` says it is registered in its store and knows
+    ``count`` endpoints there."""
+    store = status.get("store")
+    if not isinstance(store, dict):
+        return False
+    endpoints = store.get("endpoints")
+    return bool(store.get("registered")) and isinstance(endpoints, int) and endpoints >= count
 
 
 def scrape_targets(services: list[Running]) -> list[dict[str, object]]:
@@ -281,7 +336,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-baseline", action="store_true", help="start with no rules at all (no subsets)"
     )
+    parser.add_argument(
+        "--store",
+        default=os.environ.get(STORE_ENV) or None,
+        metavar="URL",
+        help="run on etcd: etcd://host:port[,host:port...]/prefix holds the rules and the "
+        f"services' endpoints (default ${STORE_ENV}; without it, files in the run directory)",
+    )
     args = parser.parse_args(argv)
+    store: StoreURL | None = None
+    if args.store:
+        try:
+            store = StoreURL.parse(args.store)
+        except ValueError as exc:
+            print(f"bookinfo: --store: {exc}", file=sys.stderr)
+            return 1
+        if store.scheme != "etcd":
+            print(
+                "bookinfo: --store takes an etcd:// URL; without --store the rules are the run "
+                "directory's rules/bookinfo.yaml (a file store)",
+                file=sys.stderr,
+            )
+            return 1
     run_dir = Path(args.run_dir or default_run_dir()).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     other = already_running(run_dir)
@@ -307,20 +383,24 @@ def main(argv: list[str] | None = None) -> int:
             sockets[spec] = bind(args.port + index if args.port else 0)
         ports = {spec: sock.getsockname()[1] for spec, sock in sockets.items()}
         try:
-            lay_out(run_dir, ports, baseline)
+            lay_out(run_dir, ports, baseline, store)
         except ConfigError as exc:
             print(f"bookinfo: the baseline rules do not load:\n{exc}", file=sys.stderr)
+            return 1
+        except StoreError as exc:
+            print(f"bookinfo: store {store}: {exc}", file=sys.stderr)
             return 1
         for spec, sock in sockets.items():
             config = run_dir / "config" / spec.config
             services.append(Running(spec, ports[spec], spawn(spec, sock, config), str(config)))
             sock.close()
-        wait_ready(services, run_dir)
+        wait_ready(services, run_dir, on_store=store is not None)
         productpage = f"{services[0].url}/productpage"
         state = {
             "launcher": os.getpid(),
             "productpage": productpage,
-            "rules": str(run_dir / "rules" / RULES),
+            "rules": None if store is not None else str(run_dir / "rules" / RULES),
+            "store": str(store) if store is not None else f"file://{run_dir / 'rules' / RULES}",
             "baseline": baseline,
             "services": [
                 {
@@ -342,6 +422,8 @@ def main(argv: list[str] | None = None) -> int:
         for service in services:
             metrics = f"metrics {service.metrics}" if service.metrics else ""
             print(f"  {service.spec.label:<16}{service.url:<26}{metrics}")
+        if store is not None:
+            print(f"\nRules and endpoints in {store}")
         print(f"\nOpen {productpage}")
         print(f"Prometheus scrape targets: {run_dir / TARGETS} (docs/observability.md)")
         print("Change the rules with: .venv/bin/meshctl bookinfo apply FILE...  (docs/tutorial.md)")

@@ -6,8 +6,9 @@ PERMISSIVE, Istio's default, until a rule says otherwise).
     MESH_CONFIG=run/config/reviews-v2.yaml python -m examples.bookinfo.reviews --port 9083
 
 The launcher passes a socket it has already bound (``--fd``), so that it knows every port before
-any service starts. With ``--watch-stdin`` the process exits when its parent's end of stdin
-closes: a killed launcher leaves no service behind.
+any service starts. A service whose config names an etcd store (the demo on etcd) registers
+its address there while it serves. With ``--watch-stdin`` the process exits when its parent's
+end of stdin closes: a killed launcher leaves no service behind.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def run(name: str, build: Callable[[str], Any], *, default_version: str = "v1") 
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=1,
+        register=mesh.store is not None,  # on etcd: found there while it serves
     )
     server.run(sockets=[sock])
     mesh.close()

@@ -3,6 +3,7 @@ meshlib.
 
     python examples/bookinfo/walkthrough.py            # starts its own demo on free ports
     python examples/bookinfo/walkthrough.py --attach   # uses the demo `make demo` runs
+    python examples/bookinfo/walkthrough.py --store etcd://127.0.0.1:2379/bookinfo  # on etcd
 
 Each step changes the rules with ``meshctl bookinfo``, as Istio's tasks do with ``kubectl
 apply``, loads the product page as a browser would (a stock ``httpx.Client`` and a stock
@@ -360,11 +361,26 @@ class Demo:
         self.productpage = str(state["productpage"])
         self.base_url = self.productpage.rsplit("/", 1)[0]
 
+    @property
+    def store(self) -> str | None:
+        """The etcd store the demo runs on (``--store``), None when it runs on files."""
+        found = self.state.get("store")
+        return found if isinstance(found, str) and found.startswith("etcd:") else None
+
     @classmethod
-    def start(cls, run_dir: Path, samples: Path = SAMPLES, timeout: float = 60.0) -> Demo:
-        """Start ``python -m examples.bookinfo`` on free ports; wait until it is up."""
+    def start(
+        cls,
+        run_dir: Path,
+        samples: Path = SAMPLES,
+        timeout: float = 60.0,
+        store: str | None = None,
+    ) -> Demo:
+        """Start ``python -m examples.bookinfo`` on free ports (on the etcd ``store`` when
+        given); wait until it is up."""
         command = [sys.executable, "-m", "examples.bookinfo", "--port", "0"]
         command += ["--run-dir", str(run_dir), "--samples", str(samples)]
+        if store is not None:
+            command += ["--store", store]
         process = subprocess.Popen(
             command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
@@ -421,7 +437,14 @@ class Demo:
 
     def mesh(self) -> Mesh:
         """A mesh of the walkthrough's own, as fortio's sidecar is in Istio's circuit-breaking
-        task: it knows where the services are and includes the rules in force."""
+        task: it knows where the services are and includes the rules in force (on etcd: it
+        reads both from the store)."""
+        if self.store is not None:
+            return Mesh.from_yaml(
+                "apiVersion: meshlib.dev/v1\nkind: Service\nmetadata: {name: fortio}\n"
+                f"spec:\n  store: {json.dumps(self.store)}\n",
+                name="fortio",
+            )
         text = f"""\
 apiVersion: meshlib.dev/v1
 kind: Service
@@ -452,10 +475,13 @@ def _drain(stream: Any) -> None:
 
 
 @contextmanager
-def running_demo(run_dir: Path | None = None, samples: Path = SAMPLES) -> Iterator[Demo]:
-    """A demo of its own, on free ports, stopped at the end."""
+def running_demo(
+    run_dir: Path | None = None, samples: Path = SAMPLES, store: str | None = None
+) -> Iterator[Demo]:
+    """A demo of its own, on free ports (on the etcd ``store`` when given), stopped at the
+    end."""
     with tempfile.TemporaryDirectory(prefix="bookinfo-") as temporary:
-        demo = Demo.start(run_dir or Path(temporary), samples)
+        demo = Demo.start(run_dir or Path(temporary), samples, store=store)
         try:
             yield demo
         finally:
@@ -965,6 +991,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--steps", default=None, metavar="N,N", help="run only these steps (1-based, comma list)"
     )
+    parser.add_argument(
+        "--store",
+        default=None,
+        metavar="URL",
+        help="start the demo on this etcd store (etcd://host:port/prefix) instead of files",
+    )
     args = parser.parse_args(argv)
     only = {int(n) for n in args.steps.split(",")} if args.steps else None
     started = time.monotonic()
@@ -975,7 +1007,7 @@ def main(argv: list[str] | None = None) -> int:
             failed = _run(demo, args.samples, rules, only)
             demo.reset()
         else:
-            with running_demo(samples=args.samples) as demo:
+            with running_demo(samples=args.samples, store=args.store) as demo:
                 print(f"Bookinfo started: {demo.productpage}\n")
                 failed = _run(demo, args.samples, rules, only)
             print("Bookinfo stopped.")

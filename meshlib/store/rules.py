@@ -134,14 +134,22 @@ def _namespaced(document: dict[str, Any]) -> dict[str, Any]:
 
 def apply_files(store: RuleStore, names: Sequence[str]) -> Written:
     """``meshctl apply -f``: the files' resources created or replaced in ``store``."""
-    sources = [control.Source.read(name) for name in names]
+    return apply_sources(store, [control.Source.read(name) for name in names])
+
+
+def apply_sources(store: RuleStore, sources: Sequence[control.Source]) -> Written:
+    """The resources of ``sources`` (files already read) created or replaced in ``store``."""
     applied = [store.normalize(d) for d in control.resources_of(sources)]
     return _change(store, lambda current: plan_apply(current, applied))
 
 
 def delete_files(store: RuleStore, names: Sequence[str]) -> Written:
     """``meshctl delete -f``: the resources the files name removed from ``store``."""
-    sources = [control.Source.read(name) for name in names]
+    return delete_sources(store, [control.Source.read(name) for name in names])
+
+
+def delete_sources(store: RuleStore, sources: Sequence[control.Source]) -> Written:
+    """The resources ``sources`` name (files already read) removed from ``store``."""
     named = [control.key_of(d) for d in control.resources_of(sources)]
     return _change(store, lambda current: plan_delete(current, named))
 
@@ -335,8 +343,10 @@ __all__ = [
     "Rules",
     "Written",
     "apply_files",
+    "apply_sources",
     "check",
     "delete_files",
+    "delete_sources",
     "open_rule_store",
     "plan_apply",
     "plan_delete",
