@@ -171,6 +171,11 @@ def serve_mesh(ca_dir: str, loop: str = "auto") -> None:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
+        if scope["path"] == "/_cpu":  # this process's CPU time so far, for CPU per request
+            body = json.dumps({"cpu": time.process_time()}).encode()
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": body})
+            return
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": BODY})
 
@@ -253,7 +258,7 @@ spec:
 
 
 def bench(
-    mesh: Mesh, plain_port: int, tls_port: int, calls: int, block: int
+    mesh: Mesh, plain_port: int, tls_port: int, mesh_port: int, calls: int, block: int
 ) -> dict[str, dict[str, Any]]:
     urls = {
         name: f"http://{name}:9080/reviews/0"
@@ -293,23 +298,32 @@ def bench(
             for _ in range(min(block, 300)):
                 call()
         series = {name: SyncSeries() for name in calls_of}
+        server_cpu = dict.fromkeys(("mesh-plain", "mesh-mtls"), 0.0)
+        cpu_url = f"http://127.0.0.1:{mesh_port}/_cpu"  # plain text, straight to the upstream
         for order in rotations(list(calls_of), max(1, calls // block)):
             for name in order:
+                before = bare.get(cpu_url).json()["cpu"] if name in server_cpu else 0.0
                 series[name].run_block(calls_of[name], block)
-    return {name: s.summary() for name, s in series.items()}
+                if name in server_cpu:
+                    server_cpu[name] += bare.get(cpu_url).json()["cpu"] - before
+    summaries = {name: s.summary() for name, s in series.items()}
+    for name, seconds in server_cpu.items():  # the meshlib upstream's own CPU per request
+        summaries[name]["server_cpu_us_per_call"] = seconds * 1e6 / max(1, series[name].calls)
+    return summaries
 
 
 def markdown(result: dict[str, Any]) -> str:
     sync = result["sync"]
     rows = [
-        "| sync c=1 keep-alive | median µs | p99 µs | CPU µs/call |",
-        "|---|---:|---:|---:|",
+        "| sync c=1 keep-alive | median µs | p99 µs | CPU µs/call | upstream CPU µs/call |",
+        "|---|---:|---:|---:|---:|",
     ]
     for name in ("mesh-plain", "mesh-mtls", "plain", "plain2", "mtls", "bare", "bare_tls"):
         row = sync[name]
         rows.append(
             f"| {name} | {row['median_us']:.1f} | {row['p99_us']:.1f} | "
-            f"{row['cpu_us_per_call']:.1f} |"
+            f"{row['cpu_us_per_call']:.1f} | "
+            + (f"{row['server_cpu_us_per_call']:.1f} |" if "server_cpu_us_per_call" in row else "|")
         )
     ratio = result["median_ratio"]
     mesh_ratio = result["mesh_median_ratio"]
@@ -317,7 +331,8 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"Between two meshlib services, mesh-mtls median / mesh-plain median: "
         f"**{mesh_ratio:.3f}×** (target ≤ {TARGET_MEDIAN_RATIO}×: "
-        f"{verdict(mesh_ratio <= TARGET_MEDIAN_RATIO)})",
+        f"{verdict(mesh_ratio <= TARGET_MEDIAN_RATIO)}); CPU of both sides per call, "
+        f"mesh-mtls / mesh-plain: {result['mesh_cpu_ratio']:.3f}×",
         f"The smallest upstream (worst case), mtls median / plain median: {ratio:.3f}×; A/A "
         f"plain2/plain: {result['aa_ratio']:.3f}×; requests per TLS handshake: "
         f"{result['requests_per_handshake']:.0f} ({result['tls_connections']} handshakes)",
@@ -327,6 +342,11 @@ def markdown(result: dict[str, Any]) -> str:
         result["environment"],
     ]
     return "\n".join(rows)
+
+
+def _both_sides(row: dict[str, Any]) -> float:
+    """Client and upstream CPU per call."""
+    return float(row["cpu_us_per_call"] + row["server_cpu_us_per_call"])
 
 
 def _loop_name(loop: str) -> str:
@@ -366,7 +386,7 @@ def main() -> None:
         try:
             config = mesh_config(ca_dir, plain_port, tls_port, mesh_port)
             mesh = Mesh.from_yaml(config, seed=1)
-            sync = bench(mesh, plain_port, tls_port, args.calls, block)
+            sync = bench(mesh, plain_port, tls_port, mesh_port, args.calls, block)
             stats = httpx.get(f"http://127.0.0.1:{plain_port}/_stats").json()
         finally:
             for upstream in (process, meshed):
@@ -385,6 +405,7 @@ def main() -> None:
         "sync": sync,
         "median_ratio": sync["mtls"]["median_us"] / sync["plain"]["median_us"],
         "mesh_median_ratio": sync["mesh-mtls"]["median_us"] / sync["mesh-plain"]["median_us"],
+        "mesh_cpu_ratio": _both_sides(sync["mesh-mtls"]) / _both_sides(sync["mesh-plain"]),
         "aa_ratio": sync["plain2"]["median_us"] / sync["plain"]["median_us"],
         "bare_ratio": sync["bare_tls"]["median_us"] / sync["bare"]["median_us"],
         "tls_connections": stats["tls_connections"],
