@@ -11,7 +11,13 @@ redirects, decoding) and meshlib's ``AsyncMeshTransport`` — works unchanged:
   ``Content-Type`` are sent only when httpx sends them).
 * ``request.extensions["timeout"]`` is applied per request: ``connect`` bounds connecting,
   ``read`` each read (as in httpx), ``pool`` plus ``connect`` the wait for a free connection
-  and connecting together. aiohttp has no write timeout.
+  and connecting together. aiohttp has no write timeout. A connect, read or pool timeout of
+  zero or less has run out: the request fails at once with httpx's timeout for it, unsent
+  (aiohttp would take 0 for "no timeout").
+* The current deadline (``meshlib.deadline``, which the mesh sets) bounds the whole exchange:
+  one event-loop timer, armed for it, ends the wait for a connection, the send, the response
+  head and every read of the body however the upstream paces its bytes (``ReadTimeout``). A
+  request begun with nothing left fails at once, unsent.
 * aiohttp's and asyncio's errors become the httpx exceptions meshlib classifies (``request``
   set): refused or failed connects ``ConnectError``, a connect or pool time-out
   ``ConnectTimeout``, a read time-out ``ReadTimeout``, a connection closed before or during
@@ -41,6 +47,8 @@ from aiohttp.streams import EMPTY_PAYLOAD
 from multidict import CIMultiDict
 from yarl import URL
 
+from meshlib.deadline import Deadline, current
+
 __all__ = ["AiohttpResponseStream", "AiohttpTransport"]
 
 #: aiohttp adds these when a request lacks them; httpx's request is sent as it is.
@@ -59,34 +67,120 @@ _MAX_LINE = 16384
 _READ_BUFSIZE = 2**16
 _NO_TIMER = TimerNoop()
 _NO_TRACES: list[Any] = []
+#: httpx's timeouts aiohttp applies, and the exception for one that has run out already.
+_SPENT: tuple[tuple[str, type[httpx.TimeoutException]], ...] = (
+    ("pool", httpx.PoolTimeout),
+    ("connect", httpx.ConnectTimeout),
+    ("read", httpx.ReadTimeout),
+)
 #: The aiohttp releases whose internals the direct send path was checked against; with any
 #: other, requests go through ``ClientSession.request`` (a little more work per request).
 _DIRECT = tuple(int(part) for part in aiohttp.__version__.split(".")[:2]) == (3, 14)
 
 
+class _Clock:
+    """The deadline timer of one exchange: one event-loop timer armed for the current deadline
+    that, when it fires, cancels the task waiting in this transport (for the response head, or
+    a chunk of the body), if one is, and marks the exchange as timed out; the wait then ends
+    with httpx's ``ReadTimeout``. No timer of aiohttp's own is involved."""
+
+    __slots__ = ("armed", "fired", "handle", "loop", "waiting")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.armed: Deadline | None = None
+        self.handle: asyncio.TimerHandle | None = None
+        #: the task waiting in the transport now, None when none is
+        self.waiting: asyncio.Task[Any] | None = None
+        self.fired = False
+
+    def arm(self, deadline: Deadline | None) -> bool:
+        """Fire at ``deadline`` (None: never); False when it has passed already."""
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+        self.armed = deadline
+        self.fired = False
+        if deadline is None:
+            return True
+        left = deadline.at - deadline.now()
+        if left <= 0:
+            return False
+        self.handle = self.loop.call_at(self.loop.time() + left, self._fire)
+        return True
+
+    def disarm(self) -> None:
+        self.armed = None
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+
+    def _fire(self) -> None:
+        self.handle = None
+        self.fired = True
+        if self.waiting is not None:
+            self.waiting.cancel()
+
+    def timed_out(self, request: httpx.Request) -> httpx.ReadTimeout | None:
+        """After a ``CancelledError`` in a wait: the timeout to raise instead when it was this
+        timer's doing (and no one else cancelled the task too), else None: let it propagate."""
+        task, self.waiting = self.waiting, None
+        if not self.fired or task is None:
+            return None
+        uncancel = getattr(task, "uncancel", None)  # Python 3.11+
+        if uncancel is not None and uncancel() > 0:
+            return None
+        return httpx.ReadTimeout("the deadline passed", request=request)
+
+
 class AiohttpResponseStream(httpx.AsyncByteStream):
     """A response body read from aiohttp's connection, chunks as they arrive; ``aclose`` hands
-    the connection back (to the pool when the body was read to its end, else closed).
+    the connection back (to the pool when the body was read to its end, else closed). Each
+    read ends by the deadline current when it is made.
 
     Its own async iterator, not an async generator: nothing for the event loop to track per
     response. Closed, it lets go of aiohttp's response: httpx keeps its response in a reference
     cycle, and what that holds waits for the garbage collector."""
 
-    __slots__ = ("_content", "_request", "_response")
+    __slots__ = ("_clock", "_content", "_request", "_response")
 
-    def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request) -> None:
+    def __init__(
+        self,
+        response: aiohttp.ClientResponse,
+        request: httpx.Request,
+        clock: _Clock | None = None,
+    ) -> None:
         self._response: aiohttp.ClientResponse | None = response
         self._request = request
         self._content: aiohttp.StreamReader = response.content
+        self._clock = clock
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self
 
     async def __anext__(self) -> bytes:
-        try:
-            chunk = await self._content.readany()
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-            raise httpx_error(exc, self._request) from exc
+        clock = self._clock
+        if clock is None:
+            try:
+                chunk = await self._content.readany()
+            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+                raise httpx_error(exc, self._request) from exc
+        else:
+            deadline = current()
+            if (deadline is not clock.armed and not clock.arm(deadline)) or clock.fired:
+                raise httpx.ReadTimeout("the deadline passed", request=self._request)
+            clock.waiting = asyncio.current_task()
+            try:
+                chunk = await self._content.readany()
+            except asyncio.CancelledError:
+                timeout = clock.timed_out(self._request)
+                if timeout is None:
+                    raise
+                raise timeout from None
+            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+                raise httpx_error(exc, self._request) from exc
+            finally:
+                clock.waiting = None
         if not chunk:
             raise StopAsyncIteration
         return chunk
@@ -96,6 +190,8 @@ class AiohttpResponseStream(httpx.AsyncByteStream):
         if response is not None:
             self._response = None
             self._content = EMPTY_PAYLOAD
+            if self._clock is not None:
+                self._clock.disarm()
             response.release()
 
 
@@ -175,7 +271,28 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         session = self._session
         if session is None or self._loop is not loop:
             session = self._open(loop)
-        timeout = self._timeout(request.extensions.get("timeout"))
+        timeout = self._timeout(request.extensions.get("timeout"), request)
+        deadline = current()
+        clock: _Clock | None = None
+        read_timeout = timeout.sock_read
+        if deadline is not None:
+            left = deadline.at - deadline.now()
+            if left <= 0:
+                raise httpx.ConnectTimeout("the deadline passed", request=request)
+            if not self.direct:  # aiohttp's own total timeout: the request, its body too
+                timeout = aiohttp.ClientTimeout(
+                    total=left,
+                    connect=timeout.connect,
+                    sock_connect=timeout.sock_connect,
+                    sock_read=timeout.sock_read,
+                    ceil_threshold=_EXACT,
+                )
+            else:
+                clock = _Clock(loop)
+                if read_timeout is None or left <= read_timeout:
+                    # every read ends by the deadline before it could wait that long: aiohttp
+                    # need not re-arm a timer of its own for each chunk that arrives
+                    read_timeout = None
         raw = request.headers.raw
         try:
             headers = CIMultiDict([(k.decode("ascii"), v.decode("utf-8")) for k, v in raw])
@@ -192,8 +309,30 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         # httpx has turned credentials in the URL into an Authorization header already.
         target = URL(str(url if not url.userinfo else url.copy_with(userinfo=b"")), encoded=True)
         try:
-            if self.direct:
-                response = await self._send(session, loop, request, target, headers, data, timeout)
+            if clock is not None:
+                # armed until the response is closed: when the body's reads are bounded by the
+                # same deadline (no per-try timeout), the timer stays as it is
+                clock.arm(deadline)
+                clock.waiting = asyncio.current_task()
+                try:
+                    response = await self._send(
+                        session, loop, request, target, headers, data, timeout, read_timeout
+                    )
+                except asyncio.CancelledError:
+                    clock.disarm()
+                    expired = clock.timed_out(request)
+                    if expired is None:
+                        raise
+                    raise expired from None
+                except BaseException:
+                    clock.disarm()
+                    raise
+                finally:
+                    clock.waiting = None
+            elif self.direct:
+                response = await self._send(
+                    session, loop, request, target, headers, data, timeout, read_timeout
+                )
             else:
                 response = await session.request(
                     request.method,
@@ -209,7 +348,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         return httpx.Response(
             response.status,
             headers=response.raw_headers,
-            stream=AiohttpResponseStream(response, request),
+            stream=AiohttpResponseStream(response, request, clock),
             extensions={
                 "http_version": _HTTP_10 if response.version == HttpVersion10 else _HTTP_11,
                 "reason_phrase": (response.reason or "").encode("latin-1", "replace"),
@@ -225,9 +364,11 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         headers: CIMultiDict[str],
         data: Any,
         timeout: aiohttp.ClientTimeout,
+        read_timeout: float | None,
     ) -> ClientResponse:
         """What ``ClientSession.request`` does for a request of this transport: connection,
-        request line and headers, body, response head; no more."""
+        request line and headers, body, response head; no more. ``read_timeout`` bounds each
+        wait for data (None: aiohttp arms no timer for it)."""
         method = request.method
         if url.scheme not in ("http", "https"):
             raise aiohttp.NonHttpUrlClientError(url)
@@ -264,7 +405,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             skip_payload=method == "HEAD",
             read_until_eof=True,
             auto_decompress=False,
-            read_timeout=timeout.sock_read,
+            read_timeout=read_timeout,
             read_bufsize=_READ_BUFSIZE,
             timeout_ceil_threshold=_EXACT,
             max_line_size=_MAX_LINE,
@@ -282,8 +423,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             raise
         return response
 
-    def _timeout(self, values: Any) -> aiohttp.ClientTimeout:
-        """aiohttp's timeouts for httpx's ``{"connect", "read", "write", "pool"}`` (cached)."""
+    def _timeout(self, values: Any, request: httpx.Request) -> aiohttp.ClientTimeout:
+        """aiohttp's timeouts for httpx's ``{"connect", "read", "write", "pool"}`` (cached).
+        One of zero or less has run out (aiohttp would read 0 as none): httpx's timeout
+        exception for it is raised, before anything is sent."""
         if not values:
             return _NO_TIMEOUT
         connect = values.get("connect")
@@ -293,6 +436,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         found = self._timeouts.get(key)
         if found is not None:
             return found
+        for name, error in _SPENT:
+            value = values.get(name)
+            if value is not None and value <= 0:
+                raise error(f"{name} timeout of {value}s: no time left", request=request)
         if len(self._timeouts) >= _TIMEOUT_CACHE_SIZE:
             self._timeouts.clear()
         made = self._timeouts[key] = aiohttp.ClientTimeout(

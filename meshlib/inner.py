@@ -1,7 +1,8 @@
 """Which inner transport an async mesh client sends through.
 
 ``"aiohttp"`` is ``meshlib.aiohttp_transport.AiohttpTransport`` (the ``meshlib[aiohttp]``
-extra), ``"httpx"`` is ``httpx.AsyncHTTPTransport``. The choice, first found wins:
+extra), ``"httpx"`` is ``httpx.AsyncHTTPTransport`` (as ``AsyncHTTPCoreTransport``, whose waits
+end by the call's deadline: ``meshlib.deadline``). The choice, first found wins:
 ``Mesh(async_transport=...)`` (a name, or a transport object), then ``$MESHLIB_ASYNC_TRANSPORT``,
 then aiohttp if it is installed, else httpx.
 """
@@ -12,6 +13,8 @@ import importlib.util
 import os
 
 import httpx
+
+from meshlib.httpcore_transport import AsyncHTTPCoreTransport
 
 ASYNC_TRANSPORT_ENV = "MESHLIB_ASYNC_TRANSPORT"
 ASYNC_TRANSPORTS = ("aiohttp", "httpx")
@@ -48,4 +51,4 @@ def new_async_transport(name: str | None = None) -> httpx.AsyncBaseTransport:
         from meshlib.aiohttp_transport import AiohttpTransport  # noqa: PLC0415 - optional extra
 
         return AiohttpTransport()
-    return httpx.AsyncHTTPTransport()
+    return AsyncHTTPCoreTransport()

@@ -341,13 +341,37 @@ def test_errors_map_to_the_httpx_exceptions_meshlib_classifies() -> None:
 
 def test_timeouts_map_to_aiohttp_and_are_cached() -> None:
     transport = AiohttpTransport()
+    request = httpx.Request("GET", "http://upstream.test/")
     values = {"connect": 1.0, "read": 2.0, "write": 3.0, "pool": 4.0}
-    made = transport._timeout(values)
+    made = transport._timeout(values, request)
     assert (made.total, made.connect, made.sock_connect, made.sock_read) == (None, 5.0, 1.0, 2.0)
-    assert transport._timeout(dict(values)) is made
-    unbounded = transport._timeout({"connect": None, "read": None, "write": None, "pool": None})
+    assert transport._timeout(dict(values), request) is made
+    unbounded = transport._timeout(
+        {"connect": None, "read": None, "write": None, "pool": None}, request
+    )
     assert (unbounded.total, unbounded.connect, unbounded.sock_read) == (None, None, None)
-    assert transport._timeout(None) is transport._timeout({})
+    assert transport._timeout(None, request) is transport._timeout({}, request)
+
+
+@pytest.mark.parametrize(
+    ("spent", "expected"),
+    [("read", httpx.ReadTimeout), ("connect", httpx.ConnectTimeout), ("pool", httpx.PoolTimeout)],
+)
+async def test_a_timeout_of_zero_has_run_out_and_nothing_is_sent(
+    upstream: Upstream, spent: str, expected: type[Exception]
+) -> None:
+    """aiohttp reads a timeout of 0 as "none": httpx's 0 (or less) is time already spent, so
+    the request fails at once with httpx's timeout for it, and never reaches the upstream."""
+    transport = AiohttpTransport()
+    path = f"/unit/zero-timeout/{spent}"
+    timeouts = {"connect": 5.0, "read": 5.0, "write": 5.0, "pool": 5.0, spent: 0.0}
+    request = httpx.Request("GET", upstream.url(path), extensions={"timeout": timeouts})
+    try:
+        with pytest.raises(expected):
+            await transport.handle_async_request(request)
+    finally:
+        await transport.aclose()
+    assert upstream.hits(path) == 0
 
 
 # --------------------------------------------------------------------------- loops

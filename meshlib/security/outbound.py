@@ -542,27 +542,33 @@ _LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepal
 
 
 def _sync_transport(handshake: _Handshake) -> httpx.BaseTransport:
-    from meshlib.httpcore_transport import PoolTransport  # noqa: PLC0415 - no cycle at import
+    from meshlib.httpcore_transport import (  # noqa: PLC0415 - no cycle at import
+        DeadlineBackend,
+        PoolTransport,
+    )
 
     pool = httpcore.ConnectionPool(
         ssl_context=_pool_context(),
         max_connections=_LIMITS.max_connections,
         max_keepalive_connections=_LIMITS.max_keepalive_connections,
         keepalive_expiry=_LIMITS.keepalive_expiry,
-        network_backend=VerifyingBackend(handshake),
+        network_backend=VerifyingBackend(handshake, DeadlineBackend()),
     )
     return PoolTransport(pool)
 
 
 def _async_transport(handshake: _Handshake) -> httpx.AsyncBaseTransport:
-    from meshlib.httpcore_transport import AsyncPoolTransport  # noqa: PLC0415
+    from meshlib.httpcore_transport import (  # noqa: PLC0415
+        AsyncDeadlineBackend,
+        AsyncPoolTransport,
+    )
 
     pool = httpcore.AsyncConnectionPool(
         ssl_context=_pool_context(),
         max_connections=_LIMITS.max_connections,
         max_keepalive_connections=_LIMITS.max_keepalive_connections,
         keepalive_expiry=_LIMITS.keepalive_expiry,
-        network_backend=AsyncVerifyingBackend(handshake),
+        network_backend=AsyncVerifyingBackend(handshake, AsyncDeadlineBackend()),
     )
     return AsyncPoolTransport(pool)
 
