@@ -9,7 +9,6 @@ counts — is kept per destination across reloads, as long as that destination's
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import random
@@ -17,7 +16,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -37,6 +35,7 @@ from meshlib.discovery.static import StaticRegistry
 from meshlib.errors import ConfigError, Problem, StoreError
 from meshlib.httpcore_transport import HTTPCoreTransport
 from meshlib.inner import async_transport_name, new_async_transport
+from meshlib.mirror import Mirrors
 from meshlib.policies.breaker import UNLIMITED, Breaker, BreakerSettings, Lease, PoolLimits
 from meshlib.policies.retry import Outcome, RetryBudget, RetryPolicy, policy_for
 from meshlib.routing import RetryDecision, RouteDecision, RouteRequest, RouteTable, Target
@@ -130,7 +129,7 @@ class Cluster:
             ),
         )
         pool_settings = policy.connection_pool if policy is not None else None
-        self.pool = PoolLimits(pool_settings, destination=target.name)
+        self.pool = PoolLimits(pool_settings, destination=target.name, clock=clock)
         http = pool_settings.http if pool_settings is not None else None
         self.budget = RetryBudget.from_config(
             policy.retry_budget if policy is not None else None,
@@ -190,11 +189,12 @@ class Cluster:
         breaker = self.breaker
         return breaker.permit() if breaker is not None else NO_TICKET
 
-    def acquire(self, timeout: float | None) -> Lease | FreeLease | None:
-        return self.pool.acquire(timeout) if self.pool_limited else FREE_LEASE
+    def acquire(self, deadline: float | None) -> Lease | FreeLease | None:
+        """A pool slot, waited for until ``deadline`` (absolute, on the mesh clock)."""
+        return self.pool.acquire(deadline=deadline) if self.pool_limited else FREE_LEASE
 
-    async def aacquire(self, timeout: float | None) -> Lease | FreeLease | None:
-        return await self.pool.aacquire(timeout) if self.pool_limited else FREE_LEASE
+    async def aacquire(self, deadline: float | None) -> Lease | FreeLease | None:
+        return await self.pool.aacquire(deadline=deadline) if self.pool_limited else FREE_LEASE
 
     def begin(self, endpoint: Endpoint | None) -> int:
         """An attempt starts. Returns what was counted (for ``end``): 0 when nothing was, so
@@ -273,13 +273,13 @@ class Mesh:
         self._extra = {name: tuple(eps) for name, eps in (extra_endpoints or {}).items()}
         self._files = list(files)
         self._lock = threading.Lock()
+        #: the shadow requests of the routes' ``mirror``/``mirrors`` (``meshlib.mirror``)
+        self.mirrors = Mirrors(self.now, self.telemetry)
         self._clusters: dict[tuple[str, int], Cluster] = {}
         self._by_target: dict[int, tuple[Target, int | None, Cluster]] = {}
         self._breakers: dict[str, tuple[BreakerSettings, Breaker]] = {}
         self._file_registry: FileRegistry | None = None
         self._next_store: StoreLink | None = None
-        self._executor: ThreadPoolExecutor | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
         self.watcher: ConfigWatcher | None = None  # set by watch()
         self._identity: tuple[object, WorkloadIdentity | None] = (None, None)
         #: the fleet's store (``spec.store: etcd://...``), None without one; the config of the
@@ -650,25 +650,18 @@ class Mesh:
     # ------------------------------------------------------------------ mirroring
 
     def mirror(self, call: Call, transport: MeshTransport) -> None:
-        """Send copies of the request to the route's mirrors; never waits for them."""
+        """Send copies of the request to the route's mirrors; never waits for them. Each must
+        be answered by the call's route deadline; at most ``mirrors.limit`` are outstanding."""
         for request, cluster, endpoint in self._mirror_requests(call):
             inner = transport.mirror_inner(call, cluster, endpoint, request)
-            if inner is None:
-                continue
-            if self._executor is None:
-                with self._lock:
-                    if self._executor is None:
-                        self._executor = ThreadPoolExecutor(4, thread_name_prefix="meshlib-mirror")
-            self._executor.submit(_send_mirror, inner, request)
+            if inner is not None:
+                self.mirrors.send(inner, request, call.deadline, cluster.name)
 
     def amirror(self, call: Call, transport: AsyncMeshTransport) -> None:
         for request, cluster, endpoint in self._mirror_requests(call):
             inner = transport.mirror_inner(call, cluster, endpoint, request)
-            if inner is None:
-                continue
-            task = asyncio.get_running_loop().create_task(_asend_mirror(inner, request))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            if inner is not None:
+                self.mirrors.asend(inner, request, call.deadline, cluster.name)
 
     def _mirror_requests(self, call: Call) -> list[tuple[httpx.Request, Cluster, Endpoint | None]]:
         """The copies to send, each with its destination's cluster and endpoint."""
@@ -698,8 +691,7 @@ class Mesh:
     def close(self) -> None:
         """Stop what the mesh runs in the background: mirror threads, the metrics scrape
         server, telemetry exporters."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=False)
+        self.mirrors.close()
         if self.watcher is not None:
             self.watcher.stop()
         if self.store is not None:
@@ -750,21 +742,6 @@ def _same_cluster(known: Target, target: Target) -> bool:
         and known.traffic_policy == target.traffic_policy
         and known.port_policies == target.port_policies
     )
-
-
-def _send_mirror(transport: httpx.BaseTransport, request: httpx.Request) -> None:
-    try:
-        transport.handle_request(request).close()
-    except Exception as exc:  # a mirror's failure never reaches the caller
-        log.debug("mirror to %s failed: %s", request.url, exc)
-
-
-async def _asend_mirror(transport: httpx.AsyncBaseTransport, request: httpx.Request) -> None:
-    try:
-        response = await transport.handle_async_request(request)
-        await response.aclose()
-    except Exception as exc:  # a mirror's failure never reaches the caller
-        log.debug("mirror to %s failed: %s", request.url, exc)
 
 
 def breaker_settings(

@@ -19,12 +19,20 @@ What a caller sees, as under Envoy:
   raises ``DeadlineExceeded`` (``UT``); an upstream that cannot be reached after the retries raises
   ``MeshRequestError`` (``UF``, ``URX`` when retries were spent), the httpx error as its cause.
 * every response carries ``response.extensions["mesh"]``: a ``MeshInfo`` with the decision, the
-  endpoint, the number of attempts and the response flags.
+  endpoint, the number of attempts and the response flags; ``x-mesh-response-flags`` is the
+  mesh's alone (an upstream's copy is removed).
+* one deadline per call on the mesh clock — the route timeout, or the caller's if it ends first —
+  and ``min(perTryTimeout, what is left)`` per try bound every wait: the pool slot, connect,
+  send, response head (the try's), and the body whoever reads it (the call's), through
+  ``meshlib.deadline``. A try with no time left is not made. A body cut short by the deadline
+  (``UT``) or by the upstream's connection ending (``UC``) is recorded so when the response is
+  closed; the call is recorded (metrics, access log) then, as Envoy logs a stream at its end.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
@@ -35,6 +43,9 @@ import httpx
 from meshlib import context
 from meshlib.balancing import hash_key
 from meshlib.config.compile import matched_uri, regex_substitute
+from meshlib.deadline import Deadline
+from meshlib.deadline import enter as _enter_deadline
+from meshlib.deadline import leave as _leave_deadline
 from meshlib.discovery import Endpoint
 from meshlib.errors import (
     CircuitOpenError,
@@ -68,6 +79,8 @@ log = logging.getLogger("meshlib.transport")
 FLAGS_HEADER = "x-mesh-response-flags"
 TIMEOUT_OVERRIDE_HEADER = "x-envoy-upstream-rq-timeout-ms"
 RETRY_AFTER_CAP = 30.0
+#: Envoy's response code details for a response whose upstream connection ended in its body.
+LATE_RESET_DETAILS = "upstream_reset_after_response_started{connection_termination}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +195,16 @@ class Call:
     info: RequestInfo | None = None
     tls: tuple[str, str | None] | None = None  # the last attempt's TLS mode and verified peer
     peer_metadata: str | None = None  # the upstream's x-envoy-peer-metadata, as received
+    #: the call's deadline as the inner transports see it (``meshlib.deadline``), made at the
+    #: first attempt; None: nothing bounds the call
+    bound: Deadline | None = None
+    #: the timeouts dict this call put in its last attempt's extensions (None: the caller's own)
+    attempt_timeouts: dict[str, float | None] | None = None
+    #: whether the response's body is still to be read: the call is recorded when it ends
+    body_pending: bool = False
+    #: how the body ended, when not whole: the caller's exception, and Envoy's details
+    body_error: BaseException | None = None
+    details: str = ""
 
     def __init__(self, mesh: Mesh, request: httpx.Request) -> None:
         self.mesh = mesh
@@ -204,10 +227,15 @@ class Call:
             override = headers[TIMEOUT_OVERRIDE_HEADER]
             if override.isdigit():
                 timeout = int(override) / 1000 or None
-        self.deadline = now + timeout if timeout else None
+        self.deadline = deadline = now + timeout if timeout else None
         user = extensions.get("timeout")
         user = user.get("read") if user else None
-        self.user_deadline = now + user if user else None
+        self.user_deadline = user_deadline = now + user if user else None
+        #: the call's deadline: the route's or the caller's, whichever ends first
+        if deadline is None or (user_deadline is not None and user_deadline < deadline):
+            self.ends = user_deadline
+        else:
+            self.ends = deadline
 
     @property
     def replayable(self) -> bool:
@@ -329,7 +357,7 @@ class Call:
                 base.get("write"),
                 base.get("pool"),
             )
-            extensions["timeout"] = {
+            extensions["timeout"] = self.attempt_timeouts = {
                 "connect": timeout if connect is None else min(connect, timeout),
                 "read": timeout if read is None else min(read, timeout),
                 "write": timeout if write is None else min(write, timeout),
@@ -383,26 +411,66 @@ class Call:
         request.headers = self.original_headers
         request.extensions = self.extensions
 
-    def attempt_timeout(self) -> float | None:
-        """Per-try timeout, bounded by the route deadline and the caller's own timeout."""
+    def attempt_deadline(self) -> float | None:
+        """When the next try must end (absolute, on the mesh clock): its per-try timeout from
+        now, bounded by the call's deadline; None when nothing bounds it."""
         per_try = self.decision.retry.per_try_timeout
-        if self.deadline is None and (
-            self.user_deadline is None
-            or (not per_try and not self.attempts and not self.fault and self._read_bounds_all())
+        ends = self.ends
+        if not per_try:
+            return ends
+        at = self.mesh.now() + per_try
+        return at if ends is None or at < ends else ends
+
+    def attempt_timeout(self, ends: float | None, waited: bool) -> float | None:
+        """The timeout to hand the inner transport for a try that must end at ``ends``: what is
+        left of it (None: no bound, or the caller's own timeouts, left as they are). A try with
+        nothing left is not made: ``expired()`` is raised. ``waited``: the try may have waited
+        for a connection-pool slot."""
+        if ends is None:
+            return None
+        if (
+            self.deadline is None
+            and not self.attempts
+            and not waited
+            and not self.fault
+            and not self.decision.retry.per_try_timeout
+            and self._read_bounds_all()
         ):
-            # the common case, no clock read: no route deadline, and either no caller timeout
-            # or a first attempt that nothing has delayed, which the caller's own timeouts
-            # bound as tightly as the deadline would (none of them is longer than the read one)
-            return max(per_try, 0.0) if per_try else None
-        limits = []
-        if per_try:
-            limits.append(per_try)
-        now = self.mesh.now()
-        if self.deadline is not None:
-            limits.append(self.deadline - now)
-        if self.user_deadline is not None:
-            limits.append(self.user_deadline - now)
-        return max(min(limits), 0.0) if limits else None
+            # the common case, no clock read: no route deadline nor per-try timeout, and a first
+            # try that nothing has delayed, which the caller's own timeouts bound as tightly as
+            # the deadline would (none of them is longer than the read one)
+            return None
+        left = ends - self.mesh.now()
+        if left <= 0:
+            raise self.expired()
+        return left
+
+    def expired(self) -> Exception:
+        """The error for a try due at or after the deadline: it is not made (Envoy answers
+        504 ``UT`` when its timer fires)."""
+        return self.error(
+            httpx.ReadTimeout("the deadline passed before the try", request=self.request), None
+        )
+
+    def attempt_bound(self, ends: float | None) -> Deadline | None:
+        """The deadline the inner transport works to for a try that must end at ``ends``."""
+        if ends is None:
+            return None
+        bound = self.bound
+        if bound is None and self.ends is not None:
+            bound = self.bound = Deadline(self.ends, self.mesh.now)
+        if bound is not None and ends == bound.at:
+            return bound
+        return Deadline(ends, self.mesh.now)
+
+    def body_started(self) -> None:
+        """The answer's headers are in: from here on the call's deadline bounds its body, and a
+        per-try timeout no longer applies (as in Envoy, which ignores it once the response has
+        begun). The reads of the body the inner transport makes wait at most what is left."""
+        timeouts = self.attempt_timeouts
+        if timeouts is not None and self.decision.retry.per_try_timeout:
+            ends = self.ends
+            timeouts["read"] = None if ends is None else max(ends - self.mesh.now(), 1e-3)
 
     def settle(self, response: httpx.Response, ticket: Any, token: Any) -> float | None:
         """An attempt's response: tell telemetry, the breaker and outlier detection. Returns the
@@ -571,12 +639,23 @@ class Call:
         """Tell the listeners the request is over (metrics, access log)."""
         if not self.telemetry.listening:
             return
-        status = response.status_code if response is not None else None
+        if response is None:
+            self.recorded(None, None, error)
+        else:
+            self.recorded(response.status_code, response.headers, error)
+
+    def recorded(
+        self, status: int | None, headers: httpx.Headers | None, error: BaseException | None
+    ) -> None:
+        """Tell the listeners the request is over: the response's status and headers (None:
+        no response), and the exception the caller got (None: none)."""
+        if not self.telemetry.listening:
+            return
         if status is None and isinstance(error, MeshRequestError):
             # the status of Envoy's local reply for the same failure
             status = 504 if isinstance(error, DeadlineExceeded) else 503
         sent = self.request.headers.get("content-length")
-        received = response.headers.get("content-length") if response is not None else None
+        received = headers.get("content-length") if headers is not None else None
         tls, peer_identity = self.tls if self.tls is not None else (None, None)
         self.telemetry.emit(
             RequestFinished(
@@ -592,8 +671,45 @@ class Call:
                 tls,
                 peer_identity,
                 peer=decode(self.peer_metadata) if self.peer_metadata is not None else None,
+                response_code_details=self.details,
             )
         )
+
+    # ------------------------------------------------------------------ the body
+
+    def body_expired(self, found: Exception | None, extensions: dict[str, Any]) -> Exception:
+        """The error for a read of the body that the call's deadline ended (``found``: the
+        timeout the inner transport raised, if it did): the route's ``DeadlineExceeded``
+        (``UT``, Envoy's ``upstream_response_timeout`` after the response started) or, when the
+        caller's own timeout ran out, httpx's ``ReadTimeout``."""
+        cause = found or httpx.ReadTimeout(
+            "the deadline passed while the body was read", request=self.request
+        )
+        error = self.error(cause, None)
+        if isinstance(error, DeadlineExceeded):
+            self.details = "upstream_response_timeout"
+            self._reflag(extensions)
+        self.body_error = error
+        return error
+
+    def body_broken(self, exc: BaseException, extensions: dict[str, Any]) -> None:
+        """The upstream's connection broke in the middle of the body (the caller gets the
+        exception as it came): recorded as Envoy records it, the status as received with flag
+        ``UC`` (upstream connection termination) and details
+        ``upstream_reset_after_response_started{connection_termination}``; outlier detection
+        counts it as a reset."""
+        if "UC" not in self.flags:
+            self.flags.append("UC")
+        self.details = LATE_RESET_DETAILS
+        self.body_error = exc
+        self._reflag(extensions)
+        self.record(_RESET)
+
+    def _reflag(self, extensions: dict[str, Any]) -> None:
+        """Put the call's flags as they are now on the response's ``MeshInfo``."""
+        info = extensions.get("mesh")
+        if isinstance(info, MeshInfo):
+            extensions["mesh"] = dataclasses.replace(info, flags=",".join(self.flags))
 
     def finish(self, response: httpx.Response, local: bool = False) -> httpx.Response:
         """Stamp the response with what the mesh did (``done`` gives the caller back its request
@@ -608,7 +724,7 @@ class Call:
             self.flags.append(self.retry.flag)
         flags = ",".join(self.flags) if self.flags else ""
         if not local:
-            self.peer_metadata = _take_peer_metadata(response)
+            self.peer_metadata = _take_upstream_headers(response)
         if flags:
             response.headers[FLAGS_HEADER] = flags
         endpoint = self.endpoint
@@ -725,6 +841,8 @@ class _NoTicket:
 NO_TICKET = _NoTicket()
 
 _STATUS_OUTCOMES: dict[int, Outcome] = {}
+#: The outcome outlier detection is told of a connection that broke in a response's body.
+_RESET = Outcome(error="reset")
 
 
 def _status_outcome(status: int) -> Outcome:
@@ -825,41 +943,110 @@ def _replace_prefix(path: str, decision: RouteDecision, view: RouteRequest, new:
 # --------------------------------------------------------------------------- streams that release
 
 
-class _ReleasingStream(httpx.SyncByteStream):
-    """Wraps a response body; releases the attempt's pool slot and in-flight count on close."""
+class _Body(httpx.SyncByteStream):
+    """An upstream's response body as the caller reads it, through the mesh.
 
-    def __init__(self, stream: httpx.SyncByteStream, release: Any) -> None:
-        self._stream = stream
+    Each read is bounded by the call's deadline (``meshlib.deadline``: the inner transport's
+    reads wait at most what is left, and none begins after it); a read it ends raises
+    ``DeadlineExceeded`` (``UT``), or httpx's ``ReadTimeout`` when it was the caller's timeout.
+    A connection that breaks in the middle is recorded as the call's failure (``UC``), the
+    caller getting the httpx error as it came. Closing it gives back the attempt's pool slot and
+    in-flight count (``release``) and records the call (metrics, access log)."""
+
+    __slots__ = ("_call", "_extensions", "_headers", "_release", "_status", "_stream")
+
+    def __init__(self, call: Call, response: httpx.Response, release: Any) -> None:
+        self._call: Call | None = call
+        self._stream: Any = response.stream
         self._release = release
+        # what recording the call needs of the response (not the response: no cycle)
+        self._status = response.status_code
+        self._headers = response.headers
+        self._extensions = response.extensions
+        call.body_pending = True
 
     def __iter__(self) -> Iterator[bytes]:
-        yield from self._stream
+        call = self._call
+        assert call is not None
+        deadline = call.bound
+        chunks = iter(self._stream)
+        while True:
+            if deadline is not None and deadline.at - deadline.now() <= 0:
+                raise call.body_expired(None, self._extensions)
+            token = _enter_deadline(deadline)
+            try:
+                chunk = next(chunks)
+            except StopIteration:
+                return
+            except httpx.TimeoutException as exc:
+                raise call.body_expired(exc, self._extensions) from exc
+            except httpx.TransportError as exc:
+                call.body_broken(exc, self._extensions)
+                raise
+            finally:
+                _leave_deadline(token)
+            yield chunk
 
     def close(self) -> None:
         try:
             self._stream.close()
         finally:
-            release, self._release = self._release, None
-            if release is not None:
-                release()
+            _ended(self)
 
 
-class _AsyncReleasingStream(httpx.AsyncByteStream):
-    def __init__(self, stream: httpx.AsyncByteStream, release: Any) -> None:
-        self._stream = stream
+class _AsyncBody(httpx.AsyncByteStream):
+    """``_Body`` for async clients."""
+
+    __slots__ = ("_call", "_extensions", "_headers", "_release", "_status", "_stream")
+
+    def __init__(self, call: Call, response: httpx.Response, release: Any) -> None:
+        self._call: Call | None = call
+        self._stream: Any = response.stream
         self._release = release
+        self._status = response.status_code
+        self._headers = response.headers
+        self._extensions = response.extensions
+        call.body_pending = True
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._stream:
+        call = self._call
+        assert call is not None
+        deadline = call.bound
+        chunks = self._stream.__aiter__()
+        while True:
+            if deadline is not None and deadline.at - deadline.now() <= 0:
+                raise call.body_expired(None, self._extensions)
+            token = _enter_deadline(deadline)
+            try:
+                chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                return
+            except httpx.TimeoutException as exc:
+                raise call.body_expired(exc, self._extensions) from exc
+            except httpx.TransportError as exc:
+                call.body_broken(exc, self._extensions)
+                raise
+            finally:
+                _leave_deadline(token)
             yield chunk
 
     async def aclose(self) -> None:
         try:
             await self._stream.aclose()
         finally:
-            release, self._release = self._release, None
-            if release is not None:
-                release()
+            _ended(self)
+
+
+def _ended(body: _Body | _AsyncBody) -> None:
+    """A body was closed: give back what its attempt held, and record the call (once)."""
+    release, body._release = body._release, None
+    call, body._call = body._call, None
+    try:
+        if release is not None:
+            release()
+    finally:
+        if call is not None and call.telemetry.listening:
+            call.recorded(body._status, body._headers, call.body_error)
 
 
 # --------------------------------------------------------------------------- the I/O shells
@@ -882,7 +1069,7 @@ class MeshTransport(httpx.BaseTransport):
             raise
         finally:
             call.done()
-        if call.telemetry.active:
+        if call.telemetry.listening and not call.body_pending:
             call.finished(response, None)
         return response
 
@@ -908,16 +1095,22 @@ class MeshTransport(httpx.BaseTransport):
                 return reply
             cluster = call.cluster
             assert cluster is not None
-            timeout = call.attempt_timeout()
-            if cluster.pool_limited:
+            ends = call.attempt_deadline()
+            waited = cluster.pool_limited
+            if waited:
                 try:
-                    lease = cluster.acquire(timeout)
+                    lease = cluster.acquire(ends)
                 except DeadlineExceeded:
                     raise call.error(httpx.PoolTimeout("pending too long"), None) from None
                 if lease is None:
                     return call.overflow()
             else:
                 lease = FREE_LEASE
+            try:
+                timeout = call.attempt_timeout(ends, waited)
+            except BaseException:
+                lease.release()
+                raise
             ticket: Any
             if cluster.breaker is None:
                 ticket = NO_TICKET
@@ -931,12 +1124,14 @@ class MeshTransport(httpx.BaseTransport):
             endpoint = call.endpoint
             counted = cluster.begin(endpoint) if cluster.counts else 0
             token = call.attempt_started(attempt) if call.telemetry.active else None
+            scope = _enter_deadline(call.attempt_bound(ends))
             try:
                 if cluster.outbound is None:
                     response = self.inner.handle_request(attempt)
                 else:
                     response = self._send_secure(call, cluster.outbound, attempt)
             except httpx.TransportError as exc:
+                _leave_deadline(scope)
                 cluster.end(endpoint, lease, counted)
                 outcome = call.outcome_of_error(exc)
                 call.attempt_ended(token, outcome)
@@ -949,21 +1144,23 @@ class MeshTransport(httpx.BaseTransport):
                 self.mesh.clock.sleep(delay)
                 continue
             except BaseException:
+                _leave_deadline(scope)
                 cluster.end(endpoint, lease, counted)
                 ticket.abandon()
                 raise
+            _leave_deadline(scope)
             delay = call.settle(response, ticket, token)
             if delay is None:
-                if lease is FREE_LEASE and not counted:
-                    pass  # nothing to give back when the body is read
-                elif response.is_closed:
-                    cluster.end(endpoint, lease, counted)
-                else:
-                    response.stream = _ReleasingStream(
-                        response.stream,  # type: ignore[arg-type]
-                        _releaser(cluster, endpoint, lease, counted),
-                    )
-                return call.finish(response)
+                response = call.finish(response)
+                held = lease is not FREE_LEASE or counted
+                if response.is_closed:
+                    if held:
+                        cluster.end(endpoint, lease, counted)
+                elif held or call.bound is not None or call.telemetry.listening:
+                    call.body_started()
+                    release = _releaser(cluster, endpoint, lease, counted) if held else None
+                    response.stream = _Body(call, response, release)
+                return response
             response.close()
             cluster.end(endpoint, lease, counted)
             call.retry_scheduled(delay)
@@ -1030,7 +1227,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             raise
         finally:
             call.done()
-        if call.telemetry.active:
+        if call.telemetry.listening and not call.body_pending:
             call.finished(response, None)
         return response
 
@@ -1056,16 +1253,22 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                 return reply
             cluster = call.cluster
             assert cluster is not None
-            timeout = call.attempt_timeout()
-            if cluster.pool_limited:
+            ends = call.attempt_deadline()
+            waited = cluster.pool_limited
+            if waited:
                 try:
-                    lease = await cluster.aacquire(timeout)
+                    lease = await cluster.aacquire(ends)
                 except DeadlineExceeded:
                     raise call.error(httpx.PoolTimeout("pending too long"), None) from None
                 if lease is None:
                     return call.overflow()
             else:
                 lease = FREE_LEASE
+            try:
+                timeout = call.attempt_timeout(ends, waited)
+            except BaseException:
+                lease.release()
+                raise
             ticket: Any
             if cluster.breaker is None:
                 ticket = NO_TICKET
@@ -1079,12 +1282,14 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             endpoint = call.endpoint
             counted = cluster.begin(endpoint) if cluster.counts else 0
             token = call.attempt_started(attempt) if call.telemetry.active else None
+            scope = _enter_deadline(call.attempt_bound(ends))
             try:
                 if cluster.outbound is None:
                     response = await self.inner.handle_async_request(attempt)
                 else:
                     response = await self._send_secure(call, cluster.outbound, attempt)
             except httpx.TransportError as exc:
+                _leave_deadline(scope)
                 cluster.end(endpoint, lease, counted)
                 outcome = call.outcome_of_error(exc)
                 call.attempt_ended(token, outcome)
@@ -1097,21 +1302,23 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                 await self.mesh.clock.asleep(delay)
                 continue
             except BaseException:
+                _leave_deadline(scope)
                 cluster.end(endpoint, lease, counted)
                 ticket.abandon()
                 raise
+            _leave_deadline(scope)
             delay = call.settle(response, ticket, token)
             if delay is None:
-                if lease is FREE_LEASE and not counted:
-                    pass  # nothing to give back when the body is read
-                elif response.is_closed:
-                    cluster.end(endpoint, lease, counted)
-                else:
-                    response.stream = _AsyncReleasingStream(
-                        response.stream,  # type: ignore[arg-type]
-                        _releaser(cluster, endpoint, lease, counted),
-                    )
-                return call.finish(response)
+                response = call.finish(response)
+                held = lease is not FREE_LEASE or counted
+                if response.is_closed:
+                    if held:
+                        cluster.end(endpoint, lease, counted)
+                elif held or call.bound is not None or call.telemetry.listening:
+                    call.body_started()
+                    release = _releaser(cluster, endpoint, lease, counted) if held else None
+                    response.stream = _AsyncBody(call, response, release)
+                return response
             await response.aclose()
             cluster.end(endpoint, lease, counted)
             call.retry_scheduled(delay)
@@ -1250,26 +1457,28 @@ def stamp_metadata(request: httpx.Request, mesh: Mesh) -> None:
     request.headers = with_entries(items, headers)
 
 
-def _take_peer_metadata(response: httpx.Response) -> str | None:
-    """The upstream's ``x-envoy-peer-metadata``, removed with its id from the response (as
-    Istio's sidecar removes them before the app sees the response); None when not sent."""
+def _take_upstream_headers(response: httpx.Response) -> str | None:
+    """Remove from an upstream's response the headers only the mesh may set: its
+    ``x-envoy-peer-metadata`` and id (as Istio's sidecar removes them before the app sees the
+    response), and any ``x-mesh-response-flags`` (the mesh's own record of what it did: an
+    upstream's copy would pass for the mesh's). Returns the peer metadata, None when not sent."""
     headers = response.headers
     raw = entries(headers)
     if raw is None:  # pragma: no cover - another httpx layout
         value: str | None = headers.get(PEER_METADATA)
-        for name in ("x-envoy-peer-metadata-id", PEER_METADATA):
+        for name in ("x-envoy-peer-metadata-id", PEER_METADATA, FLAGS_HEADER):
             if name in headers:
                 del headers[name]
         return value
-    found = None
     for entry in raw:
-        if entry[1] in PEER_KEYS:
+        if entry[1] in _UPSTREAM_TAKEN:
             break
     else:
         return None
+    found = None
     kept = []
     for entry in raw:
-        if entry[1] in PEER_KEYS:
+        if entry[1] in _UPSTREAM_TAKEN:
             if entry[1] == _PEER_METADATA_KEY:
                 found = entry[2].decode("latin-1")
         else:
@@ -1279,6 +1488,8 @@ def _take_peer_metadata(response: httpx.Response) -> str | None:
 
 
 _PEER_METADATA_KEY = PEER_METADATA.encode()
+#: The response headers of an upstream the mesh removes (see ``_take_upstream_headers``).
+_UPSTREAM_TAKEN = PEER_KEYS | {FLAGS_HEADER.encode()}
 
 
 def _releaser(cluster: Cluster, endpoint: Endpoint | None, lease: Any, counted: int) -> Any:

@@ -28,8 +28,9 @@ Envoy answers it.
 ``PoolLimits`` — Envoy's circuit breakers (``DestinationRule.trafficPolicy.connectionPool``)
     Concurrency limits, not a state machine: at most ``tcp.maxConnections`` requests in flight
     (HTTP/1.1: one request per connection), up to ``http.http1MaxPendingRequests`` more waiting
-    for one of them, ``http.http2MaxRequests`` requests in flight overall and ``http.maxRetries``
-    retries in flight. See the class for the exact rules and where meshlib differs.
+    for one of them, and ``http.http2MaxRequests`` requests in flight overall. See the class for
+    the exact rules and where meshlib differs. (``http.maxRetries`` limits retries: that is the
+    retry budget's, ``meshlib.policies.retry.RetryBudget``.)
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, ParamSpec, Protocol, Type
 
 import pybreaker
 
-from meshlib.clock import SYSTEM_CLOCK, Clock
+from meshlib.clock import SYSTEM_CLOCK, Clock, SystemClock
 from meshlib.errors import CircuitOpenError, ConfigError, DeadlineExceeded
 
 if TYPE_CHECKING:
@@ -572,6 +573,11 @@ def _threshold(value: int | None) -> int:
     return value if value else UNLIMITED
 
 
+#: How often (real seconds) a request pending on a clock other than the system's looks at that
+#: clock to see whether its deadline has passed.
+_CLOCK_POLL: Final = 0.01
+
+
 class _Waiter:
     """One pending request: a parked thread (``event``) or an asyncio task (``future``)."""
 
@@ -607,17 +613,41 @@ def _resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
+def _watch(
+    loop: asyncio.AbstractEventLoop,
+    future: asyncio.Future[None],
+    clock: Clock,
+    deadline: float,
+    system: bool,
+    timer: list[asyncio.TimerHandle],
+) -> None:
+    """End the wait on ``future`` when ``clock`` reaches ``deadline``: one timer on the system
+    clock (the loop's own time), else a look at ``clock`` every ``_CLOCK_POLL`` seconds.
+    ``timer`` holds the handle to cancel."""
+    left = deadline - clock.now()
+    if future.done():
+        return
+    if left <= 0:
+        _resolve(future)
+        return
+    step = left if system else min(left, _CLOCK_POLL)
+    handle = loop.call_later(step, _watch, loop, future, clock, deadline, system, timer)
+    if timer:
+        timer[0] = handle
+    else:
+        timer.append(handle)
+
+
 class Lease:
-    """One slot of a ``PoolLimits`` (a request in flight, or a retry); ``release()`` it once.
+    """One request slot of a ``PoolLimits``; ``release()`` it once.
 
     Releasing twice is a no-op. Also a context manager that releases on exit.
     """
 
-    __slots__ = ("_pool", "_released", "_retry")
+    __slots__ = ("_pool", "_released")
 
-    def __init__(self, pool: PoolLimits, retry: bool) -> None:
+    def __init__(self, pool: PoolLimits) -> None:
         self._pool = pool
-        self._retry = retry
         self._released = False
 
     @property
@@ -663,16 +693,18 @@ class PoolLimits:
     * ``http.http2MaxRequests``: at most this many requests in flight overall, whatever the
       protocol; a request that finds a free connection but no request slot overflows (flag
       ``UO``; Envoy counts it in ``upstream_rq_pending_overflow`` too; here ``requests_overflow``).
-    * ``http.maxRetries``: at most this many retries in flight (``try_acquire_retry``); beyond
-      that the request is not retried (Envoy counter ``upstream_rq_retry_overflow``; here
-      ``retry_overflow``).
     * When a request finishes, its slot goes to the longest-waiting pending request (FIFO).
+    * ``http.maxRetries`` is not a limit of this pool: retries are limited, and their refusals
+      counted, by the destination's retry budget alone (``RetryBudget``, Envoy's
+      ``upstream_rq_retry_overflow``), which applies ``maxRetries`` when no ``retryBudget`` is set.
 
     Where meshlib differs: Envoy's limits count connections it opens lazily and per endpoint, and
     lets each endpoint have at least one connection even past ``maxConnections`` (the "leeway"
-    Istio's circuit-breaking task shows); meshlib counts requests and is exact. Requests queued
-    here wait for a slot for at most the time the caller passes (its deadline), measured with
-    real time by the threading / asyncio primitives they park on.
+    Istio's circuit-breaking task shows); meshlib counts requests and is exact. A pending request
+    waits for a slot until the caller's deadline, an absolute time on ``clock`` (the mesh's), the
+    clock every other deadline of the call is measured on: on the system clock the thread or
+    task parks until then; on another clock (a test's fake one) it looks at that clock every
+    10 ms of real time, and a slot handed over meanwhile ends the wait at once.
 
     Thread- and asyncio-safe at once: one ``threading.Lock`` guards the counters; a thread waits
     on a ``threading.Event``, a task on an ``asyncio.Future`` resolved through
@@ -681,23 +713,26 @@ class PoolLimits:
 
     __slots__ = (
         "_active",
+        "_clock",
         "_lock",
         "_pending",
         "_pending_overflow",
         "_requests_overflow",
-        "_retries",
-        "_retry_overflow",
+        "_system",
         "_waiters",
         "destination",
         "max_connections",
         "max_pending_requests",
         "max_requests",
         "max_requests_per_connection",
-        "max_retries",
     )
 
     def __init__(
-        self, settings: ConnectionPoolSettings | None = None, *, destination: str = ""
+        self,
+        settings: ConnectionPoolSettings | None = None,
+        *,
+        destination: str = "",
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         tcp = settings.tcp if settings is not None else None
         http = settings.http if settings is not None else None
@@ -705,17 +740,17 @@ class PoolLimits:
         self.max_connections = _threshold(tcp.max_connections if tcp else None)
         self.max_pending_requests = _threshold(http.http1_max_pending_requests if http else None)
         self.max_requests = _threshold(http.http2_max_requests if http else None)
-        self.max_retries = _threshold(http.max_retries if http else None)
         #: 0 means unlimited.
         self.max_requests_per_connection = (http.max_requests_per_connection if http else 0) or 0
+        self._clock = clock
+        #: the system clock's time is the one threads and event loops wait on
+        self._system = type(clock) is SystemClock
         self._lock = threading.Lock()
         self._waiters: deque[_Waiter] = deque()
         self._active = 0
         self._pending = 0
-        self._retries = 0
         self._pending_overflow = 0
         self._requests_overflow = 0
-        self._retry_overflow = 0
 
     # ----------------------------------------------------------------- observation
 
@@ -735,11 +770,6 @@ class PoolLimits:
         return self._pending
 
     @property
-    def retries_active(self) -> int:
-        """Retries in flight."""
-        return self._retries
-
-    @property
     def pending_overflow(self) -> int:
         """Requests refused because the pending queue was full."""
         return self._pending_overflow
@@ -750,43 +780,49 @@ class PoolLimits:
         return self._requests_overflow
 
     @property
-    def retry_overflow(self) -> int:
-        """Retries refused by ``maxRetries`` (Envoy ``upstream_rq_retry_overflow``)."""
-        return self._retry_overflow
-
-    @property
     def upstream_rq_pending_overflow(self) -> int:
         """Envoy's counter, which counts both kinds of request overflow."""
         return self._pending_overflow + self._requests_overflow
 
     def __repr__(self) -> str:
-        return (
-            f"<PoolLimits {self.destination!r} active={self._active} pending={self._pending} "
-            f"retries={self._retries}>"
-        )
+        return f"<PoolLimits {self.destination!r} active={self._active} pending={self._pending}>"
 
     # ----------------------------------------------------------------- requests
 
-    def acquire(self, timeout: float | None = None) -> Lease | None:
+    def acquire(
+        self, timeout: float | None = None, *, deadline: float | None = None
+    ) -> Lease | None:
         """A request slot for a thread; ``None`` when the request overflows (flag ``UO``).
 
-        Waits as pending for at most ``timeout`` seconds (``None``: no limit), then raises
-        ``DeadlineExceeded`` (flag ``UT``).
+        Waits as pending until ``deadline`` (absolute time on the pool's clock), or for at most
+        ``timeout`` seconds of it (``None`` for both: no limit), then raises
+        ``DeadlineExceeded`` (flag ``UT``); with no time left it is not even queued.
         """
+        clock = self._clock
+        if timeout is not None:
+            ends = clock.now() + timeout
+            deadline = ends if deadline is None else min(deadline, ends)
         with self._lock:
             verdict = self._admit()
             if verdict == _GRANTED:
-                return Lease(self, False)
+                return Lease(self)
             if verdict == _OVERFLOW:
                 return None
-            if timeout is not None and timeout <= 0:
+            if deadline is not None and deadline - clock.now() <= 0:
                 raise self._timed_out()
             waiter = _Waiter(event=threading.Event())
             self._waiters.append(waiter)
             self._pending += 1
-        assert waiter.event is not None
+        event = waiter.event
+        assert event is not None
         try:
-            waiter.event.wait(timeout)
+            while True:
+                if deadline is None:
+                    event.wait()
+                    break
+                left = deadline - clock.now()
+                if left <= 0 or event.wait(left if self._system else min(left, _CLOCK_POLL)):
+                    break
         except BaseException:  # interrupted: leave the queue, pass on a slot handed over meanwhile
             lease = self._collect(waiter)
             if lease is not None:
@@ -797,23 +833,31 @@ class PoolLimits:
             raise self._timed_out()
         return lease
 
-    async def aacquire(self, timeout: float | None = None) -> Lease | None:
+    async def aacquire(
+        self, timeout: float | None = None, *, deadline: float | None = None
+    ) -> Lease | None:
         """A request slot for an asyncio task; as ``acquire``. Cancelling the task while it waits
         leaves the queue cleanly (a slot handed to it meanwhile goes on to the next waiter)."""
+        clock = self._clock
+        if timeout is not None:
+            ends = clock.now() + timeout
+            deadline = ends if deadline is None else min(deadline, ends)
         with self._lock:
             verdict = self._admit()
             if verdict == _GRANTED:
-                return Lease(self, False)
+                return Lease(self)
             if verdict == _OVERFLOW:
                 return None
-            if timeout is not None and timeout <= 0:
+            if deadline is not None and deadline - clock.now() <= 0:
                 raise self._timed_out()
             loop = asyncio.get_running_loop()
             future: asyncio.Future[None] = loop.create_future()
             waiter = _Waiter(loop=loop, future=future)
             self._waiters.append(waiter)
             self._pending += 1
-        timer = loop.call_later(timeout, _resolve, future) if timeout is not None else None
+        timer: list[asyncio.TimerHandle] = []
+        if deadline is not None:
+            _watch(loop, future, clock, deadline, self._system, timer)
         try:
             await future
         except BaseException:
@@ -822,24 +866,12 @@ class PoolLimits:
                 lease.release()  # cancelled after a slot was handed over: pass it on
             raise
         finally:
-            if timer is not None:
-                timer.cancel()
+            if timer:
+                timer[0].cancel()
         lease = self._collect(waiter)
         if lease is None:
             raise self._timed_out()
         return lease
-
-    # ----------------------------------------------------------------- retries
-
-    def try_acquire_retry(self) -> Lease | None:
-        """A retry slot, or ``None`` when ``maxRetries`` retries are already in flight: then the
-        request must not be retried. Release the lease when the retry attempt ends."""
-        with self._lock:
-            if self._retries >= self.max_retries:
-                self._retry_overflow += 1
-                return None
-            self._retries += 1
-        return Lease(self, True)
 
     # ----------------------------------------------------------------- internals
 
@@ -860,7 +892,7 @@ class PoolLimits:
         """After a wait: the lease handed to ``waiter``, or ``None`` after leaving the queue."""
         with self._lock:
             if waiter.granted:
-                return Lease(self, False)
+                return Lease(self)
             try:
                 self._waiters.remove(waiter)
             except ValueError:  # already taken off the queue (its event loop had closed)
@@ -873,9 +905,6 @@ class PoolLimits:
             if lease._released:
                 return
             lease._released = True
-            if lease._retry:
-                self._retries -= 1
-                return
             waiters = self._waiters
             while waiters:
                 waiter = waiters.popleft()

@@ -83,7 +83,9 @@ class RequestFinished:
     flags: str
     attempts: int
     endpoint: Endpoint | None
-    duration: float  # seconds, request start to response headers (or error)
+    #: seconds from the start of the call to its end: the response closed (its body read or
+    #: abandoned), or the error raised; as Envoy's ``%DURATION%``
+    duration: float
     request_bytes: int | None
     response_bytes: int | None
     error: BaseException | None
@@ -93,6 +95,10 @@ class RequestFinished:
     peer_identity: str | None = None
     #: the upstream's workload metadata from its response (``x-envoy-peer-metadata``), if sent
     peer: PeerMetadata | None = None
+    #: Envoy's response code details when the exchange failed after the response began
+    #: (``upstream_reset_after_response_started{connection_termination}``,
+    #: ``upstream_response_timeout``); "" otherwise
+    response_code_details: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +168,14 @@ class StoreHealthChanged:
 
     store: str
     stale: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorDropped:
+    """A shadow request to ``destination`` (``host|subset``) was not sent: the mesh had as many
+    outstanding as it keeps (``meshlib.mirror``)."""
+
+    destination: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +305,7 @@ __all__ = [
     "FaultInjected",
     "InboundFinished",
     "MeshListener",
+    "MirrorDropped",
     "RequestFinished",
     "RequestInfo",
     "RetryScheduled",

@@ -226,6 +226,9 @@ class AccessLogger:
             "request_id": request.request_id,
             "trace_id": _current_trace_id(),
         }
+        # A call whose response broke off (a reset, the deadline) says why: one more field.
+        if event.response_code_details:
+            fields["response_code_details"] = event.response_code_details
         # A call sent with TLS says how, and whom it verified: two more fields, only then.
         if event.tls is not None:
             fields["upstream_tls_mode"] = event.tls

@@ -9,8 +9,9 @@ meshlib services unchanged:
   with Istio's standard labels: ``reporter="source"`` for the calls this service makes,
   ``reporter="destination"`` for the requests it serves (reported by ``meshlib.server``);
 * meshlib's own: ``meshlib_retries_total``, ``meshlib_breaker_state`` (0 closed, 1 open,
-  2 half-open), ``meshlib_outlier_ejections_total``, ``meshlib_faults_injected_total`` and
-  ``meshlib_retry_budget_exhausted_total``, and ``meshlib_peer_metadata_refused_total``
+  2 half-open), ``meshlib_outlier_ejections_total``, ``meshlib_faults_injected_total``,
+  ``meshlib_retry_budget_exhausted_total``, ``meshlib_mirror_dropped_total`` and
+  ``meshlib_peer_metadata_refused_total``
   (inbound requests whose workload metadata claimed another identity than the caller's
   certificate: the metadata was ignored; counted for the whole process).
 
@@ -70,6 +71,7 @@ from meshlib.telemetry import (
     EndpointEjected,
     FaultInjected,
     InboundFinished,
+    MirrorDropped,
     RequestFinished,
     RetryScheduled,
     StoreHealthChanged,
@@ -467,6 +469,7 @@ class MetricsRecorder:
         self._ejections: _Tally = {}
         self._faults: _Tally = {}
         self._budget: _Tally = {}
+        self._mirror_dropped: _Tally = {}
         self._breakers: dict[tuple[str, str], int] = {}
         self._stores: dict[str, int] = {}
         self._started = time.time_ns()
@@ -500,6 +503,11 @@ class MetricsRecorder:
                 "meshlib_retry_budget_exhausted",
                 self._budget,
                 "Retries refused by the retry budget or maxRetries",
+            ),
+            (
+                "meshlib_mirror_dropped",
+                self._mirror_dropped,
+                "Shadow requests not sent: the mesh had as many outstanding as it keeps",
             ),
         )
         for name, tally, description in counters:
@@ -535,6 +543,7 @@ class MetricsRecorder:
             RetryScheduled: self._retry,
             FaultInjected: self._fault,
             BudgetExhausted: self._budget_exhausted,
+            MirrorDropped: self._mirror,
             EndpointEjected: self._ejected,
             BreakerCreated: self._breaker_created,
             BreakerTransition: self._breaker_transition,
@@ -645,6 +654,9 @@ class MetricsRecorder:
 
     def _budget_exhausted(self, event: BudgetExhausted) -> None:
         self._count(self._budget, _destination_of(event.request.decision))
+
+    def _mirror(self, event: MirrorDropped) -> None:
+        self._count(self._mirror_dropped, _split(event.destination))
 
     def _fault(self, event: FaultInjected) -> None:
         where = _destination_of(event.request.decision)
@@ -775,6 +787,7 @@ _DESTINATION = ("destination_service", "destination_subset")
 _TALLY_LABELS: dict[str, tuple[str, ...]] = {
     "meshlib_retries": _DESTINATION,
     "meshlib_retry_budget_exhausted": _DESTINATION,
+    "meshlib_mirror_dropped": _DESTINATION,
     "meshlib_faults_injected": (*_DESTINATION, "fault"),
     "meshlib_outlier_ejections": (*_DESTINATION, "endpoint"),
 }

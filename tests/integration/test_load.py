@@ -100,7 +100,7 @@ def check(mesh: Mesh, upstreams: dict[str, Upstream], path: str, tally: Tally) -
     for subset, target in tally.targets.items():
         cluster = mesh.cluster(target)
         assert cluster.balancer.inflight.snapshot() == {}, subset
-        assert (cluster.pool.active, cluster.pool.pending, cluster.pool.retries_active) == (0, 0, 0)
+        assert (cluster.pool.active, cluster.pool.pending) == (0, 0)
         assert cluster.pool.upstream_rq_pending_overflow == 0
         assert (cluster.budget.active_requests, cluster.budget.active_retries) == (0, 0)
         detector = cluster.balancer.detector

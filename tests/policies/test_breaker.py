@@ -11,6 +11,7 @@ from collections.abc import Callable
 import pybreaker
 import pytest
 
+from meshlib.clock import SYSTEM_CLOCK, Clock
 from meshlib.config.model import ConnectionPoolSettings, HTTPSettings, TCPSettings
 from meshlib.errors import CircuitOpenError, ConfigError, DeadlineExceeded, MeshRequestError
 from meshlib.policies.breaker import (
@@ -463,6 +464,7 @@ def pool(
     requests: int | None = None,
     retries: int | None = None,
     per_connection: int | None = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> PoolLimits:
     return PoolLimits(
         ConnectionPoolSettings(
@@ -475,6 +477,7 @@ def pool(
             ),
         ),
         destination="httpbin",
+        clock=clock,
     )
 
 
@@ -483,7 +486,6 @@ def test_istio_defaults_are_unlimited() -> None:
         assert limits.max_connections == UNLIMITED == 2**32 - 1
         assert limits.max_pending_requests == UNLIMITED
         assert limits.max_requests == UNLIMITED
-        assert limits.max_retries == UNLIMITED
         assert limits.keepalive_allowed
     assert not pool(per_connection=1).keepalive_allowed
     assert pool(per_connection=2).keepalive_allowed
@@ -593,21 +595,74 @@ def test_max_requests_overflows_even_with_free_connections() -> None:
     assert limits.active == 0
 
 
-def test_max_retries() -> None:
-    limits = pool(retries=2)
-    a, b = limits.try_acquire_retry(), limits.try_acquire_retry()
-    assert isinstance(a, Lease)
-    assert isinstance(b, Lease)
-    assert limits.try_acquire_retry() is None
-    assert (limits.retries_active, limits.retry_overflow) == (2, 1)
-    a.release()
-    a.release()  # twice: no-op
-    assert limits.retries_active == 1
-    with limits.try_acquire_retry() as c:  # type: ignore[union-attr]
-        assert c.released is False
-    assert limits.retries_active == 1
-    b.release()
-    assert limits.retries_active == 0
+def test_max_retries_is_not_a_limit_of_the_pool() -> None:
+    """``maxRetries`` limits retries through the destination's retry budget alone (one
+    mechanism, one counter: ``RetryBudget.refused``); the pool keeps no second, unused tally."""
+    limits = pool(connections=1, retries=1)
+    for name in ("max_retries", "try_acquire_retry", "retries_active", "retry_overflow"):
+        assert not hasattr(limits, name), name
+
+
+def test_a_pending_thread_waits_until_the_deadline_on_the_pools_clock() -> None:
+    """Deadlines are measured on the mesh's clock, pool waits too: on a fake clock a pending
+    request's deadline passes when that clock passes it, not after that much real time (here an
+    hour of it)."""
+    clock = FakeClock()
+    limits = pool(connections=1, pending=5, clock=clock)
+    holder = limits.acquire()
+    assert holder is not None
+    outcome: list[object] = []
+
+    def wait() -> None:
+        try:
+            outcome.append(limits.acquire(deadline=clock.now() + 3600))
+        except DeadlineExceeded as exc:
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=wait, daemon=True)
+    waiter.start()
+    wait_until(lambda: limits.pending == 1)
+    clock.advance(3600)
+    waiter.join(timeout=5)
+    assert not waiter.is_alive(), "the wait ran on real time"
+    assert isinstance(outcome[0], DeadlineExceeded)
+    assert limits.pending == 0
+    holder.release()
+    assert limits.active == 0
+
+
+async def test_a_pending_task_waits_until_the_deadline_on_the_pools_clock() -> None:
+    clock = FakeClock()
+    limits = pool(connections=1, pending=5, clock=clock)
+    holder = await limits.aacquire()
+    assert holder is not None
+    waiter = asyncio.create_task(limits.aacquire(deadline=clock.now() + 3600))
+    while limits.pending == 0:
+        await asyncio.sleep(0)
+    clock.advance(3600)
+    with pytest.raises(DeadlineExceeded):
+        await asyncio.wait_for(waiter, 5)
+    assert limits.pending == 0
+    holder.release()
+
+
+def test_on_a_fake_clock_a_slot_handed_over_ends_the_wait() -> None:
+    """A fake clock that nobody advances: the pending request gets the slot when it is freed."""
+    clock = FakeClock()
+    limits = pool(connections=1, pending=5, clock=clock)
+    holder = limits.acquire()
+    assert holder is not None
+    got: queue.Queue[object] = queue.Queue()
+    waiter = threading.Thread(
+        target=lambda: got.put(limits.acquire(deadline=clock.now() + 1)), daemon=True
+    )
+    waiter.start()
+    wait_until(lambda: limits.pending == 1)
+    holder.release()
+    lease = got.get(timeout=5)
+    assert isinstance(lease, Lease)
+    lease.release()
+    assert limits.active == 0
 
 
 def test_double_release_does_not_free_a_second_slot() -> None:
