@@ -478,9 +478,21 @@ class Mesh:
             )
         return store.register(self.config.service, address, labels, ttl)
 
-    def reload(self, paths: Sequence[str | os.PathLike[str]] | None = None) -> None:
+    @property
+    def files(self) -> tuple[str, ...]:
+        """The config files this mesh was built from (and reloads), as given."""
+        return tuple(self._files)
+
+    def reload(
+        self,
+        paths: Sequence[str | os.PathLike[str]] | None = None,
+        *,
+        verify: Callable[[], bool] | None = None,
+    ) -> bool:
         """Re-read the config files (or ``paths``). A bad config raises ``ConfigError`` and the
-        last good config keeps running."""
+        last good config keeps running. ``verify``, when given, is asked once the files are
+        read and before the new config goes into force: False (the files changed while they
+        were read, say) applies nothing, and ``reload`` returns False. True: applied."""
         names = [os.fspath(p) for p in paths] if paths is not None else self._files
         if not names:
             raise ConfigError([Problem("<mesh>", 0, "", "this mesh was not built from files")])
@@ -490,21 +502,26 @@ class Mesh:
             log.warning("config not applied, the last good one stays in force:\n%s", exc)
             self.telemetry.emit(ConfigReloaded(False, exc))
             raise
+        if verify is not None and not verify():
+            return False
         self.apply(config)
         self._files = names
         self.telemetry.emit(ConfigReloaded(True, None))
+        return True
 
-    def watch(self, interval: float = 0.5) -> ConfigWatcher:
+    def watch(self, interval: float = 0.5, *, settle: float | None = None) -> ConfigWatcher:
         """Reload whenever a config file (main or included) changes, checked every ``interval``
-        seconds by a daemon thread (``meshlib.config.watch``); a bad file keeps the last good
-        config and is logged. Returns the running watcher; a second call returns the same one."""
+        seconds by a daemon thread (``meshlib.config.watch``): a change is applied once the
+        files stayed the same for ``settle`` seconds (default: ``interval``), a file that became
+        empty is not applied, and a bad file keeps the last good config and is logged. Returns
+        the running watcher; a second call returns the same one."""
         if not self._files:
             raise ConfigError([Problem("<mesh>", 0, "", "this mesh was not built from files")])
         with self._lock:
             if self.watcher is None:
                 from meshlib.config.watch import ConfigWatcher  # noqa: PLC0415 - watch needs Mesh
 
-                self.watcher = ConfigWatcher(self, interval=interval)
+                self.watcher = ConfigWatcher(self, interval=interval, settle=settle)
         return self.watcher.start()
 
     # ------------------------------------------------------------------ decisions

@@ -93,7 +93,7 @@ def write(path: Path, text: str) -> None:
     os.utime(path, ns=(stamp, stamp))
 
 
-def test_file_registry_applies_changes_after_its_refresh_interval(tmp_path: Path) -> None:
+def test_file_registry_applies_a_change_once_it_settled(tmp_path: Path) -> None:
     clock = FakeClock()
     path = tmp_path / "endpoints.yaml"
     write(path, "reviews: [{address: '127.0.0.1:1', labels: {version: v1}}]\n")
@@ -102,7 +102,35 @@ def test_file_registry_applies_changes_after_its_refresh_interval(tmp_path: Path
     write(path, "reviews: [{address: '127.0.0.1:2'}, {address: '127.0.0.1:3'}]\n")
     assert [e.address for e in registry.endpoints(FQDN)] == ["127.0.0.1:1"]  # not yet looked
     clock.advance(2.0)
+    assert [e.address for e in registry.endpoints(FQDN)] == ["127.0.0.1:1"]  # seen once
+    clock.advance(2.0)
     assert [e.address for e in registry.endpoints(FQDN)] == ["127.0.0.1:2", "127.0.0.1:3"]
+
+
+def test_file_registry_does_not_apply_a_file_being_written_or_emptied(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = FakeClock()
+    path = tmp_path / "endpoints.yaml"
+    write(path, "reviews: [{address: '127.0.0.1:1'}]\nratings: [{address: '127.0.0.1:9'}]\n")
+    registry = FileRegistry(str(path), refresh=1.0, clock=clock)
+    whole = "reviews: [{address: '127.0.0.1:2'}]\nratings: [{address: '127.0.0.1:9'}]\n"
+    for end in (0, 10, len(whole) // 2 + 2):  # a writer half-way at every look
+        write(path, whole[:end])
+        clock.advance(1.0)
+        assert [e.address for e in registry.endpoints(FQDN)] == ["127.0.0.1:1"]
+    for _ in range(3):  # left empty: never applied
+        write(path, "# rewritten soon\n")
+        clock.advance(1.0)
+        registry.endpoints(FQDN)
+        clock.advance(1.0)
+        assert [e.address for e in registry.endpoints(FQDN)] == ["127.0.0.1:1"]
+    assert "became empty" in caplog.text
+    write(path, whole)
+    clock.advance(1.0)
+    registry.endpoints(FQDN)
+    clock.advance(1.0)
+    assert [e.address for e in registry.endpoints(FQDN)] == ["127.0.0.1:2"]
 
 
 def test_bad_registry_file_keeps_the_last_good_endpoints(
@@ -113,12 +141,15 @@ def test_bad_registry_file_keeps_the_last_good_endpoints(
     write(path, "reviews: [{address: '127.0.0.1:1'}]\n")
     registry = FileRegistry(str(path), refresh=1.0, clock=clock)
     write(path, "reviews:\n  - {address: 'no-port-here', weight: 0}\n")
-    clock.advance(1.0)
-    assert [e.address for e in registry.endpoints(FQDN)] == ["127.0.0.1:1"]
+    for _ in range(5):
+        clock.advance(1.0)
+        assert [e.address for e in registry.endpoints(FQDN)] == ["127.0.0.1:1"]
     assert registry.last_error is not None
     assert f"{path}:2: reviews[0].address:" in str(registry.last_error)
-    assert "keeping the last good one" in caplog.text
+    assert caplog.text.count("keeping the last good one") == 1  # once, not at every look
     write(path, "reviews: [{address: '127.0.0.1:4'}]\n")
+    clock.advance(1.0)
+    registry.endpoints(FQDN)
     clock.advance(1.0)
     assert [e.address for e in registry.endpoints(FQDN)] == ["127.0.0.1:4"]
     assert registry.last_error is None
@@ -167,6 +198,8 @@ def test_mesh_follows_the_registry_file_without_restart(tmp_path: Path) -> None:
     with mesh.client() as client:
         assert client.get("http://reviews:9080/r").status_code == 200
         write(endpoints, "reviews: [{address: '127.0.0.1:1002', labels: {version: v2}}]\n")
+        clock.advance(1.0)
+        mesh.registry.endpoints("reviews.default.svc.cluster.local")  # the change is seen
         clock.advance(1.0)
         assert client.get("http://reviews:9080/r").status_code == 200
     assert seen == ["127.0.0.1:1001", "127.0.0.1:1002"]

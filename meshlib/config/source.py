@@ -7,6 +7,7 @@ keeps the line it came from. Duplicate keys, which PyYAML silently collapses, ar
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,44 +47,246 @@ class Document:
         return 1
 
 
-class _Walker:
-    """Turns composed YAML nodes into Python values while recording each path's line."""
+#: How deep a document may nest (mappings and lists, aliases and merge keys followed). Istio's
+#: resources nest about a dozen levels; a deeper document is refused here, before anything that
+#: recurses over it (validation, the config digest, ``repr``) sees it.
+MAX_DEPTH = 100
+#: How many values (mappings, lists, scalars and keys) a file may read as, aliases and merge
+#: keys expanded: ``NODE_ALLOWANCE`` plus ``NODES_PER_CHARACTER`` for each character of its text.
+#: Written out, a file reads as at most one value per character, so no file without aliases
+#: reaches the bound; an alias stands for a whole mapping or list in a few characters, so a few
+#: hundred bytes of aliases of aliases can stand for billions of values (a "billion laughs").
+#: Reading is bounded by the file's size: time and memory, as for a file without aliases.
+NODES_PER_CHARACTER = 2
+NODE_ALLOWANCE = 10_000
+#: The integers a value may hold: Istio's fields hold at most 64 bits (and Python cannot turn an
+#: integer of more than 4300 digits into text).
+_INT_RANGE = (-(2**63), 2**64)
+_MERGE = "tag:yaml.org,2002:merge"
+_VALUE = "tag:yaml.org,2002:value"
+#: The characters YAML does not allow in a file (PyYAML's reader refuses them).
+_NON_PRINTABLE = re.compile(
+    "[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]"
+)
 
-    def __init__(self, file: str, constructor: yaml.constructor.SafeConstructor) -> None:
+
+class _RefusedError(Exception):
+    """A document that cannot be read as a config: too deep, too big once expanded, a loop."""
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(problem.message)
+        self.problem = problem
+
+
+class _Budget:
+    """How many more values the file may read as (``NODES_PER_CHARACTER``)."""
+
+    __slots__ = ("left", "total")
+
+    def __init__(self, text: str) -> None:
+        self.total = self.left = NODE_ALLOWANCE + NODES_PER_CHARACTER * len(text)
+
+
+class _Walker:
+    """Turns composed YAML nodes into Python values while recording each path's line.
+
+    Bounded by the file's size whatever its aliases do: every value read (aliases and merge keys
+    followed) is paid for from the file's ``_Budget``, nesting stops at ``MAX_DEPTH``, and an
+    alias inside the mapping or list it names (a loop) is refused."""
+
+    def __init__(
+        self, file: str, constructor: yaml.constructor.SafeConstructor, budget: _Budget
+    ) -> None:
         self.file = file
         self.constructor = constructor
+        self.budget = budget
         self.lines: dict[Path, int] = {}
         self.problems: list[Problem] = []
+        self.open: set[int] = set()  # the mappings and lists being read: an alias to one loops
+
+    def pay(self, node: yaml.Node, path: Path) -> None:
+        budget = self.budget
+        budget.left -= 1
+        if budget.left < 0:
+            raise _RefusedError(
+                self.problem(
+                    node,
+                    path,
+                    f"this file reads as more than {budget.total} values once its aliases are "
+                    f"expanded (at most {NODES_PER_CHARACTER} per character of the file, plus "
+                    f"{NODE_ALLOWANCE}): is an alias used where it was not meant?",
+                )
+            )
+
+    def problem(self, node: yaml.Node, path: Path, message: str) -> Problem:
+        return Problem(self.file, node.start_mark.line + 1, format_path(path), message)
 
     def value(self, node: yaml.Node, path: Path) -> Any:
-        if isinstance(node, yaml.MappingNode):
-            return self.mapping(node, path)
-        if isinstance(node, yaml.SequenceNode):
+        self.pay(node, path)
+        if isinstance(node, yaml.ScalarNode):
+            return self.scalar(node, path)
+        if len(path) >= MAX_DEPTH:
+            raise _RefusedError(
+                self.problem(
+                    node, path, f"nested more than {MAX_DEPTH} levels deep (aliases followed)"
+                )
+            )
+        key = id(node)
+        if key in self.open:
+            raise _RefusedError(self.problem(node, path, _LOOP))
+        self.open.add(key)
+        try:
+            if isinstance(node, yaml.MappingNode):
+                return self.mapping(node, path)
             items = []
             for i, item in enumerate(node.value):
                 self.lines.setdefault((*path, i), item.start_mark.line + 1)
                 items.append(self.value(item, (*path, i)))
             return items
-        return self.constructor.construct_object(node, deep=True)
+        finally:
+            self.open.discard(key)
 
-    def mapping(self, node: yaml.MappingNode, path: Path) -> dict[Any, Any]:
-        self.constructor.flatten_mapping(node)  # resolves YAML merge keys (<<)
-        out: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
-            key = self.constructor.construct_object(key_node, deep=True)
-            line = key_node.start_mark.line + 1
-            if not isinstance(key, str):
-                key = str(key) if isinstance(key, (int, float, bool)) else repr(key)
-            child = (*path, key)
-            if key in out:
-                self.problems.append(
-                    Problem(
-                        self.file, line, format_path(child), "duplicate key (first given above)"
+    def scalar(self, node: yaml.ScalarNode, path: Path) -> Any:
+        try:
+            value = self.constructor.construct_object(node, deep=True)
+        except ValueError as exc:  # a number past Python's limits, a date that is no date
+            raise _RefusedError(
+                self.problem(
+                    node,
+                    path,
+                    f"cannot read {_excerpt(node.value)}: {exc} (quote it to make it a string)",
+                )
+            ) from None
+        if isinstance(value, int) and not isinstance(value, bool):
+            low, high = _INT_RANGE
+            if not low <= value < high:
+                raise _RefusedError(
+                    self.problem(
+                        node,
+                        path,
+                        f"the number {_excerpt(node.value)} does not fit in 64 bits (quote it "
+                        "to make it a string)",
                     )
                 )
-            self.lines[child] = line
+        return value
+
+    def key(self, node: yaml.Node, path: Path) -> str | None:
+        """A mapping key as text; None (and a problem) for a key that is not a scalar."""
+        self.pay(node, path)
+        if not isinstance(node, yaml.ScalarNode):
+            kind = "mapping" if isinstance(node, yaml.MappingNode) else "list"
+            self.problems.append(self.problem(node, path, f"a key must be a string, not a {kind}"))
+            return None
+        if node.tag == _VALUE:  # the "=" key of YAML 1.1, which PyYAML reads as a string
+            return str(node.value)
+        key = self.scalar(node, path)
+        if isinstance(key, str):
+            return key
+        return str(key) if isinstance(key, (int, float, bool)) else repr(key)
+
+    def mapping(self, node: yaml.MappingNode, path: Path) -> dict[Any, Any]:
+        """A mapping, merge keys (``<<``) resolved as YAML's merge type says: the mapping's own
+        keys first, then the merged mappings' in the order given."""
+        chosen: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        merges: list[yaml.Node] = []
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE:
+                merges.append(value_node)
+                continue
+            key = self.key(key_node, path)
+            if key is None:
+                continue
+            if key in chosen:
+                self.problems.append(
+                    Problem(
+                        self.file,
+                        key_node.start_mark.line + 1,
+                        format_path((*path, key)),
+                        "duplicate key (first given above)",
+                    )
+                )
+            chosen[key] = (key_node, value_node)
+        merged: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        for source in reversed(merges):  # ``<<`` given twice: the last one wins, as in PyYAML
+            self.merge(source, node, path, merged, 0)
+        out: dict[Any, Any] = {}
+        # merged keys first, as PyYAML orders them; a key of the mapping's own wins
+        for key, pair in [*merged.items(), *chosen.items()]:
+            if key in chosen and pair is not chosen[key]:
+                continue
+            key_node, value_node = pair
+            child = (*path, key)
+            self.lines[child] = key_node.start_mark.line + 1
             out[key] = self.value(value_node, child)
         return out
+
+    def merge(
+        self,
+        source: yaml.Node,
+        into: yaml.MappingNode,
+        path: Path,
+        merged: dict[str, tuple[yaml.Node, yaml.Node]],
+        depth: int,
+    ) -> None:
+        """Add the keys of a merge key's value (a mapping, or a list of them: the first one
+        given wins) that ``merged`` does not have yet."""
+        self.pay(source, path)
+        if isinstance(source, yaml.SequenceNode):
+            for item in source.value:
+                if not isinstance(item, yaml.MappingNode):
+                    raise _RefusedError(self.problem(item, path, _MERGE_WHAT))
+                self.merge_mapping(item, into, path, merged, depth)
+        elif isinstance(source, yaml.MappingNode):
+            self.merge_mapping(source, into, path, merged, depth)
+        else:
+            raise _RefusedError(self.problem(source, path, _MERGE_WHAT))
+
+    def merge_mapping(
+        self,
+        source: yaml.MappingNode,
+        into: yaml.MappingNode,
+        path: Path,
+        merged: dict[str, tuple[yaml.Node, yaml.Node]],
+        depth: int,
+    ) -> None:
+        """Add the keys of one merged mapping, its own before those it merges in turn."""
+        if depth + len(path) >= MAX_DEPTH:
+            raise _RefusedError(
+                self.problem(
+                    source, path, f"merge keys (<<) nested more than {MAX_DEPTH} levels deep"
+                )
+            )
+        if source is into or id(source) in self.open:
+            raise _RefusedError(self.problem(source, path, _LOOP))
+        own: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        nested: list[yaml.Node] = []
+        for key_node, value_node in source.value:
+            if key_node.tag == _MERGE:
+                nested.append(value_node)
+                continue
+            key = self.key(key_node, path)
+            if key is not None:
+                own[key] = (key_node, value_node)  # a key given twice: the last one, as PyYAML
+        for key, pair in own.items():
+            merged.setdefault(key, pair)
+        self.open.add(id(source))
+        try:
+            for inner in reversed(nested):
+                self.merge(inner, into, path, merged, depth + 1)
+        finally:
+            self.open.discard(id(source))
+
+
+_LOOP = (
+    "an alias here stands for a mapping or list that holds it: a loop, which a config "
+    "cannot be (copy the values instead)"
+)
+_MERGE_WHAT = "a merge key (<<) takes a mapping, or a list of mappings"
+
+
+def _excerpt(text: str, size: int = 40) -> str:
+    """``text`` quoted, cut to about ``size`` characters."""
+    return repr(text) if len(text) <= size else repr(text[: size - 3] + "...")
 
 
 #: libyaml's parser when PyYAML was built with it (it is in PyYAML's wheels): the same nodes and
@@ -99,20 +302,47 @@ def parse_yaml(
     """Parse multi-document YAML. Returns the documents and any problems (with lines).
 
     A syntax error is reported at the line that broke the structure, which is often above the
-    line where the parser gave up (see ``diagnose``); ``judge`` helps choose between mends."""
+    line where the parser gave up (see ``diagnose``); ``judge`` helps choose between mends.
+    Whatever the text, the work is bounded by its size (``MAX_DEPTH``, ``NODES_PER_CHARACTER``)
+    and every problem is a ``Problem``: nothing else is raised."""
+    bad = _NON_PRINTABLE.search(text)
+    if bad is not None:  # the reader refuses the whole text: say where and what
+        return [], [_unprintable(text, bad.start(), file)]
+    fast: tuple[list[Document], list[Problem]] | None = None
     if _FAST_LOADER is not None:
-        documents, problems = _parse(text, file, _FAST_LOADER, judge)
-        if not problems:
+        documents, problems, broken = _parse(text, file, _FAST_LOADER, judge)
+        if broken is None:
             return documents, problems
-    return _parse(text, file, yaml.SafeLoader, judge)
+        if "nesting depth" in broken.message:  # libyaml's own bound, past ours
+            where = _too_deep(text, file) or Problem(
+                file, broken.line, "", f"nested more than {MAX_DEPTH} levels deep"
+            )
+            return documents, [*problems[:-1], where]
+        fast = documents, problems
+    # the pure-Python parser explains a syntax error better; its composer recurses, so a text
+    # nested too deep is refused before it gets there
+    deep = _too_deep(text, file)
+    if deep is not None:
+        return [], [deep]
+    try:
+        documents, problems, _ = _parse(text, file, yaml.SafeLoader, judge)
+    except RecursionError:  # deeper than the parser alone could tell: the terse report
+        if fast is not None:
+            return fast
+        return [], [Problem(file, 1, "", f"nested more than {MAX_DEPTH} levels deep")]
+    return documents, problems
 
 
 def _parse(
     text: str, file: str, loader_class: Any, judge: Judge | None = None
-) -> tuple[list[Document], list[Problem]]:
+) -> tuple[list[Document], list[Problem], Problem | None]:
+    """The documents and problems of ``text``, and the syntax error the parser stopped at, if
+    it did (the fast parser's report of one is terse: the pure-Python one says more)."""
     fast = loader_class is _FAST_LOADER
     documents: list[Document] = []
     problems: list[Problem] = []
+    budget = _Budget(text)
+    broken: Problem | None = None
     loader = loader_class(text)
     try:
         index = 0
@@ -120,12 +350,20 @@ def _parse(
             node = loader.get_node()
             if node is None:  # pragma: no cover - check_node guarantees a node
                 break
-            walker = _Walker(file, loader)
+            walker = _Walker(file, loader, budget)
             walker.lines[()] = node.start_mark.line + 1
             try:
                 data = walker.value(node, ())
             except yaml.constructor.ConstructorError as exc:
+                problems.extend(walker.problems)
                 problems.append(_yaml_problem(exc, file))
+                index += 1
+                continue
+            except _RefusedError as exc:
+                problems.extend(walker.problems)
+                problems.append(exc.problem)
+                if budget.left < 0:  # the file's budget is spent: no more documents
+                    break
                 index += 1
                 continue
             problems.extend(walker.problems)
@@ -136,13 +374,51 @@ def _parse(
             index += 1
     except yaml.YAMLError as exc:
         # the fast pass only says that there is a problem: the slow one explains it
-        problems.append(_yaml_problem(exc, file) if fast else diagnose(text, exc, file, judge))
+        broken = _yaml_problem(exc, file) if fast else diagnose(text, exc, file, judge)
+        problems.append(broken)
         # a document the parser ended early, at the broken line, is not what was written
-        first, _ = _document_around(text.split("\n"), problems[-1].line)
+        first, _ = _document_around(text.split("\n"), broken.line)
         documents = [d for d in documents if d.line - 1 < first]
     finally:
         loader.dispose()
-    return documents, problems
+    return documents, problems, broken
+
+
+def _unprintable(text: str, at: int, file: str) -> Problem:
+    """The problem of a character YAML does not allow anywhere in a file."""
+    line = text.count("\n", 0, at) + 1
+    character = text[at]
+    code = ord(character)
+    name = unicodedata.name(character, "") or _CONTROL_NAMES.get(code, "a control character")
+    escaped = f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    return Problem(
+        file,
+        line,
+        "",
+        f"invalid YAML: the character U+{code:04X} ({name}) is not allowed in a YAML file: "
+        f"remove it, or write it as {escaped} in a double-quoted string",
+    )
+
+
+_CONTROL_NAMES = {0: "NUL", 0x7F: "DEL", 0xFFFE: "a noncharacter", 0xFFFF: "a noncharacter"}
+
+
+def _too_deep(text: str, file: str) -> Problem | None:
+    """The problem of a text nested deeper than ``MAX_DEPTH``, read by the parser alone (which
+    does not recurse); None when it is not (or when it does not parse that far)."""
+    depth = 0
+    try:
+        for event in yaml.parse(text, Loader=_FAST_LOADER or yaml.SafeLoader):
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    line = event.start_mark.line + 1 if event.start_mark is not None else 1
+                    return Problem(file, line, "", f"nested more than {MAX_DEPTH} levels deep")
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+    except yaml.YAMLError:
+        pass
+    return None
 
 
 def _yaml_problem(exc: yaml.YAMLError, file: str) -> Problem:
@@ -165,6 +441,10 @@ def _yaml_problem(exc: yaml.YAMLError, file: str) -> Problem:
 
 _WINDOW = 12  # how many lines above the parser's line a mistake may be
 _AFTER = 40
+#: How many characters the mends may parse in all: a mend is tried on the whole document up to
+#: the mistake, so a few dozen mends of a huge document would cost seconds. Past this, the
+#: mistake is reported where the parser stopped, with PyYAML's words.
+_MEND_BUDGET = 300_000
 _DOCUMENT_MARKER = re.compile(r"^(---|\.\.\.)(\s|$)")
 _KEY_LINE = re.compile(
     r"^(?P<dash>(?:- +)*)(?P<key>[^\s#:'\"\[\]{}-][^:#]*?|\"[^\"]*\"|'[^']*')\s*:(\s|$)"
@@ -208,7 +488,9 @@ def diagnose(text: str, exc: yaml.YAMLError, file: str, judge: Judge | None = No
     last = min(last, failed + _AFTER)
     mends = [m for m in _mends(lines, failed, first, exc) if first <= m.line <= last]
     best: tuple[tuple[int, ...], _Mend, str] | None = None
-    for mend in mends:
+    cost = sum(len(line) + 1 for line in lines[first:last])
+    affordable = _MEND_BUDGET // max(cost, 1)
+    for mend in mends[:affordable]:
         trial = [""] * first + lines[first:last]  # blank lines keep the numbering
         trial[mend.line - 1] = mend.text
         scored = _score(lines, mend, trial, failed, judge)
@@ -365,16 +647,17 @@ def _documents(text: str) -> list[Document] | None:
     """The documents of ``text`` with their lines, or None when it does not parse."""
     loader = (_FAST_LOADER or yaml.SafeLoader)(text)
     out: list[Document] = []
+    budget = _Budget(text)
     try:
         while loader.check_node():
             node = loader.get_node()
             if node is None:  # pragma: no cover - check_node guarantees a node
                 break
-            walker = _Walker("", loader)
+            walker = _Walker("", loader, budget)
             data = walker.value(node, ())
             if data is not None:
                 out.append(Document("", len(out), data, walker.lines))
-    except yaml.YAMLError:
+    except (yaml.YAMLError, _RefusedError):
         return None
     finally:
         loader.dispose()

@@ -86,15 +86,60 @@ def test_watched_paths_are_the_loaded_files_and_the_include_directories(
     ]
 
 
-def test_a_changed_included_file_is_reloaded(mesh: Mesh, write_yaml: WriteYaml) -> None:
+def test_a_changed_included_file_is_reloaded_once_it_settles(
+    mesh: Mesh, write_yaml: WriteYaml
+) -> None:
     watcher = ConfigWatcher(mesh, interval=1.0)
     assert watcher.check() is False  # nothing changed yet
     assert subset_of(mesh) == "v1"
     touch_later(write_yaml("rules/reviews.yaml", route_to("v2")))
+    assert watcher.check() is False  # seen: it applies once a look finds it the same again
+    assert watcher.status().waiting is not None
+    assert subset_of(mesh) == "v1"
     assert watcher.check() is True
     assert subset_of(mesh) == "v2"
     assert watcher.reloads == 1
+    assert watcher.status().waiting is None
     assert watcher.check() is False
+
+
+def test_a_file_still_being_written_is_not_applied(mesh: Mesh, write_yaml: WriteYaml) -> None:
+    """Each look that finds the file changed since the one before waits for the next."""
+    watcher = ConfigWatcher(mesh, interval=1.0)
+    path = write_yaml("rules/reviews.yaml", route_to("v1"))
+    whole = route_to("v2")
+    for end in range(10, len(whole), 40):  # the writer is half-way at every look
+        path.write_text(whole[:end], encoding="utf-8")
+        touch_later(path)
+        assert watcher.check() is False
+        assert subset_of(mesh) == "v1"
+    path.write_text(whole, encoding="utf-8")
+    touch_later(path)
+    assert watcher.check() is False
+    assert watcher.check() is True
+    assert subset_of(mesh) == "v2"
+
+
+def test_a_file_that_became_empty_is_not_applied(
+    mesh: Mesh, write_yaml: WriteYaml, caplog: pytest.LogCaptureFixture
+) -> None:
+    watcher = ConfigWatcher(mesh, interval=1.0)
+    for emptied in ("", "# being rewritten\n---\n"):
+        touch_later(write_yaml("rules/reviews.yaml", emptied))
+        with caplog.at_level(logging.WARNING, logger="meshlib"):
+            assert watcher.check() is False
+            assert watcher.check() is False
+            assert watcher.check() is False
+        assert subset_of(mesh) == "v1"  # the rules of the emptied file stay in force
+        waiting = watcher.status().waiting
+        assert waiting is not None
+        assert "reviews.yaml became empty" in waiting
+    assert caplog.text.count("became empty") == 2  # once per content, not at every look
+    touch_later(write_yaml("rules/reviews.yaml", route_to("v2")))
+    assert watcher.check() is False
+    assert watcher.check() is True
+    assert subset_of(mesh) == "v2"
+    assert watcher.status().waiting is None
 
 
 def test_a_write_that_lands_while_the_reload_reads_is_loaded_next(
@@ -105,16 +150,20 @@ def test_a_write_that_lands_while_the_reload_reads_is_loaded_next(
     watcher = ConfigWatcher(mesh, interval=1.0)
     reload = mesh.reload
 
-    def reload_while_rewritten() -> None:
-        reload()  # reads the v2 file ...
-        touch_later(write_yaml("rules/reviews.yaml", route_to("v3")))  # ... then it changes
+    def reload_while_rewritten(*, verify: Callable[[], bool]) -> bool:
+        def rewritten() -> bool:  # the v2 file was read ... then it changes
+            touch_later(write_yaml("rules/reviews.yaml", route_to("v3")))
+            return verify()
+
+        return reload(verify=rewritten)
 
     monkeypatch.setattr(mesh, "reload", reload_while_rewritten)
     touch_later(write_yaml("rules/reviews.yaml", route_to("v2")))
-    assert watcher.check() is True
-    assert subset_of(mesh) == "v2"
+    assert watcher.check() is False  # settling
+    assert watcher.check() is False  # read, but written to meanwhile: not applied
+    assert subset_of(mesh) == "v1"
     monkeypatch.setattr(mesh, "reload", reload)
-    assert watcher.check() is True  # the write made during the reload
+    assert watcher.check() is True  # the write made during the reload, settled
     assert subset_of(mesh) == "v3"
     assert watcher.check() is False
 
@@ -124,9 +173,11 @@ def test_a_file_added_to_an_included_directory_is_loaded(
 ) -> None:
     watcher = ConfigWatcher(mesh, interval=1.0)
     (tmp_path / "rules" / "reviews.yaml").unlink()
+    assert watcher.check() is False
     assert watcher.check() is True
     assert subset_of(mesh) is None  # no VirtualService: the default route
     write_yaml("rules/zz-new.yaml", route_to("v2"))
+    assert watcher.check() is False
     assert watcher.check() is True
     assert subset_of(mesh) == "v2"
 
@@ -139,14 +190,20 @@ def test_a_bad_change_keeps_the_last_good_config_and_says_where(
     touch_later(bad)
     with caplog.at_level(logging.WARNING, logger="meshlib"):
         assert watcher.check() is False
+        assert watcher.check() is False
+        assert watcher.check() is False  # the same bad file is not tried again
+        bad.write_text(bad.read_text())  # nor when it is saved again as it was
+        touch_later(bad)
+        assert watcher.check() is False
+        assert watcher.check() is False
     assert subset_of(mesh) == "v1"  # the last good config stays in force
     assert watcher.last_error is not None
     where = f"{bad}:8: spec.http[0].route[0].destination.weight: unknown field"
     assert where in str(watcher.last_error)
-    assert where in caplog.text
+    assert caplog.text.count(where) == 1
     assert watcher.status().last_error == str(watcher.last_error)
-    assert watcher.check() is False  # the same bad file is not tried again
     touch_later(write_yaml("rules/reviews.yaml", route_to("v2")))
+    assert watcher.check() is False
     assert watcher.check() is True
     assert subset_of(mesh) == "v2"
     assert watcher.last_error is None
