@@ -55,7 +55,7 @@ from meshlib.errors import (
     NoRouteError,
     UpstreamTLSError,
 )
-from meshlib.headers import entries, with_entries
+from meshlib.headers import entries, number, with_entries
 from meshlib.policies.fault import FaultAction, abort_response_parts, decide
 from meshlib.policies.retry import Outcome, RetryState, policy_for
 from meshlib.routing import CLUSTER_DOMAIN, RouteDecision, RouteRequest
@@ -224,9 +224,9 @@ class Call:
         self.started = now = mesh.now()
         timeout = decision.timeout
         if headers.get(TIMEOUT_OVERRIDE_HEADER) is not None:
-            override = headers[TIMEOUT_OVERRIDE_HEADER]
-            if override.isdigit():
-                timeout = int(override) / 1000 or None
+            override = number(headers[TIMEOUT_OVERRIDE_HEADER])
+            if override is not None:
+                timeout = override / 1000 or None
         self.deadline = deadline = now + timeout if timeout else None
         user = extensions.get("timeout")
         user = user.get("read") if user else None
@@ -665,8 +665,8 @@ class Call:
                 self.attempts,
                 self.endpoint,
                 self.mesh.now() - self.started,
-                int(sent) if sent is not None and sent.isdigit() else None,
-                int(received) if received is not None and received.isdigit() else None,
+                number(sent),
+                number(received),
                 error,
                 tls,
                 peer_identity,
@@ -909,12 +909,27 @@ def _apply_header_ops(headers: httpx.Headers, ops: Any) -> None:
         if name in headers:
             del headers[name]
     for name, value in (ops.set or {}).items():
-        headers[name] = value
+        _set_header(headers, name, value)
     for name, value in (ops.add or {}).items():
         if name in headers:
-            headers[name] = f"{headers[name]},{value}"
+            _set_header(headers, name, f"{headers[name]},{value}")
         else:
-            headers[name] = value
+            _set_header(headers, name, value)
+
+
+def _set_header(headers: httpx.Headers, name: str, value: str) -> None:
+    """Set a configured header, its value as Envoy sends it: the UTF-8 bytes of a value that
+    is not ASCII (which ``httpx.Headers`` would encode as ASCII once it has seen only ASCII)."""
+    if value.isascii():
+        headers[name] = value
+        return
+    raw = entries(headers)
+    if raw is None:  # pragma: no cover - another httpx layout
+        headers[name] = value
+        return
+    key = name.lower().encode("ascii")  # a token: checked when the config was loaded
+    raw[:] = [entry for entry in raw if entry[1] != key]
+    raw.append((name.encode("ascii"), key, value.encode("utf-8")))
 
 
 def _rewrite(url: httpx.URL, view: RouteRequest, decision: RouteDecision) -> httpx.URL:

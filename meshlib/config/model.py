@@ -109,6 +109,21 @@ def _check_re2(pattern: str) -> str:
 Regex = Annotated[str, AfterValidator(_check_re2)]
 Labels = dict[str, str]
 
+#: RFC 9110 token characters: what an HTTP header name is made of (and all httpx can send).
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~A-Za-z0-9]+")
+
+
+def _check_header_name(name: str) -> str:
+    """A header name the data plane sends or reads: an HTTP token (``end-user``), not empty."""
+    if _TOKEN.fullmatch(name) is None:
+        raise ValueError(
+            f"header name {name!r} is not a valid header name (letters, digits and !#$%&'*+-.^_`|~)"
+        )
+    return name
+
+
+HeaderName = Annotated[str, AfterValidator(_check_header_name)]
+
 
 class Model(BaseModel):
     """Base of every config message: strict types, unknown fields rejected, frozen once built."""
@@ -499,7 +514,7 @@ class Maglev(Model):
 
 
 class ConsistentHashLB(Model):
-    http_header_name: str | None = None
+    http_header_name: HeaderName | None = None
     http_cookie: HTTPCookie | None = None
     use_source_ip: bool | None = None
     http_query_parameter_name: str | None = None
@@ -943,7 +958,7 @@ class Service(Model):
     identity: IdentitySettings | None = None
     root_namespace: str | None = Field(default=None, min_length=1)
     labels: Labels | None = None
-    propagate_headers: list[str] | None = None
+    propagate_headers: list[HeaderName] | None = None
     registry: Registry | None = None
     include: list[str] | None = None
     outbound_traffic_policy: OutboundTrafficPolicy | None = None

@@ -55,7 +55,7 @@ import tenacity
 from meshlib.clock import Clock
 from meshlib.config import model as m
 from meshlib.errors import MeshError
-from meshlib.headers import entries
+from meshlib.headers import entries, number
 from meshlib.routing import RetryDecision
 
 ErrorKind = Literal["connect-failure", "reset", "refused-stream", "per-try-timeout", "other"]
@@ -169,7 +169,7 @@ class Outcome:
         raw = _header(headers, "grpc-status")
         if raw is not None:
             text = raw.strip()
-            grpc_status = int(text) if text.isdigit() else None
+            grpc_status = number(text)
         after: float | None = None
         if status in _RETRY_AFTER_STATUSES:
             value = _header(headers, "retry-after")

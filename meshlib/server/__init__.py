@@ -8,13 +8,15 @@
 Each makes, per inbound request, the request context its outbound calls carry (``x-request-id``,
 ``spec.propagateHeaders``, the trace), the SERVER span when the mesh traces, and the
 ``InboundFinished`` event; ``x-request-id`` is echoed on the response. ``mesh=None`` is the
-default mesh behind ``meshlib.client``, found at the first request.
+default mesh behind ``meshlib.client``, found at the first request. A context header whose value
+no outbound call can send (raw non-ASCII bytes, a control character) is replaced or dropped and
+counted: ``refused_headers()``.
 """
 
 from meshlib.server.admin import MeshAdmin, MeshWSGIAdmin
 from meshlib.server.asgi import MeshMiddleware
 from meshlib.server.decorator import handler
-from meshlib.server.inbound import DEADLINE_HEADER, Inbound, Served
+from meshlib.server.inbound import DEADLINE_HEADER, Inbound, Served, refused_headers
 from meshlib.server.wsgi import MeshWSGIMiddleware
 
 __all__ = [
@@ -26,4 +28,5 @@ __all__ = [
     "MeshWSGIMiddleware",
     "Served",
     "handler",
+    "refused_headers",
 ]

@@ -451,7 +451,8 @@ def apply_to_asgi_scope(scope: dict[str, Any] | Any, verdict: Verdict) -> Any:
         headers = [(k, v) for k, v in scope.get("headers") or () if k.lower() not in remove]
         added = {n.encode("latin-1") for n, _ in verdict.add}
         headers = [(k, v) for k, v in headers if k.lower() not in added]
-        headers += [(n.encode("latin-1"), v.encode("latin-1")) for n, v in verdict.add]
+        # a claim's value as Envoy puts it there: its UTF-8 bytes
+        headers += [(n.encode("latin-1"), v.encode("utf-8")) for n, v in verdict.add]
         scope["headers"] = headers
     if verdict.path is not None:
         scope["raw_path"] = verdict.path.encode("latin-1")
@@ -469,8 +470,8 @@ def apply_to_environ(environ: dict[str, Any], verdict: Verdict) -> None:
     """The verdict's path and header changes, made in a WSGI environ."""
     for name in verdict.remove:
         environ.pop(environ_key(name), None)
-    for name, value in verdict.add:
-        environ[environ_key(name)] = value
+    for name, value in verdict.add:  # PEP 3333: the UTF-8 bytes, as Latin-1 text
+        environ[environ_key(name)] = value.encode("utf-8").decode("latin-1")
     if verdict.path is not None:
         script = environ.get("SCRIPT_NAME", "") or ""
         path = unquote(verdict.path, encoding="latin-1")

@@ -6,6 +6,11 @@ For each inbound request, ``Inbound.begin`` reads the request's headers once and
 * the ``RequestContext`` that outbound calls carry: ``x-request-id``, the app headers of
   ``spec.propagateHeaders`` and the trace headers as received (so the trace goes on through this
   service even with tracing off; with tracing on, each attempt replaces them with its own);
+* what it cannot carry: a value no HTTP client can send (raw non-ASCII bytes, which servers
+  hand over as Latin-1 text, or a control character) is replaced (``x-request-id``: a new one)
+  or dropped (a trace header, with the rest of its format: the request starts a new trace; an
+  app header), counted (``refused_headers()``, the metric
+  ``meshlib_inbound_headers_refused_total``) and logged once per header name;
 * its deadline, when the caller sent ``x-envoy-expected-rq-timeout-ms``;
 * the SERVER span, when the mesh traces;
 * the caller's workload metadata (Istio's ``x-envoy-peer-metadata``, ``meshlib.telemetry.peer``),
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import threading
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -38,8 +44,9 @@ from opentelemetry import context as otel_context
 
 from meshlib import context
 from meshlib.context import REQUEST_ID, RequestContext
+from meshlib.headers import carriable, number
 from meshlib.server.guard import InboundGuard, guard_of
-from meshlib.telemetry import InboundFinished
+from meshlib.telemetry import InboundFinished, InboundHeaderRefused
 from meshlib.telemetry.peer import PEER_HEADERS, PEER_METADATA, PeerMetadata, bind, decode
 from meshlib.telemetry.tracing import TRACE_HEADERS, MeshTracer, ServerSpan
 
@@ -51,6 +58,46 @@ log = logging.getLogger("meshlib.server")
 #: Sent by Envoy to tell the upstream how long the caller waits (milliseconds).
 DEADLINE_HEADER = "x-envoy-expected-rq-timeout-ms"
 CONTENT_LENGTH = "content-length"
+#: Headers the app-header loop leaves to the others: the request id, the trace, the peer's.
+_NOT_APP = frozenset({REQUEST_ID, *TRACE_HEADERS, *PEER_HEADERS})
+_B3_MULTI = tuple(name for name in TRACE_HEADERS if name.startswith("x-b3-"))
+#: The trace headers that go with a refused one: a format is carried whole or not at all.
+_TOGETHER: dict[str, tuple[str, ...]] = {
+    "traceparent": ("traceparent", "tracestate"),
+    **dict.fromkeys(_B3_MULTI, _B3_MULTI),
+}
+
+_refused: dict[str, int] = {}
+_refused_lock = threading.Lock()
+_logged: set[str] = set()
+
+
+def refused_headers() -> dict[str, int]:
+    """How many inbound values of each context header (lowercase name) no outbound call could
+    carry, since the process started: raw non-ASCII bytes or a control character. Each was
+    replaced (``x-request-id``) or dropped; the metric ``meshlib_inbound_headers_refused_total``
+    counts them per mesh."""
+    with _refused_lock:
+        return dict(_refused)
+
+
+def _refuse(mesh: Mesh, name: str, action: str) -> None:
+    """Count a value of ``name`` that cannot be carried; log it the first time."""
+    with _refused_lock:
+        _refused[name] = _refused.get(name, 0) + 1
+        first = name not in _logged
+        _logged.add(name)
+    if first:
+        log.warning(
+            "an inbound %s cannot be carried on outbound calls (raw non-ASCII bytes or a control "
+            "character in its value): %s. Counted in meshlib_inbound_headers_refused_total; "
+            "logged once per header",
+            name,
+            "a new request id is used" if action == "replaced" else "it is dropped",
+        )
+    hub = mesh.telemetry
+    if hub.listening:
+        hub.emit(InboundHeaderRefused(name, action))
 
 
 class HeaderSource(Protocol):
@@ -130,22 +177,43 @@ class Inbound:
         mesh = mesh if mesh is not None else self.mesh
         service = mesh.config.service
         started = mesh.clock.now()
-        request_id = headers.get(REQUEST_ID) or str(uuid.uuid4())
+        received = headers.get(REQUEST_ID)
+        request_id = carriable(received) if received else None
+        if not request_id:
+            if request_id is None and received:
+                _refuse(mesh, REQUEST_ID, "replaced")
+            request_id = str(uuid.uuid4())
         carried = {REQUEST_ID: request_id}
         for name in service.propagate_headers:
+            if name in _NOT_APP:  # a peer speaks for itself only; the rest below
+                continue
             value = headers.get(name)
-            if value is not None and name not in PEER_HEADERS:  # a peer speaks for itself only
-                carried[name] = value
+            if value is not None:
+                kept = carriable(value)
+                if kept is None:
+                    _refuse(mesh, name, "dropped")
+                else:
+                    carried[name] = kept
         trace: dict[str, str] = {}
+        refused: list[str] | None = None
         for name in TRACE_HEADERS:
             value = headers.get(name)
             if value is not None:
-                trace[name] = value
+                kept = carriable(value)
+                if kept is None:
+                    _refuse(mesh, name, "dropped")
+                    refused = [*(refused or ()), *_TOGETHER.get(name, (name,))]
+                else:
+                    trace[name] = kept
+        if refused is not None:  # the rest of a refused header's format goes too
+            for name in refused:
+                trace.pop(name, None)
         carried.update(trace)
         deadline = None
         timeout = headers.get(DEADLINE_HEADER)
-        if timeout is not None and timeout.isdigit() and int(timeout) > 0:
-            deadline = started + int(timeout) / 1000
+        milliseconds = number(timeout) if timeout is not None else None
+        if milliseconds:
+            deadline = started + milliseconds / 1000
         length = headers.get(CONTENT_LENGTH)
         metadata = headers.get(PEER_METADATA)
         peer = bind(decode(metadata), principal) if metadata is not None else None
@@ -163,7 +231,7 @@ class Inbound:
             method,
             path,
             started,
-            int(length) if length is not None and length.isdigit() else None,
+            number(length),
             trace,
             tracer if span is not None else None,
             span,
@@ -272,4 +340,12 @@ def trace_id_of(headers: dict[str, str]) -> str | None:
     return found.lower().rjust(32, "0")
 
 
-__all__ = ["DEADLINE_HEADER", "Attached", "HeaderSource", "Inbound", "Served", "trace_id_of"]
+__all__ = [
+    "DEADLINE_HEADER",
+    "Attached",
+    "HeaderSource",
+    "Inbound",
+    "Served",
+    "refused_headers",
+    "trace_id_of",
+]

@@ -179,6 +179,15 @@ class MirrorDropped:
 
 
 @dataclass(frozen=True, slots=True)
+class InboundHeaderRefused:
+    """An inbound context header whose value no outbound call can carry (raw non-ASCII bytes,
+    a control character): ``replaced`` (``x-request-id``: by a fresh one) or ``dropped``."""
+
+    header: str
+    action: str
+
+
+@dataclass(frozen=True, slots=True)
 class BudgetExhausted:
     request: RequestInfo
     attempt: int
@@ -304,6 +313,7 @@ __all__ = [
     "EndpointReturned",
     "FaultInjected",
     "InboundFinished",
+    "InboundHeaderRefused",
     "MeshListener",
     "MirrorDropped",
     "RequestFinished",

@@ -10,10 +10,12 @@ meshlib services unchanged:
   ``reporter="destination"`` for the requests it serves (reported by ``meshlib.server``);
 * meshlib's own: ``meshlib_retries_total``, ``meshlib_breaker_state`` (0 closed, 1 open,
   2 half-open), ``meshlib_outlier_ejections_total``, ``meshlib_faults_injected_total``,
-  ``meshlib_retry_budget_exhausted_total``, ``meshlib_mirror_dropped_total`` and
+  ``meshlib_retry_budget_exhausted_total``, ``meshlib_mirror_dropped_total``,
   ``meshlib_peer_metadata_refused_total``
   (inbound requests whose workload metadata claimed another identity than the caller's
-  certificate: the metadata was ignored; counted for the whole process).
+  certificate: the metadata was ignored; counted for the whole process) and
+  ``meshlib_inbound_headers_refused_total`` (inbound context headers no outbound call could
+  carry, by ``header`` and ``action``).
 
 Each recorder owns its OpenTelemetry ``MeterProvider`` (never the global one: several meshes in
 one process keep apart) and a ``prometheus_client`` registry of its own, read by OpenTelemetry's
@@ -71,6 +73,7 @@ from meshlib.telemetry import (
     EndpointEjected,
     FaultInjected,
     InboundFinished,
+    InboundHeaderRefused,
     MirrorDropped,
     RequestFinished,
     RetryScheduled,
@@ -470,6 +473,7 @@ class MetricsRecorder:
         self._faults: _Tally = {}
         self._budget: _Tally = {}
         self._mirror_dropped: _Tally = {}
+        self._refused: _Tally = {}
         self._breakers: dict[tuple[str, str], int] = {}
         self._stores: dict[str, int] = {}
         self._started = time.time_ns()
@@ -509,6 +513,11 @@ class MetricsRecorder:
                 self._mirror_dropped,
                 "Shadow requests not sent: the mesh had as many outstanding as it keeps",
             ),
+            (
+                "meshlib_inbound_headers_refused",
+                self._refused,
+                "Inbound context headers no outbound call could carry (replaced or dropped)",
+            ),
         )
         for name, tally, description in counters:
             meter.create_observable_counter(
@@ -547,6 +556,7 @@ class MetricsRecorder:
             EndpointEjected: self._ejected,
             BreakerCreated: self._breaker_created,
             BreakerTransition: self._breaker_transition,
+            InboundHeaderRefused: self._header_refused,
         }
         self.path = path if path.startswith("/") else "/" + path
         self.host = host
@@ -664,6 +674,9 @@ class MetricsRecorder:
             self._count(self._faults, (*where, "delay"))
         if event.abort_status is not None or event.abort_grpc_status is not None:
             self._count(self._faults, (*where, "abort"))
+
+    def _header_refused(self, event: InboundHeaderRefused) -> None:
+        self._count(self._refused, (event.header, event.action))
 
     def _ejected(self, event: EndpointEjected) -> None:
         self._count(self._ejections, (*_split(event.destination), event.endpoint.address))
@@ -790,6 +803,7 @@ _TALLY_LABELS: dict[str, tuple[str, ...]] = {
     "meshlib_mirror_dropped": _DESTINATION,
     "meshlib_faults_injected": (*_DESTINATION, "fault"),
     "meshlib_outlier_ejections": (*_DESTINATION, "endpoint"),
+    "meshlib_inbound_headers_refused": ("header", "action"),
 }
 
 

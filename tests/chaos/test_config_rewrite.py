@@ -140,14 +140,14 @@ def test_every_prefix_that_loads_is_another_config(upstream: Upstream) -> None:
     text = config(upstream.address, 2)
     whole = load_texts([("mesh.yaml", text)])
     loading = 0
-    for end in range(len(text.rstrip())):  # the file but its last newline is the file
+    for end in range(0, len(text.rstrip()), 3):  # the file but its last newline is the file
         try:
             prefix = load_texts([("mesh.yaml", text[:end])])
         except ValueError:
             continue
         loading += 1
         assert prefix.resources != whole.resources
-    assert loading > 20
+    assert loading > 10
 
 
 def test_a_file_rewritten_slowly_never_applies_half_way(upstream: Upstream, tmp_path: Path) -> None:

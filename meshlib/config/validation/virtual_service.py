@@ -403,23 +403,32 @@ def _is_authority(name: str) -> bool:
 
 
 def request_header_name(name: str) -> str | None:
-    """A request header to add or set: not empty, no pseudo header but ``:authority``."""
+    """A request header to add or set: not empty, no pseudo header but ``:authority``, an HTTP
+    token (meshlib: a name no HTTP client can send is refused here, not at every call)."""
     if not name:
         return "header name cannot be empty"
     if name.startswith(":") and not _is_authority(name):
         return f'invalid header {name!r}: header cannot have ":" prefix'
-    return None
+    return None if name.startswith(":") else _token(name)
 
 
 def header_operation_name(name: str) -> str | None:
     """A header to remove, or a response header to add or set: not empty, not Host, no pseudo
-    header."""
+    header, an HTTP token."""
     if not name:
         return "header name cannot be empty"
     if name.lower() == "host":
         return f"invalid header {name!r}: cannot set Host header (rewrite.authority sets it)"
     if name.startswith(":"):
         return f'invalid header {name!r}: header cannot have ":" prefix'
+    return _token(name)
+
+
+def _token(name: str) -> str | None:
+    if _HEADER_NAME.fullmatch(name) is None:
+        return (
+            f"header name {name!r} is not a valid header name (letters, digits and !#$%&'*+-.^_`|~)"
+        )
     return None
 
 
