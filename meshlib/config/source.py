@@ -58,7 +58,7 @@ MAX_DEPTH = 100
 #: hundred bytes of aliases of aliases can stand for billions of values (a "billion laughs").
 #: Reading is bounded by the file's size: time and memory, as for a file without aliases.
 NODES_PER_CHARACTER = 2
-NODE_ALLOWANCE = 10_000
+NODE_ALLOWANCE = 5_000
 #: The integers a value may hold: Istio's fields hold at most 64 bits (and Python cannot turn an
 #: integer of more than 4300 digits into text).
 _INT_RANGE = (-(2**63), 2**64)
