@@ -80,6 +80,7 @@ from meshlib.store.rules import (
     open_rule_store,
     replace_all,
 )
+from meshlib.store.url import StoreURL
 from meshlib.telemetry import spantree
 
 RUN_DIR_ENV = "BOOKINFO_RUN_DIR"
@@ -141,21 +142,30 @@ class Demo:
                 "`make demo` or `python -m examples.bookinfo`, or name its run directory "
                 f"with --run-dir or ${RUN_DIR_ENV}"
             ) from None
-        rules = state.get("rules")
-        return cls(
-            run_dir=run_dir,
-            rules=rules,
-            baseline=tuple(state.get("baseline", ())),
-            services=tuple(
-                control.ServiceRef(
-                    s["name"], s.get("version"), s["url"], s["config"], s.get("metrics")
-                )
-                for s in state["services"]
-            ),
-            productpage=state["productpage"],
-            prometheus_targets=state.get("prometheus_targets"),
-            store=state.get("store") or f"file://{rules}",
-        )
+        except (OSError, ValueError) as exc:
+            raise LookupError(f"{path} cannot be read: {exc}") from None
+        try:
+            rules = state.get("rules")
+            store = str(StoreURL.parse(state.get("store") or (f"file://{rules}" if rules else "")))
+            return cls(
+                run_dir=run_dir,
+                rules=rules,
+                baseline=tuple(state.get("baseline", ())),
+                services=tuple(
+                    control.ServiceRef(
+                        s["name"], s.get("version"), s["url"], s["config"], s.get("metrics")
+                    )
+                    for s in state["services"]
+                ),
+                productpage=state["productpage"],
+                prometheus_targets=state.get("prometheus_targets"),
+                store=store,
+            )
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise LookupError(
+                f"{path} does not describe a running demo ({type(exc).__name__}: {exc}): "
+                "start the demo again"
+            ) from None
 
     @property
     def on_etcd(self) -> bool:

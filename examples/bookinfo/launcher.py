@@ -168,6 +168,14 @@ def lay_out(
             (run_dir / "config" / spec.config).write_text(text, encoding="utf-8")
         rules = EtcdRuleStore(store)
         try:
+            instances, _ = rules.instances()
+            if instances:  # a demo runs on this prefix, or one was killed less than a TTL ago
+                addresses = ", ".join(sorted(f"{i.service} {i.address}" for i in instances))
+                raise StoreError(
+                    f"services are registered under this prefix already ({addresses}): another "
+                    "demo runs on it? Choose another prefix, or wait for their leases to expire "
+                    "(10 s) if that demo was killed"
+                )
             replace_all(rules, baseline)
         finally:
             rules.close()

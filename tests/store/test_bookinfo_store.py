@@ -13,6 +13,7 @@ import pytest
 
 from meshlib import Mesh, bookinfo, control
 from meshlib.cli import main as meshctl_main
+from meshlib.errors import StoreError
 from meshlib.store.local import EtcdCluster
 from meshlib.store.rules import EtcdRuleStore, Instance
 from meshlib.store.url import StoreURL
@@ -180,3 +181,52 @@ def test_each_service_is_in_sync_at_the_revision_or_later_and_otherwise_says_why
     reports.found.append(instance("other", 9084, None))
     (last,) = bookinfo.store_syncs(demo, reports, 10)[4:]  # type: ignore[arg-type]
     assert last.error == "registered, but it has not reported the rules it runs"
+
+
+def test_the_demo_does_not_start_on_a_prefix_where_services_are_registered(
+    tmp_path: Path, etcd: EtcdCluster, prefix: str
+) -> None:
+    from examples.bookinfo import launcher
+
+    url = etcd.url(prefix)
+    config = tmp_path / "reviews.yaml"
+    config.write_text(
+        "apiVersion: meshlib.dev/v1\nkind: Service\nmetadata: {name: reviews}\n"
+        f"spec:\n  version: v2\n  store: {url}\n",
+        encoding="utf-8",
+    )
+    other = Mesh.from_file(config)
+    try:
+        with other.register("127.0.0.1:19083"):
+            with pytest.raises(StoreError, match=r"registered under this prefix already \(reviews"):
+                launcher.lay_out(tmp_path / "run", {}, [], StoreURL.parse(url))
+            held = EtcdRuleStore(StoreURL.parse(url))
+            try:
+                assert held.read().documents == ()  # nothing written
+            finally:
+                held.close()
+        launcher.lay_out(tmp_path / "run", {}, [], StoreURL.parse(url))  # gone: it starts
+        assert not (tmp_path / "run" / "registry.yaml").exists()
+    finally:
+        other.close()
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("{not json", "cannot be read"),
+        ("[]", "does not describe a running demo"),
+        ('{"services": []}', "does not describe a running demo"),
+        ('{"rules": "/r.yaml", "store": "redis://x", "services": [], "productpage": ""}', "scheme"),
+    ],
+)
+def test_a_state_file_that_is_not_a_demos_is_one_clear_line(
+    tmp_path: Path, text: str, says: str
+) -> None:
+    (tmp_path / "bookinfo.json").write_text(text, encoding="utf-8")
+    code, out, err = meshctl("bookinfo", "routes", "--run-dir", str(tmp_path))
+    assert code == 1
+    assert out == ""
+    assert err.startswith(f"meshctl bookinfo: {tmp_path / 'bookinfo.json'}")
+    assert says in err
+    assert len(err.splitlines()) == 1
