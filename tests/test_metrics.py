@@ -601,3 +601,67 @@ async def test_requests_served_through_the_asgi_middleware_are_reported_by_the_d
     assert (labels["reporter"], labels["response_code"]) == ("destination", "201")
     assert labels["destination_workload"] == "productpage-v1"
     assert samples(mesh, "istio_response_bytes_sum")[0][1] == 5
+
+
+# --------------------------------------------------------------------------- per route
+
+
+def test_calls_are_counted_by_the_route_they_took(
+    send: Send, upstreams: Upstreams, meshes: Any
+) -> None:
+    upstreams.endpoint("reviews", "v1")
+    upstreams.endpoint("reviews", "v2")
+    upstreams.script("reviews", [Reply(503)], subset="v2")
+    upstreams.endpoint("details")
+    named = JASON_TO_V2.replace("  - match:", "  - name: jason\n    match:")
+    mesh = meshes(docs(SUBSETS, named), upstreams)
+
+    send(mesh, "GET", REVIEWS, headers={"end-user": "jason"})  # 503, then its retry
+    send(mesh, "GET", REVIEWS)
+    send(mesh, "GET", "http://details:9080/details/0")  # a host without a VirtualService
+    send(mesh, "GET", "http://outside.example/")  # a host outside the mesh
+
+    counted = {
+        (s["virtual_service"], s["route"], s["destination_service"], s["response_code"]): value
+        for s, value in samples(mesh, "meshlib_route_requests_total")
+    }
+    assert counted == {
+        ("default/reviews", "jason", "reviews.default.svc.cluster.local", "200"): 1,
+        ("default/reviews", "http[1]", "reviews.default.svc.cluster.local", "200"): 1,
+        ("", "default", "details.default.svc.cluster.local", "200"): 1,
+        ("", "allow_any", "outside.example", "200"): 1,
+    }
+    labels = samples(mesh, "meshlib_route_requests_total")[0][0]
+    assert set(labels) == set(metrics.ROUTE_LABELS)
+    assert (labels["source_workload"], labels["source_workload_namespace"]) == (
+        "productpage-v1",
+        "default",
+    )
+    counts = {
+        s["route"]: value
+        for s, value in samples(mesh, "meshlib_route_request_duration_milliseconds_count")
+    }
+    assert counts == {"jason": 1, "http[1]": 1, "default": 1, "allow_any": 1}
+    buckets = [s for s, _ in samples(mesh, "meshlib_route_request_duration_milliseconds_bucket")]
+    assert {s["le"] for s in buckets} == {*(str(b) for b in metrics.BUCKETS), "+Inf"}
+    assert "response_code" not in buckets[0]
+
+
+def test_a_call_no_route_matched_is_counted_as_route_dash(
+    send: Send, upstreams: Upstreams, meshes: Any
+) -> None:
+    only_jason = vs(
+        "  - match: [{headers: {end-user: {exact: jason}}}]\n"
+        "    route: [{destination: {host: reviews}}]\n"
+    )
+    mesh = meshes(docs(only_jason), upstreams)
+
+    assert send(mesh, "GET", REVIEWS).status_code == 404
+
+    [(labels, value)] = samples(mesh, "meshlib_route_requests_total")
+    assert (labels["virtual_service"], labels["route"], labels["response_code"], value) == (
+        "default/reviews",
+        "-",
+        "404",
+        1,
+    )

@@ -13,9 +13,11 @@ meshlib services unchanged:
   ``meshlib_retry_budget_exhausted_total``, ``meshlib_mirror_dropped_total``,
   ``meshlib_peer_metadata_refused_total``
   (inbound requests whose workload metadata claimed another identity than the caller's
-  certificate: the metadata was ignored; counted for the whole process) and
+  certificate: the metadata was ignored; counted for the whole process),
   ``meshlib_inbound_headers_refused_total`` (inbound context headers no outbound call could
-  carry, by ``header`` and ``action``).
+  carry, by ``header`` and ``action``), and the golden signals of each route of this service's
+  calls (Envoy keeps per-route stats; Istio's labels have no route):
+  ``meshlib_route_requests_total`` and ``meshlib_route_request_duration_milliseconds``.
 
 Each recorder owns its OpenTelemetry ``MeterProvider`` (never the global one: several meshes in
 one process keep apart) and a ``prometheus_client`` registry of its own, read by OpenTelemetry's
@@ -139,6 +141,19 @@ LABELS: tuple[str, ...] = (
     "grpc_response_status",
     "response_flags",
     "connection_security_policy",
+)
+
+#: The labels of ``meshlib_route_requests_total`` (and, without ``response_code``, of
+#: ``meshlib_route_request_duration_milliseconds``): the route a call took, named as the access
+#: log's ``route`` field names it (``virtual_service`` empty for a host without a
+#: VirtualService, whose one route is Istio's ``default``).
+ROUTE_LABELS: tuple[str, ...] = (
+    "source_workload",
+    "source_workload_namespace",
+    "virtual_service",
+    "route",
+    "destination_service",
+    "response_code",
 )
 
 #: ``meshlib_breaker_state`` values.
@@ -377,6 +392,26 @@ def inbound_labels(
     )
 
 
+def route_labels(source: Workload, decision: RouteDecision, status: int | None) -> tuple[str, ...]:
+    """``ROUTE_LABELS`` for a call this service made: the route by its name, else its place
+    (``http[2]``), else ``-`` when no route matched."""
+    target = decision.destination
+    if decision.route_name:
+        route = decision.route_name
+    elif decision.route_index is not None:
+        route = f"http[{decision.route_index}]"
+    else:
+        route = "-"
+    return (
+        source.workload,
+        source.namespace,
+        decision.virtual_service or "",
+        route,
+        target.host if target is not None else decision.host,
+        response_code(status),
+    )
+
+
 # --------------------------------------------------------------------------- tallies
 
 
@@ -430,6 +465,10 @@ class _Series:
 
 
 _Tally = dict[tuple[str, ...], int]
+#: what a cached label set holds: the Istio series; the target, endpoint and peer metadata it was
+#: made for (kept alive, so that their ids key nothing else meanwhile); for a call this service
+#: made, its route's counter labels and duration histogram (None for a request it served)
+_Cached = tuple["_Series", object, object, object, "tuple[str, ...] | None", "_Histogram | None"]
 
 
 def build_labels() -> dict[str, str]:
@@ -467,7 +506,9 @@ class MetricsRecorder:
         self._lock = threading.Lock()
         self._scrape_lock = threading.Lock()
         self._series: dict[tuple[str, ...], _Series] = {}
-        self._routes: dict[tuple[object, ...], tuple[_Series, object, object, object]] = {}
+        self._routes: dict[tuple[object, ...], _Cached] = {}
+        self._route_requests: _Tally = {}
+        self._route_durations: dict[tuple[str, ...], _Histogram] = {}
         self._retries: _Tally = {}
         self._ejections: _Tally = {}
         self._faults: _Tally = {}
@@ -517,6 +558,11 @@ class MetricsRecorder:
                 "meshlib_inbound_headers_refused",
                 self._refused,
                 "Inbound context headers no outbound call could carry (replaced or dropped)",
+            ),
+            (
+                "meshlib_route_requests",
+                self._route_requests,
+                "Requests, by the route of this service's config they took",
             ),
         )
         for name, tally, description in counters:
@@ -608,12 +654,38 @@ class MetricsRecorder:
                 event.peer_identity,
                 self.service.spiffe_id,
             )
-            found = (self._series_for(labels), target, endpoint, peer)
+            # the target (or, outside the mesh, the host) is the route's: one decision each
+            route = route_labels(self.source, decision, event.status)
+            found = (
+                self._series_for(labels),
+                target,
+                endpoint,
+                peer,
+                route,
+                self._route_histogram(route[:-1]),
+            )
             routes = self._routes
             if len(routes) >= _CACHE_LIMIT:
                 routes.clear()
             routes[key] = found
-        self._observe(found[0], event.duration, event.request_bytes, event.response_bytes)
+        series, _, _, _, route_key, histogram = found
+        milliseconds = event.duration * 1000.0
+        with self._lock:
+            series.requests += 1
+            series.duration.observe(milliseconds)
+            series.request_bytes.observe(event.request_bytes or 0)
+            series.response_bytes.observe(event.response_bytes or 0)
+            if route_key is not None and histogram is not None:
+                tally = self._route_requests
+                tally[route_key] = tally.get(route_key, 0) + 1
+                histogram.observe(milliseconds)
+
+    def _route_histogram(self, route: tuple[str, ...]) -> _Histogram:
+        with self._lock:
+            histogram = self._route_durations.get(route)
+            if histogram is None:
+                histogram = self._route_durations[route] = _Histogram()
+            return histogram
 
     def _inbound(self, event: InboundFinished) -> None:
         peer = event.peer
@@ -629,7 +701,7 @@ class MetricsRecorder:
         found = self._routes.get(key)
         if found is None:
             labels = inbound_labels(self.source, self.service, event)
-            found = (self._series_for(labels), None, None, peer)
+            found = (self._series_for(labels), None, None, peer, None, None)
             routes = self._routes
             if len(routes) >= _CACHE_LIMIT:
                 routes.clear()
@@ -738,11 +810,26 @@ class MetricsRecorder:
                 )
                 for s in self._series.values()
             ]
-        if not points:
-            return []
+            by_route = [
+                histogram.point(dict(zip(ROUTE_LABELS, route, strict=False)), start, now)
+                for route, histogram in self._route_durations.items()
+            ]
         cumulative = AggregationTemporality.CUMULATIVE
+        out: list[Metric] = []
+        if by_route:
+            out.append(
+                Metric(
+                    "meshlib_route_request_duration",
+                    "Request duration by the route of this service's config the call took",
+                    "ms",
+                    Histogram(by_route, cumulative),
+                )
+            )
+        if not points:
+            return out
         duration, sent, received = (list(column) for column in zip(*points, strict=True))
         return [
+            *out,
             Metric(
                 "istio_request_duration",
                 "Request duration, as Istio's sidecars measure it",
@@ -798,6 +885,7 @@ def _observe_refused_claims(options: CallbackOptions) -> Iterator[Observation]:
 
 _DESTINATION = ("destination_service", "destination_subset")
 _TALLY_LABELS: dict[str, tuple[str, ...]] = {
+    "meshlib_route_requests": ROUTE_LABELS,
     "meshlib_retries": _DESTINATION,
     "meshlib_retry_budget_exhausted": _DESTINATION,
     "meshlib_mirror_dropped": _DESTINATION,
