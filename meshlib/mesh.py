@@ -628,6 +628,11 @@ class Mesh:
         """Every breaker made so far, by destination name."""
         return {name: breaker for name, (_, breaker) in self._breakers.items()}
 
+    def clusters(self) -> list[Cluster]:
+        """The runtime state of every destination called so far (for the admin endpoint)."""
+        with self._lock:
+            return list(self._clusters.values())
+
     # ------------------------------------------------------------------ telemetry
 
     def add_listener(self, listener: MeshListener) -> None:

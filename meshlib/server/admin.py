@@ -1,5 +1,6 @@
-"""The admin endpoints: which config a service runs (for tools that wait for a rollout), and the
-spans it made last (for tools that show a trace).
+"""The admin endpoints: which config a service runs (for tools that wait for a rollout), the spans
+it made last (for tools that show a trace), the state of its destinations and its metrics (for
+the live mesh page, ``meshctl dashboard``).
 
 ``GET /_mesh/config`` answers JSON::
 
@@ -33,14 +34,31 @@ oldest first, only those of one trace with ``trace_id``::
 With tracing off, ``spans`` is empty and ``tracing`` false. A ``limit`` that is not a whole number
 from 0 to 100000, or a ``trace_id`` that is not 32 hex digits, is a 400.
 
-* ``MeshAdmin(app, mesh=None)``: ASGI middleware that answers the admin path and passes every
+``GET /_mesh/clusters`` answers, as Envoy's ``/clusters`` does, each destination this service
+has called (host and subset), its circuit breaker and its endpoints as outlier detection sees
+them now::
+
+    {"service": "reviews", "namespace": "default", "version": "v2", "workload": "reviews-v2",
+     "clusters": [{"name": "ratings.default.svc.cluster.local|v1",
+                   "host": "ratings.default.svc.cluster.local", "subset": "v1", "port": null,
+                   "breaker": {"state": "closed", "failures": 0},     # null: no breaker
+                   "outlier_detection": true,
+                   "endpoints": [{"address": "127.0.0.1:9085", "labels": {"version": "v1"},
+                                  "ejected": false, "ejections": 0, "ejected_for": 0.0}]}]}
+
+``GET /_mesh/metrics`` answers the service's metrics scrape (Prometheus' text format, or
+OpenMetrics when asked; Envoy's admin port serves ``/stats/prometheus`` the same way), or 404
+when its metrics are off.
+
+* ``MeshAdmin(app, mesh=None)``: ASGI middleware that answers the admin paths and passes every
   other request (and scope type) to ``app``;
 * ``MeshWSGIAdmin(app, mesh=None)``: the same for WSGI;
-* ``config_status(mesh)``: the JSON body, for any other server.
+* ``config_status(mesh)``, ``traces_status(mesh, query)``, ``clusters_status(mesh)``: the JSON
+  bodies, for any other server.
 
 File names are shown relative to the folder of the service's config file, never as absolute
 paths. When the service has a mesh identity (``spec.identity``) or an admin token
-(``spec.admin.token`` or ``$MESHLIB_ADMIN_TOKEN``), the endpoint answers only a caller with a
+(``spec.admin.token`` or ``$MESHLIB_ADMIN_TOKEN``), the endpoints answer only a caller with a
 verified mesh identity (a client certificate of the mesh CA, read as the inbound side reads it)
 or one that sends ``Authorization: Bearer <token>`` (compared in constant time); anyone else
 gets 401. Without either, it answers everyone, as before.
@@ -73,6 +91,9 @@ TRACES_PATH = "/_mesh/traces"
 DEFAULT_TRACE_LIMIT = 100
 MAX_TRACE_LIMIT = 100_000
 _TRACE_ID = re.compile(r"[0-9a-f]{32}")
+CLUSTERS_PATH = "/_mesh/clusters"
+METRICS_PATH = "/_mesh/metrics"
+_JSON = "application/json"
 
 
 def config_status(mesh: Mesh) -> dict[str, Any]:
@@ -153,6 +174,54 @@ def traces_status(mesh: Mesh, query: str = "") -> dict[str, Any]:
     return {"tracing": True, "keeps": tracer.keeps, "spans": spans}
 
 
+def clusters_status(mesh: Mesh) -> dict[str, Any]:
+    """What ``GET /_mesh/clusters`` answers for ``mesh``: this workload, and each destination it
+    has called (Envoy's clusters: host and subset) with its circuit breaker's state and each
+    endpoint as outlier detection sees it now."""
+    from meshlib.telemetry.peer import PeerMetadata  # noqa: PLC0415 - only when asked
+
+    service = mesh.config.service
+    clusters = []
+    for cluster in sorted(mesh.clusters(), key=lambda c: (c.name, c.target.port or 0)):
+        detector = cluster.balancer.detector
+        health = {s.address: s for s in detector.snapshot()} if detector is not None else {}
+        endpoints = []
+        for endpoint in cluster.endpoints():
+            state = health.get(endpoint.address)
+            endpoints.append(
+                {
+                    "address": endpoint.address,
+                    "labels": dict(endpoint.labels),
+                    "ejected": state.ejected if state is not None else False,
+                    "ejections": state.ejections if state is not None else 0,
+                    "ejected_for": round(state.ejected_for, 3) if state is not None else 0.0,
+                }
+            )
+        breaker = cluster.breaker
+        clusters.append(
+            {
+                "name": cluster.name,
+                "host": cluster.target.host,
+                "subset": cluster.target.subset,
+                "port": cluster.target.port,
+                "breaker": (
+                    {"state": breaker.state, "failures": breaker.failure_count}
+                    if breaker is not None
+                    else None
+                ),
+                "outlier_detection": detector is not None,
+                "endpoints": endpoints,
+            }
+        )
+    return {
+        "service": service.name,
+        "namespace": service.namespace,
+        "version": service.version,
+        "workload": PeerMetadata.of_service(service).workload,
+        "clusters": clusters,
+    }
+
+
 def _scrub(text: str, base: str) -> str:
     """A message with the config folder's absolute path taken out of the file names in it."""
     return text.replace(base + os.sep, "")
@@ -201,18 +270,29 @@ _REFUSED = b'{"error": "the admin endpoints need a mesh identity or the admin to
 _CHALLENGE = 'Bearer realm="meshlib admin"'
 
 
-def _answer(mesh: Mesh, path: str, query: str) -> tuple[int, bytes]:
-    """The status and JSON body of an admin path, for a caller already admitted."""
+def _answer(mesh: Mesh, path: str, query: str, accept: str | None) -> tuple[int, str, bytes]:
+    """The status, content type and body of an admin path, for a caller already admitted."""
     if path == CONFIG_PATH:
-        return 200, json.dumps(config_status(mesh), indent=1).encode("utf-8")
+        return 200, _JSON, json.dumps(config_status(mesh), indent=1).encode("utf-8")
+    if path == CLUSTERS_PATH:
+        return 200, _JSON, json.dumps(clusters_status(mesh), separators=(",", ":")).encode()
+    if path == METRICS_PATH:
+        from meshlib.telemetry.metrics import scrape  # noqa: PLC0415 - loads prometheus_client
+
+        try:
+            content_type, body = scrape(mesh, accept=accept)
+        except LookupError:
+            return 404, _JSON, b'{"error": "metrics are off (spec.telemetry.metrics)"}'
+        return 200, content_type, body
     try:
         status = traces_status(mesh, query)
     except BadQueryError as exc:
-        return 400, json.dumps({"error": str(exc)}).encode("utf-8")
-    return 200, json.dumps(status, separators=(",", ":")).encode("utf-8")
+        return 400, _JSON, json.dumps({"error": str(exc)}).encode("utf-8")
+    return 200, _JSON, json.dumps(status, separators=(",", ":")).encode("utf-8")
 
 
-_PATHS = frozenset({CONFIG_PATH, TRACES_PATH})
+_PATHS = frozenset({CONFIG_PATH, TRACES_PATH, CLUSTERS_PATH, METRICS_PATH})
+_REASONS = {200: "200 OK", 400: "400 Bad Request", 404: "404 Not Found"}
 
 
 def _mesh_of(mesh: Mesh | None) -> Mesh:
@@ -224,8 +304,7 @@ def _mesh_of(mesh: Mesh | None) -> Mesh:
 
 
 class MeshAdmin:
-    """ASGI middleware: ``GET /_mesh/config`` and ``GET /_mesh/traces`` answered here, everything
-    else passed on."""
+    """ASGI middleware: ``GET /_mesh/...`` answered here, everything else passed on."""
 
     def __init__(self, app: ASGIApp, mesh: Mesh | None = None) -> None:
         self.app = app
@@ -240,18 +319,15 @@ class MeshAdmin:
             await _asgi_reply(send, 405, b'{"error": "GET only"}', [(b"allow", b"GET, HEAD")])
             return
         mesh = _mesh_of(self.mesh)
-        authorization = next(
-            (v.decode("latin-1") for k, v in scope.get("headers") or () if k == b"authorization"),
-            None,
-        )
-        if not admitted(mesh, chain_of_scope(scope), authorization):
+        headers = {k: v.decode("latin-1") for k, v in scope.get("headers") or ()}
+        if not admitted(mesh, chain_of_scope(scope), headers.get(b"authorization")):
             challenge = [(b"www-authenticate", _CHALLENGE.encode())]
             await _asgi_reply(send, 401, _REFUSED, challenge)
             return
         query = (scope.get("query_string") or b"").decode("latin-1")
-        status, body = _answer(mesh, str(path), query)
+        status, content_type, body = _answer(mesh, str(path), query, headers.get(b"accept"))
         shown = b"" if scope.get("method") == "HEAD" else body
-        await _asgi_reply(send, status, shown, [], len(body))
+        await _asgi_reply(send, status, shown, [], len(body), content_type)
 
 
 async def _asgi_reply(
@@ -260,6 +336,7 @@ async def _asgi_reply(
     body: bytes,
     headers: list[tuple[bytes, bytes]],
     length: int | None = None,
+    content_type: str = _JSON,
 ) -> None:
     size = str(len(body) if length is None else length).encode()
     await send(
@@ -267,7 +344,7 @@ async def _asgi_reply(
             "type": "http.response.start",
             "status": status,
             "headers": [
-                (b"content-type", b"application/json"),
+                (b"content-type", content_type.encode("latin-1")),
                 (b"content-length", size),
                 (b"cache-control", b"no-store"),
                 *headers,
@@ -278,8 +355,7 @@ async def _asgi_reply(
 
 
 class MeshWSGIAdmin:
-    """WSGI middleware: ``GET /_mesh/config`` and ``GET /_mesh/traces`` answered here, everything
-    else passed on."""
+    """WSGI middleware: ``GET /_mesh/...`` answered here, everything else passed on."""
 
     def __init__(self, app: WSGIApp, mesh: Mesh | None = None) -> None:
         self.app = app
@@ -308,11 +384,13 @@ class MeshWSGIAdmin:
                 [("content-type", "application/json"), ("www-authenticate", _CHALLENGE)],
             )
             return [_REFUSED]
-        status, body = _answer(mesh, str(path), environ.get("QUERY_STRING") or "")
+        status, content_type, body = _answer(
+            mesh, str(path), environ.get("QUERY_STRING") or "", environ.get("HTTP_ACCEPT")
+        )
         start_response(
-            "200 OK" if status == 200 else "400 Bad Request",
+            _REASONS.get(status, str(status)),
             [
-                ("content-type", "application/json"),
+                ("content-type", content_type),
                 ("content-length", str(len(body))),
                 ("cache-control", "no-store"),
             ],
@@ -321,14 +399,17 @@ class MeshWSGIAdmin:
 
 
 __all__ = [
+    "CLUSTERS_PATH",
     "CONFIG_PATH",
     "DEFAULT_TRACE_LIMIT",
     "MAX_TRACE_LIMIT",
+    "METRICS_PATH",
     "TRACES_PATH",
     "BadQueryError",
     "MeshAdmin",
     "MeshWSGIAdmin",
     "admitted",
+    "clusters_status",
     "config_status",
     "traces_status",
 ]

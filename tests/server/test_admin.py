@@ -311,3 +311,141 @@ def test_without_tracing_there_are_no_spans(
     assert call(mesh, "GET", "/_mesh/traces").json() == {"tracing": False, "keeps": 0, "spans": []}
     assert call(mesh, "GET", "/_mesh/config").json()["tracing"] is False
     assert call(mesh, "POST", "/_mesh/traces").status_code == 405
+
+
+# --------------------------------------------------------------------------- clusters, metrics
+
+WATCHED = """\
+apiVersion: meshlib.dev/v1
+kind: Service
+metadata: {name: productpage}
+spec:
+  version: v1
+  circuitBreakers: {failureThreshold: 2, resetTimeout: 30s}
+  telemetry:
+    metrics: {}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer: {simple: ROUND_ROBIN}
+    outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 30s,
+                       maxEjectionPercent: 100}
+  subsets: [{name: v1, labels: {version: v1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http: [{route: [{destination: {host: reviews, subset: v1}}], retries: {attempts: 0}}]
+"""
+
+
+def test_the_clusters_breakers_and_ejected_endpoints(
+    call: Callable[[Mesh, str, str], httpx.Response],
+) -> None:
+    clock = FakeClock()
+    upstreams = Upstreams(clock=clock)
+    bad = upstreams.script("reviews", [Reply(500)], subset="v1")
+    good = upstreams.endpoint("reviews", "v1", index=1)
+    upstreams.endpoint("details", "v1")
+    mesh = in_memory_mesh(WATCHED, upstreams, clock=clock)
+    with mesh.client() as client:
+        assert call(mesh, "GET", "/_mesh/clusters").json()["clusters"] == []  # nothing called yet
+        statuses = [client.get("http://reviews:9080/reviews/0").status_code for _ in range(3)]
+        client.get("http://details:9080/details/0")
+    assert sorted(statuses) == [200, 200, 500]
+    clock.advance(10)
+
+    response = call(mesh, "GET", "/_mesh/clusters")
+
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["service"], body["version"], body["workload"]) == (
+        "productpage",
+        "v1",
+        "productpage-v1",
+    )
+    reviews, details = sorted(body["clusters"], key=lambda c: c["host"], reverse=True)
+    assert (reviews["name"], reviews["subset"]) == ("reviews.default.svc.cluster.local|v1", "v1")
+    assert reviews["breaker"] == {"state": "closed", "failures": 0}  # a 500, then successes
+    assert reviews["outlier_detection"] is True
+    endpoints = {e["address"]: e for e in reviews["endpoints"]}
+    assert endpoints[bad.address] == {
+        "address": bad.address,
+        "labels": {"version": "v1"},
+        "ejected": True,
+        "ejections": 1,
+        "ejected_for": 20.0,  # 30 s, 10 s of which have passed
+    }
+    assert endpoints[good.address]["ejected"] is False
+    assert details["name"] == "details.default.svc.cluster.local"
+    assert details["outlier_detection"] is False
+    assert details["breaker"] == {"state": "closed", "failures": 0}
+    mesh.close()
+
+
+def test_the_metrics_through_the_admin_endpoint(
+    call: Callable[[Mesh, str, str], httpx.Response], write_yaml: WriteYaml
+) -> None:
+    upstreams = Upstreams(clock=FakeClock())
+    upstreams.endpoint("reviews", "v1")
+    mesh = in_memory_mesh(WATCHED, upstreams)
+    with mesh.client() as client:
+        client.get("http://reviews:9080/reviews/0")
+
+    response = call(mesh, "GET", "/_mesh/metrics")
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert "istio_requests_total{" in response.text
+    assert "meshlib_route_requests_total{" in response.text
+    mesh.close()
+    off = Mesh.from_file(write_yaml("off.yaml", CONFIG))
+    refused = call(off, "GET", "/_mesh/metrics")
+    assert refused.status_code == 404
+    assert refused.json() == {"error": "metrics are off (spec.telemetry.metrics)"}
+
+
+def test_openmetrics_when_asked() -> None:
+    upstreams = Upstreams(clock=FakeClock())
+    mesh = in_memory_mesh(WATCHED, upstreams)
+
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=MeshAdmin(asgi_app, mesh))
+        async with httpx.AsyncClient(transport=transport, base_url="http://svc") as http:
+            return await http.get(
+                "/_mesh/metrics", headers={"accept": "application/openmetrics-text; version=1.0.0"}
+            )
+
+    response = asyncio.run(go())
+    mesh.close()
+    assert response.headers["content-type"].startswith("application/openmetrics-text")
+    assert response.text.endswith("# EOF\n")
+
+
+@pytest.mark.parametrize("path", ["/_mesh/config", "/_mesh/clusters", "/_mesh/metrics"])
+def test_every_admin_path_needs_the_token_when_there_is_one(
+    call: Callable[[Mesh, str, str], httpx.Response], path: str
+) -> None:
+    token = WATCHED.replace(
+        "  version: v1\n", "  version: v1\n  admin: {token: a-token-of-16-chars}\n"
+    )
+    mesh = in_memory_mesh(token, Upstreams(clock=FakeClock()))
+
+    refused = call(mesh, "GET", path)
+    assert refused.status_code == 401
+    assert "istio_requests_total" not in refused.text
+    admitted = call_with(mesh, path, {"authorization": "Bearer a-token-of-16-chars"})
+    assert admitted.status_code == 200
+    mesh.close()
+
+
+def call_with(mesh: Mesh, path: str, headers: dict[str, str]) -> httpx.Response:
+    transport = httpx.WSGITransport(app=MeshWSGIAdmin(wsgi_app, mesh))
+    with httpx.Client(transport=transport, base_url="http://svc") as http:
+        return http.get(path, headers=headers)
