@@ -44,6 +44,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.memory
 	$(BIN)/python -m bench.fast_fail
 	$(BIN)/python -m bench.store
+	$(BIN)/python -m bench.dashboard
 
 # The demo's own rule files (examples/bookinfo/networking); BOOKINFO_SAMPLES=DIR names another folder;
 # BOOKINFO_STORE=etcd://host:port/prefix runs it on etcd (docs/distributed.md).
@@ -51,7 +52,8 @@ demo: $(STAMP)
 	$(BIN)/python -m examples.bookinfo
 
 screenshots: $(STAMP)
-	BOOKINFO_SCREENSHOTS=docs/images $(BIN)/pytest -q tests/e2e/test_bookinfo_browser.py
+	BOOKINFO_SCREENSHOTS=docs/images $(BIN)/pytest -q tests/e2e/test_bookinfo_browser.py \
+		tests/e2e/test_dashboard_browser.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

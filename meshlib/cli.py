@@ -7,6 +7,7 @@ meshctl ca init|issue                          the mesh's local CA (security/cli
 meshctl run [-c FILE] [--port P] MODULE:APP     serve an app with the mesh's identity (runner.py)
 meshctl --store URL apply|delete -f FILE...     the fleet's rules in its store (store/cli.py)
 meshctl --store URL get [KIND [NAME]] | status
+meshctl dashboard [--bookinfo|--admin|--registry] [--prometheus URL]   the live mesh page
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import TextIO
 from meshlib import bookinfo
 from meshlib.config.lint import lint
 from meshlib.config.load import load_config
+from meshlib.dashboard import cli as dashboard_cli
 from meshlib.errors import ConfigError
 from meshlib.mesh import Mesh
 from meshlib.routing import RouteDecision
@@ -110,6 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     bookinfo.add_parser(commands)
     security_cli.register(commands)
     run_command.register(commands)
+    dashboard_cli.register(commands)
     return parser
 
 

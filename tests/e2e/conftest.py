@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,8 @@ if str(ROOT) not in sys.path:  # examples/ is not installed: import it from the 
     sys.path.insert(0, str(ROOT))
 
 from examples.bookinfo import walkthrough  # noqa: E402
+
+from .chromium import chromium  # noqa: E402
 
 SAMPLES = walkthrough.SAMPLES  # the project's Bookinfo rule files
 
@@ -44,3 +47,9 @@ def rules(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def samples() -> Path:
     return SAMPLES
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Debian's Chromium, headless (``chromium.py``); the test is skipped without it."""
+    yield from chromium(tmp_path_factory.mktemp("chromium-profile"))

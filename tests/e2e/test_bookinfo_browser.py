@@ -1,20 +1,13 @@
-"""The product page in a real browser: Debian's Chromium, headless, driven through chromedriver by
-Selenium, against the running demo. It signs in as jason through the page's own form, checks the
-stars (each star element's ``data-star-color``) and the error texts of the walkthrough's steps,
-and takes a PNG screenshot of each step (under the test's tmp dir; also in the directory named
-by ``$BOOKINFO_SCREENSHOTS``: ``make screenshots`` refreshes ``docs/images/``).
-
-Nothing is downloaded: the browser and its driver are ``/usr/bin/chromium`` and
-``/usr/bin/chromedriver`` (``.ci/run`` installs the packages), and Selenium Manager is kept
-offline. Without them the test is skipped, saying so.
+"""The product page in a real browser (Debian's Chromium, see ``chromium.py``), against the
+running demo. It signs in as jason through the page's own form, checks the stars (each star
+element's ``data-star-color``) and the error texts of the walkthrough's steps, and takes a PNG
+screenshot of each step (under the test's tmp dir; also in the directory named by
+``$BOOKINFO_SCREENSHOTS``: ``make screenshots`` refreshes ``docs/images/``).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,68 +27,9 @@ from examples.bookinfo.walkthrough import (
     plain_call,
 )
 
+from .chromium import Shots
+
 pytestmark = pytest.mark.integration
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-SCREENSHOTS_ENV = "BOOKINFO_SCREENSHOTS"
-FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-    "--hide-scrollbars",
-    "--window-size=1100,820",
-)
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.path.exists(p)]
-    if missing:
-        pytest.skip(
-            f"{' and '.join(missing)} not installed: apt-get install chromium chromium-driver "
-            "(.ci/run installs them)"
-        )
-    os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must never fetch a browser or driver
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in FLAGS:
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
-    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
-    driver.set_page_load_timeout(60)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
-class Shots:
-    """Screenshots, numbered in the order taken."""
-
-    def __init__(self, folder: Path, prefix: str = "bookinfo") -> None:
-        self.folder = folder
-        self.prefix = prefix
-        self.extra = os.environ.get(SCREENSHOTS_ENV)
-        self.taken: list[Path] = []
-
-    def take(self, driver: Any, name: str) -> Path:
-        path = self.folder / f"{self.prefix}-{len(self.taken) + 1:02d}-{name}.png"
-        assert driver.save_screenshot(str(path)), f"no screenshot {path}"
-        self.taken.append(path)
-        if self.extra:
-            os.makedirs(self.extra, exist_ok=True)
-            shutil.copyfile(path, Path(self.extra) / path.name)
-        return path
 
 
 def stars(driver: Any) -> list[str]:

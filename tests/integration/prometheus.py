@@ -69,9 +69,13 @@ class Prometheus:
                 raise RuntimeError(f"prometheus did not start:\n{self.output()}")
             time.sleep(0.1)
 
-    def query(self, promql: str) -> list[dict[str, Any]]:
-        """An instant query through ``/api/v1/query``: the result vector."""
-        return self._result("/api/v1/query", {"query": promql})
+    def query(self, promql: str, at: float | None = None) -> list[dict[str, Any]]:
+        """An instant query through ``/api/v1/query`` (evaluated at ``at``, unix seconds, when
+        given): the result vector."""
+        params = {"query": promql}
+        if at is not None:
+            params["time"] = f"{at:.3f}"
+        return self._result("/api/v1/query", params)
 
     def query_range(
         self, promql: str, start: float, end: float, step: float = 1.0
