@@ -100,8 +100,14 @@ def series(mesh: Mesh, reporter: str) -> list[tuple[dict[str, str], float]]:
     ]
 
 
-def only(mesh: Mesh, reporter: str) -> tuple[dict[str, str], float]:
+def only(mesh: Mesh, reporter: str, calls: int = 2) -> tuple[dict[str, str], float]:
+    """The one series of ``reporter``, once it has counted ``calls`` requests: a server records
+    a request after it has sent the response, so the caller may read before it has (bounded)."""
+    deadline = time.monotonic() + WAIT
     found = series(mesh, reporter)
+    while not (found and found[0][1] >= calls) and time.monotonic() < deadline:
+        time.sleep(0.01)
+        found = series(mesh, reporter)
     assert len(found) == 1, found
     return found[0]
 
