@@ -9,7 +9,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshlib.telemetry.spantree import build, describe, describe_event, draw
+from meshlib.telemetry.spantree import MAX_DEPTH, build, describe, describe_event, draw
 
 MS = 1_000_000
 
@@ -171,3 +171,21 @@ def test_any_spans_draw_without_failing(spans: list[dict[str, Any]]) -> None:
     drawn = {n.span["span_id"] for r in roots for n in r.walk()}
     assert len(drawn) == sum(1 for r in roots for _ in r.walk())  # each span once
     assert all(isinstance(line, str) for line in draw(roots))
+
+
+def test_a_hostile_chain_is_cut_at_max_depth() -> None:
+    """Spans come from other processes: a chain thousands deep is drawn to MAX_DEPTH, with no
+    RecursionError."""
+    chain = [
+        {
+            "span_id": f"{i:016x}",
+            "parent_span_id": f"{i - 1:016x}" if i else None,
+            "name": f"hop {i}",
+            "start_unix_nano": i,
+            "end_unix_nano": i + 1,
+        }
+        for i in range(5000)
+    ]
+    (root,) = build(chain)
+    assert len(list(root.walk())) == MAX_DEPTH
+    assert len(draw([root])) == MAX_DEPTH

@@ -30,6 +30,11 @@ class Node:
             yield from child.walk()
 
 
+#: How deep a tree ``build`` makes: a call chain deeper than this is cut (a mesh's real traces are
+#: a few hops deep; the spans come from other processes).
+MAX_DEPTH = 64
+
+
 def build(spans: Iterable[Span]) -> list[Node]:
     """The roots of the trees ``spans`` make (each span once, by ``span_id``), oldest first."""
     by_id: dict[str, Span] = {}
@@ -41,15 +46,15 @@ def build(spans: Iterable[Span]) -> list[Node]:
         key = parent if isinstance(parent, str) and parent in by_id else None
         children.setdefault(key, []).append(span)
 
-    def node(span: Span, seen: frozenset[str]) -> Node:
-        own = str(span.get("span_id"))
-        below = sorted(children.get(own, ()), key=_start)
-        return Node(
-            span,
-            tuple(node(c, seen | {own}) for c in below if str(c.get("span_id")) not in seen),
-        )
+    # Each span has one parent, so what hangs from a root has no cycle; a chain deeper than
+    # MAX_DEPTH (spans come from other processes) is cut there, so nothing recurses unbounded.
+    def node(span: Span, depth: int) -> Node:
+        if depth >= MAX_DEPTH:
+            return Node(span, ())
+        below = sorted(children.get(str(span.get("span_id")), ()), key=_start)
+        return Node(span, tuple(node(c, depth + 1) for c in below))
 
-    return [node(span, frozenset()) for span in sorted(children.get(None, ()), key=_start)]
+    return [node(span, 1) for span in sorted(children.get(None, ()), key=_start)]
 
 
 def draw(roots: Sequence[Node]) -> list[str]:
@@ -152,4 +157,4 @@ def _start(span: Span) -> int:
     return int(span.get("start_unix_nano") or 0)
 
 
-__all__ = ["Node", "build", "describe", "describe_event", "draw"]
+__all__ = ["MAX_DEPTH", "Node", "build", "describe", "describe_event", "draw"]
