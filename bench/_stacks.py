@@ -175,12 +175,14 @@ def aiohttp_inner(concurrency: int) -> tuple[Any, str]:
     try:
         import aiohttp  # noqa: F401 - only whether it is there
 
-        from meshlib import aiohttp_transport
+        from meshlib.clients.httpx import aiohttp as aiohttp_transport
     except ImportError as error:
-        raise UnavailableError(f"meshlib.aiohttp_transport is not importable ({error})") from None
+        raise UnavailableError(
+            f"meshlib.clients.httpx.aiohttp is not importable ({error})"
+        ) from None
     transport_class = getattr(aiohttp_transport, "AiohttpTransport", None)
     if transport_class is None:
-        raise UnavailableError("meshlib.aiohttp_transport has no AiohttpTransport")
+        raise UnavailableError("meshlib.clients.httpx.aiohttp has no AiohttpTransport")
     wanted: dict[str, Any] = {
         "limit": MAX_CONNECTIONS,
         "limits": _httpx_limits(concurrency),
@@ -300,8 +302,8 @@ def build_sync(stack: str, where: Endpoints, request: Request, concurrency: int)
 
     if stack in ("meshlib", "meshlib-traced", "meshlib-stock"):
         from meshlib import Mesh
-        from meshlib.httpcore_transport import HTTPCoreTransport
-        from meshlib.transport import MeshTransport
+        from meshlib.clients.httpx.httpcore import HTTPCoreTransport
+        from meshlib.clients.httpx.transport import MeshTransport
 
         traced = stack == "meshlib-traced"
         if traced:
@@ -406,8 +408,8 @@ async def build_async(stack: str, where: Endpoints, request: Request, concurrenc
 
     if stack.startswith("a-meshlib"):
         from meshlib import Mesh
-        from meshlib.clients import MeshAsyncClient
-        from meshlib.transport import AsyncMeshTransport
+        from meshlib.clients.httpx.client import MeshAsyncClient
+        from meshlib.clients.httpx.transport import AsyncMeshTransport
 
         traced = stack.endswith("-traced")
         detail = ""

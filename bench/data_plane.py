@@ -49,7 +49,7 @@ import httpx
 from bench.report import percentile, rss_kib
 from examples.bookinfo import NETWORKING
 from meshlib import Mesh
-from meshlib.transport import AsyncMeshTransport, MeshInfo, MeshTransport
+from meshlib.clients.httpx.transport import AsyncMeshTransport, MeshInfo, MeshTransport
 from tests.integration.upstream import Upstream
 
 BOOKINFO = NETWORKING

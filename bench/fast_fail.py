@@ -23,8 +23,8 @@ interleaved blocks whose order rotates every round:
 * floors, for reference: a bare client whose transport raises at once, and one whose transport
   answers a 503 from memory — what any failure through ``httpx.Client`` costs, mesh or not;
   and the same with the client class the mesh hands out (``Mesh.client()`` may return a
-  subclass of httpx's with cheaper bookkeeping: ``meshlib.clients``). A client row less its
-  floor is what the mesh adds.
+  subclass of httpx's with cheaper bookkeeping: ``meshlib.clients.httpx.client``). A client row
+  less its floor is what the mesh adds.
 
 Target: every fast failure's median ≤ 1/50 of the sync loopback call's p50 (the client rows are
 the target; the transport rows say how much of it is the mesh's). A row that misses is profiled
@@ -49,8 +49,8 @@ import httpx
 
 from bench.report import percentile, publish, verdict
 from meshlib import Mesh
+from meshlib.clients.httpx.transport import AsyncMeshTransport, MeshTransport
 from meshlib.errors import CircuitOpenError
-from meshlib.transport import AsyncMeshTransport, MeshTransport
 from tests.integration.upstream import Upstream
 
 TARGET_RATIO = 1 / 50

@@ -52,8 +52,8 @@ import httpx
 
 from bench.report import percentile, publish, verdict
 from meshlib import Mesh
+from meshlib.clients.httpx.transport import AsyncMeshTransport
 from meshlib.config.load import MeshConfig, load_config
-from meshlib.transport import AsyncMeshTransport
 from tests.integration.upstream import Upstream
 
 URL = "http://reviews:9080/reviews/0"

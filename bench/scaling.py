@@ -62,8 +62,8 @@ import httpx
 from bench.report import verdict, write_json
 from meshlib import Mesh
 from meshlib.balancing import hash_key
+from meshlib.clients.httpx.transport import header_map, view_of
 from meshlib.routing import RouteRequest
-from meshlib.transport import header_map, view_of
 
 SERVICES = (10, 100, 1000)
 ROUTES = (1, 10, 100)

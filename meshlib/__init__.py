@@ -3,6 +3,7 @@
 from typing import TYPE_CHECKING, Any
 
 from meshlib.client import configure
+from meshlib.clients.httpx.transport import MeshInfo, raise_for_mesh
 from meshlib.errors import (
     CircuitOpenError,
     ConfigError,
@@ -20,12 +21,11 @@ from meshlib.errors import (
 from meshlib.mesh import Mesh
 from meshlib.routing import RouteDecision, RouteRequest, RouteTable
 from meshlib.server import handler
-from meshlib.transport import MeshInfo, raise_for_mesh
+from meshlib.version import __version__
 
 if TYPE_CHECKING:
     from meshlib.server.runner import serve, serve_wsgi
 
-__version__ = "0.1.0"
 
 __all__ = [
     "CircuitOpenError",

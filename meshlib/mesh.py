@@ -23,7 +23,19 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from meshlib.balancing import Balancer, LeastRequest
-from meshlib.clients import MeshAsyncClient, MeshClient
+from meshlib.clients.httpx.client import MeshAsyncClient, MeshClient
+from meshlib.clients.httpx.httpcore import HTTPCoreTransport
+from meshlib.clients.httpx.inner import async_transport_name, new_async_transport
+from meshlib.clients.httpx.transport import (
+    FREE_LEASE,
+    MESH_SUFFIX,
+    NO_TICKET,
+    AsyncMeshTransport,
+    Call,
+    FreeLease,
+    MeshTransport,
+    stamp_metadata,
+)
 from meshlib.clock import SYSTEM_CLOCK, Clock, SystemClock
 from meshlib.config import model as m
 from meshlib.config.compile import compile_table, fqdn
@@ -33,8 +45,6 @@ from meshlib.discovery import Endpoint, Registry, RegistryChain
 from meshlib.discovery.file import FileRegistry
 from meshlib.discovery.static import StaticRegistry
 from meshlib.errors import ConfigError, Problem, StoreError
-from meshlib.httpcore_transport import HTTPCoreTransport
-from meshlib.inner import async_transport_name, new_async_transport
 from meshlib.mirror import Mirrors
 from meshlib.policies.breaker import UNLIMITED, Breaker, BreakerSettings, Lease, PoolLimits
 from meshlib.policies.retry import Outcome, RetryBudget, RetryPolicy, policy_for
@@ -50,16 +60,6 @@ from meshlib.telemetry import (
     Telemetry,
 )
 from meshlib.telemetry.setup import build as build_telemetry
-from meshlib.transport import (
-    FREE_LEASE,
-    MESH_SUFFIX,
-    NO_TICKET,
-    AsyncMeshTransport,
-    Call,
-    FreeLease,
-    MeshTransport,
-    stamp_metadata,
-)
 
 if TYPE_CHECKING:
     from meshlib.config.watch import ConfigWatcher
@@ -239,8 +239,8 @@ class Mesh:
     the inner httpx transports the mesh sends through (``HTTPTransport`` by default; an
     ``httpx.MockTransport`` or ``ASGITransport`` work too); ``async_transport`` may also name
     one, ``"aiohttp"`` or ``"httpx"``, and without it ``$MESHLIB_ASYNC_TRANSPORT`` chooses, else
-    aiohttp when installed, else ``AsyncHTTPTransport`` (``meshlib.inner``); ``extra_endpoints``
-    adds static endpoints by service short name.
+    aiohttp when installed, else ``AsyncHTTPTransport`` (``meshlib.clients.httpx.inner``);
+    ``extra_endpoints`` adds static endpoints by service short name.
     """
 
     def __init__(
@@ -651,7 +651,7 @@ class Mesh:
 
     def client(self, **kwargs: Any) -> httpx.Client:
         """An ``httpx.Client`` whose transport is this mesh (a ``MeshClient``: httpx's own
-        client with cheaper per-request bookkeeping, see ``meshlib.clients``)."""
+        client with cheaper per-request bookkeeping, see ``meshlib.clients.httpx.client``)."""
         return MeshClient(transport=MeshTransport(self), **kwargs)
 
     def async_client(self, **kwargs: Any) -> httpx.AsyncClient:

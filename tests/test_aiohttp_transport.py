@@ -18,9 +18,13 @@ import pytest
 from integration.upstream import Upstream
 
 from meshlib import Mesh
-from meshlib.aiohttp_transport import AiohttpTransport, httpx_error
-from meshlib.inner import ASYNC_TRANSPORT_ENV, async_transport_name, new_async_transport
-from meshlib.transport import AsyncMeshTransport
+from meshlib.clients.httpx.aiohttp import AiohttpTransport, httpx_error
+from meshlib.clients.httpx.inner import (
+    ASYNC_TRANSPORT_ENV,
+    async_transport_name,
+    new_async_transport,
+)
+from meshlib.clients.httpx.transport import AsyncMeshTransport
 
 pytestmark = pytest.mark.integration
 
@@ -545,7 +549,7 @@ def test_the_environment_chooses_when_the_code_does_not(monkeypatch: pytest.Monk
 
 def test_without_aiohttp_the_default_is_httpx(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(ASYNC_TRANSPORT_ENV, raising=False)
-    monkeypatch.setattr("meshlib.inner.aiohttp_available", lambda: False)
+    monkeypatch.setattr("meshlib.clients.httpx.inner.aiohttp_available", lambda: False)
     assert async_transport_name() == "httpx"
     assert isinstance(Mesh.from_yaml(config()).async_inner(), httpx.AsyncHTTPTransport)
     with pytest.raises(ImportError, match=r"meshlib\[aiohttp\]"):

@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from meshlib import Mesh, client
+from meshlib.clients.httpx.transport import MeshInfo
 from meshlib.testing import FakeClock, Reply, Upstreams, in_memory_mesh
-from meshlib.transport import MeshInfo
 
 WriteYaml = Callable[[str, str], Path]
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from meshlib import Mesh
-from meshlib.clients import URL_CACHE_SIZE, MeshAsyncClient, MeshClient
+from meshlib.clients.httpx.client import URL_CACHE_SIZE, MeshAsyncClient, MeshClient
 
 Sent = list[httpx.Request]
 

@@ -14,8 +14,8 @@ import pytest
 from integration.upstream import Upstream
 
 from meshlib import Mesh
-from meshlib.httpcore_transport import HTTPCoreTransport
-from meshlib.transport import MeshTransport
+from meshlib.clients.httpx.httpcore import HTTPCoreTransport
+from meshlib.clients.httpx.transport import MeshTransport
 
 pytestmark = pytest.mark.integration
 

@@ -24,11 +24,11 @@ import tenacity
 
 from examples.bookinfo import NETWORKING
 from meshlib import CircuitOpenError, DeadlineExceeded, Mesh, MeshRequestError, RouteRequest
+from meshlib.clients.httpx.transport import FLAGS_HEADER, MeshInfo
 from meshlib.config.load import load_texts
 from meshlib.discovery import Endpoint
 from meshlib.mesh import Cluster
 from meshlib.testing import FakeClock, Reply, Upstreams, in_memory_mesh
-from meshlib.transport import FLAGS_HEADER, MeshInfo
 
 BOOKINFO = NETWORKING  # the project's Bookinfo rule files
 

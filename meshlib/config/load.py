@@ -17,6 +17,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 
 from meshlib.config import model as m
+from meshlib.config import security as _security  # noqa: F401 - its kinds join m.SPEC_MODELS
 from meshlib.config import validation
 from meshlib.config.source import Document, Path, format_path, last_key, parse_yaml
 from meshlib.errors import ConfigError, Problem, Severity

@@ -28,7 +28,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from meshlib.telemetry.accesslog import check_format
+from meshlib.config.logformat import check_format
 
 # --------------------------------------------------------------------------- scalar types
 
@@ -983,13 +983,12 @@ class Metadata(BaseModel):
     annotations: dict[str, str] | None = None
 
 
+#: The model of each kind's ``spec``. Istio's security kinds (security.istio.io) are modelled in
+#: ``meshlib.config.security``, which builds on this module and adds them here when imported
+#: (``meshlib.config.load`` imports it).
 SPEC_MODELS: dict[str, type[Model]] = {
     "VirtualService": VirtualService,
     "DestinationRule": DestinationRule,
     "ServiceEntry": ServiceEntry,
     "Service": Service,
 }
-
-# Istio's security kinds (security.istio.io) are modelled in meshlib.config.security, which builds
-# on this module and adds them to SPEC_MODELS; imported last so that either module may load first.
-from meshlib.config import security as _security  # noqa: E402, F401

@@ -52,10 +52,11 @@ from typing import Any, Generic, Literal, Protocol, TypeVar
 import httpx
 import tenacity
 
+from meshlib.clients.httpx.headers import entries
 from meshlib.clock import Clock
 from meshlib.config import model as m
 from meshlib.errors import MeshError
-from meshlib.headers import entries, number
+from meshlib.pipeline.headers import number
 from meshlib.routing import RetryDecision
 
 ErrorKind = Literal["connect-failure", "reset", "refused-stream", "per-try-timeout", "other"]
@@ -114,9 +115,9 @@ def _header(headers: HeaderLookup, name: str) -> str | None:
 def _screened(headers: HeaderLookup) -> tuple[str | None, bool]:
     """``grpc-status`` (or None) and whether ``x-envoy-ratelimited`` is present, in one pass.
 
-    ``httpx.Headers`` is read through its list of lowercased raw names (``meshlib.headers``): a
-    miss through its public lookup raises and catches a ``KeyError`` inside, three times the
-    cost of the scan."""
+    ``httpx.Headers`` is read through its list of lowercased raw names
+    (``meshlib.clients.httpx.headers``): a miss through its public lookup raises and catches a
+    ``KeyError`` inside, three times the cost of the scan."""
     raw = entries(headers)
     if raw is None:
         return _header(headers, "grpc-status"), "x-envoy-ratelimited" in headers

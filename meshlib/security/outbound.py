@@ -33,10 +33,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import httpcore
 import httpx
 
+from meshlib.clients.httpx.transport import PEER_IDENTITY
 from meshlib.config import model as m
 from meshlib.errors import PeerIdentityError, UpstreamTLSError
 from meshlib.security.verify import AcceptedPeers, explain_handshake_failure, peer_identity
-from meshlib.transport import PEER_IDENTITY
 
 if TYPE_CHECKING:
     from meshlib.config.load import MeshConfig
@@ -542,7 +542,7 @@ _LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepal
 
 
 def _sync_transport(handshake: _Handshake) -> httpx.BaseTransport:
-    from meshlib.httpcore_transport import (  # noqa: PLC0415 - no cycle at import
+    from meshlib.clients.httpx.httpcore import (  # noqa: PLC0415 - no cycle at import
         DeadlineBackend,
         PoolTransport,
     )
@@ -558,7 +558,7 @@ def _sync_transport(handshake: _Handshake) -> httpx.BaseTransport:
 
 
 def _async_transport(handshake: _Handshake) -> httpx.AsyncBaseTransport:
-    from meshlib.httpcore_transport import (  # noqa: PLC0415
+    from meshlib.clients.httpx.httpcore import (  # noqa: PLC0415
         AsyncDeadlineBackend,
         AsyncPoolTransport,
     )

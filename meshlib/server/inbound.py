@@ -44,7 +44,7 @@ from opentelemetry import context as otel_context
 
 from meshlib import context
 from meshlib.context import REQUEST_ID, RequestContext
-from meshlib.headers import carriable, number
+from meshlib.pipeline.headers import carriable, number
 from meshlib.server.guard import InboundGuard, guard_of
 from meshlib.telemetry import InboundFinished, InboundHeaderRefused
 from meshlib.telemetry.peer import PEER_HEADERS, PEER_METADATA, PeerMetadata, bind, decode

@@ -63,7 +63,6 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-import meshlib
 from meshlib.config import model as m
 from meshlib.config.load import ServiceInfo
 from meshlib.discovery import Endpoint
@@ -82,6 +81,7 @@ from meshlib.telemetry import (
     StoreHealthChanged,
 )
 from meshlib.telemetry.peer import PeerMetadata, principal_parts, refused_claims
+from meshlib.version import __version__
 
 if TYPE_CHECKING:
     from meshlib.mesh import Mesh
@@ -474,7 +474,7 @@ _Cached = tuple["_Series", object, object, object, "tuple[str, ...] | None", "_H
 def build_labels() -> dict[str, str]:
     """``istio_build``'s labels, as an Istio proxy reports them: ``component="proxy"`` and the
     build's tag (``meshlib-0.1.0``). Istio's dashboards read the versions running from it."""
-    return {"component": "proxy", "tag": f"meshlib-{meshlib.__version__}"}
+    return {"component": "proxy", "tag": f"meshlib-{__version__}"}
 
 
 def _observe_build(options: CallbackOptions) -> Iterator[Observation]:

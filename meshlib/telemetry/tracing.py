@@ -58,12 +58,12 @@ from opentelemetry.trace import (
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-import meshlib
+from meshlib.clients.httpx.headers import Entry, entries, with_entries
 from meshlib.clock import SYSTEM_CLOCK, Clock, SystemClock
 from meshlib.config import model as m
 from meshlib.config.load import ServiceInfo
 from meshlib.errors import ConfigError
-from meshlib.headers import Entry, entries, with_entries
+from meshlib.version import __version__
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
@@ -183,7 +183,7 @@ class MeshTracer:
         owns_provider: bool = False,
     ) -> None:
         provider = provider if provider is not None else trace.get_tracer_provider()
-        self._tracer = provider.get_tracer("meshlib", getattr(meshlib, "__version__", None))
+        self._tracer = provider.get_tracer("meshlib", __version__)
         #: the provider meshlib built for this mesh, shut down (its exporters flushed) by close()
         self._owned: Any = provider if owns_provider else None
         self._clock = clock

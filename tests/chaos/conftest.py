@@ -23,8 +23,8 @@ import httpx
 import pytest
 
 from meshlib import Mesh
-from meshlib.inner import new_async_transport
-from meshlib.transport import AsyncMeshTransport, MeshTransport
+from meshlib.clients.httpx.inner import new_async_transport
+from meshlib.clients.httpx.transport import AsyncMeshTransport, MeshTransport
 
 from .misbehaving import Misbehaving
 

@@ -21,8 +21,8 @@ import pytest
 
 from examples.bookinfo import NETWORKING
 from meshlib import Mesh
-from meshlib.inner import new_async_transport
-from meshlib.transport import AsyncMeshTransport
+from meshlib.clients.httpx.inner import new_async_transport
+from meshlib.clients.httpx.transport import AsyncMeshTransport
 
 from .upstream import Upstream
 

@@ -15,10 +15,10 @@ import httpx
 import pytest
 
 from meshlib import Mesh
+from meshlib.clients.httpx.transport import FLAGS_HEADER, MeshInfo
 from meshlib.discovery import Endpoint
 from meshlib.errors import CircuitOpenError, DeadlineExceeded
 from meshlib.testing import FakeClock
-from meshlib.transport import FLAGS_HEADER, MeshInfo
 
 from .conftest import Caller, mesh_yaml
 from .upstream import Upstream

@@ -18,8 +18,8 @@ import httpx
 import pytest
 
 from meshlib import Mesh
+from meshlib.clients.httpx.transport import MeshInfo
 from meshlib.routing import Target
-from meshlib.transport import MeshInfo
 
 from .conftest import mesh_yaml
 from .upstream import Upstream

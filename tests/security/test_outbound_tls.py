@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from meshlib import Mesh
+from meshlib.clients.httpx.transport import MeshInfo
 from meshlib.errors import MeshRequestError, UpstreamTLSError
 from meshlib.security import tls
 from meshlib.security.ca import CertificateAuthority, WorkloadCertificate
@@ -28,7 +29,6 @@ from meshlib.security.identity import SpiffeId
 from meshlib.security.outbound import TLS_MODE_LABEL, decide, istio_sni
 from meshlib.security.verify import spiffe_id_of_der
 from meshlib.testing import FakeClock
-from meshlib.transport import MeshInfo
 from tests.conftest import RunDocsExample, Send
 from tests.security.tls_harness import dns, make_certificate, uri
 

@@ -1,6 +1,6 @@
 """Which inner transport an async mesh client sends through.
 
-``"aiohttp"`` is ``meshlib.aiohttp_transport.AiohttpTransport`` (the ``meshlib[aiohttp]``
+``"aiohttp"`` is ``meshlib.clients.httpx.aiohttp.AiohttpTransport`` (the ``meshlib[aiohttp]``
 extra), ``"httpx"`` is ``httpx.AsyncHTTPTransport`` (as ``AsyncHTTPCoreTransport``, whose waits
 end by the call's deadline: ``meshlib.deadline``). The choice, first found wins:
 ``Mesh(async_transport=...)`` (a name, or a transport object), then ``$MESHLIB_ASYNC_TRANSPORT``,
@@ -14,7 +14,7 @@ import os
 
 import httpx
 
-from meshlib.httpcore_transport import AsyncHTTPCoreTransport
+from meshlib.clients.httpx.httpcore import AsyncHTTPCoreTransport
 
 ASYNC_TRANSPORT_ENV = "MESHLIB_ASYNC_TRANSPORT"
 ASYNC_TRANSPORTS = ("aiohttp", "httpx")
@@ -48,7 +48,7 @@ def async_transport_name(name: str | None = None) -> str:
 def new_async_transport(name: str | None = None) -> httpx.AsyncBaseTransport:
     """A new inner transport of the chosen kind (see ``async_transport_name``)."""
     if async_transport_name(name) == "aiohttp":
-        from meshlib.aiohttp_transport import AiohttpTransport  # noqa: PLC0415 - optional extra
+        from meshlib.clients.httpx.aiohttp import AiohttpTransport  # noqa: PLC0415 - optional extra
 
         return AiohttpTransport()
     return AsyncHTTPCoreTransport()

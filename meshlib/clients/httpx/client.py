@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from meshlib.headers import entries, with_entries
+from meshlib.clients.httpx.headers import entries, with_entries
 
 __all__ = ["MeshAsyncClient", "MeshClient"]
 

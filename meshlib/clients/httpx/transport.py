@@ -42,6 +42,7 @@ import httpx
 
 from meshlib import context
 from meshlib.balancing import hash_key
+from meshlib.clients.httpx.headers import entries, with_entries
 from meshlib.config.compile import matched_uri, regex_substitute
 from meshlib.deadline import Deadline
 from meshlib.deadline import enter as _enter_deadline
@@ -55,7 +56,7 @@ from meshlib.errors import (
     NoRouteError,
     UpstreamTLSError,
 )
-from meshlib.headers import entries, number, with_entries
+from meshlib.pipeline.headers import number
 from meshlib.policies.fault import FaultAction, abort_response_parts, decide
 from meshlib.policies.retry import Outcome, RetryState, policy_for
 from meshlib.routing import CLUSTER_DOMAIN, RouteDecision, RouteRequest
@@ -74,7 +75,7 @@ if TYPE_CHECKING:
     from meshlib.mesh import Cluster, Mesh
     from meshlib.security.outbound import Origination, Outbound, SecureTransports
 
-log = logging.getLogger("meshlib.transport")
+log = logging.getLogger("meshlib.clients.httpx.transport")
 
 FLAGS_HEADER = "x-mesh-response-flags"
 TIMEOUT_OVERRIDE_HEADER = "x-envoy-upstream-rq-timeout-ms"
