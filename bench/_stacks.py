@@ -66,6 +66,18 @@ STACKS: dict[str, Stack] = {
         Stack("a-meshlib-traced", "meshlib traced", False, "tracing on, httpx inner"),
         Stack("a-meshlib-aiohttp", "meshlib on aiohttp", False, "tracing off, aiohttp inner"),
         Stack("a-meshlib-aiohttp-traced", "meshlib traced on aiohttp", False, "aiohttp inner"),
+        Stack(
+            "a-meshlib-aiomw",
+            "meshlib aiohttp middleware",
+            False,
+            "aiohttp.ClientSession with mesh.aiohttp_middleware(), Bookinfo rules, tracing off",
+        ),
+        Stack(
+            "a-meshlib-aiomw-traced",
+            "meshlib aiohttp middleware traced",
+            False,
+            "the same, tracing on",
+        ),
         Stack("a-haproxy", "httpx via HAProxy", False, "bare httpx.AsyncClient, one HAProxy hop"),
     )
 }
@@ -159,6 +171,15 @@ def mesh_yaml(upstream: str, traced: bool) -> str:
             "bench.data_plane.mesh_config no longer switches tracing off as expected"
         )
     return text.replace(off, "telemetry: {tracing: {enabled: true}}") if traced else text
+
+
+def _check_aiohttp_mesh(mesh: Any, response: Any, traced: bool) -> None:
+    """The middleware's first call went through the mesh (a MeshInfo on the response)."""
+    from meshlib.aiohttp_client import mesh_info
+
+    info = mesh_info(response)
+    if response.status != 200 or info is None or info.endpoint is None:
+        raise UnavailableError(f"the mesh middleware did not route the call: {response.status}")
 
 
 def _check_mesh(mesh: Any, response: Any, traced: bool) -> None:
@@ -405,6 +426,31 @@ async def build_async(stack: str, where: Endpoints, request: Request, concurrenc
             return (await send()).status_code
 
         return Built(call, client.aclose)
+
+    if stack.startswith("a-meshlib-aiomw"):
+        try:
+            import aiohttp
+        except ImportError:
+            raise UnavailableError("aiohttp is not installed (the bench extra)") from None
+        from meshlib import Mesh
+
+        traced = stack.endswith("-traced")
+        if traced:
+            install_tracing()
+        mesh = Mesh.from_yaml(mesh_yaml(where.upstream, traced), seed=1)
+        connector = aiohttp.TCPConnector(limit=MAX_CONNECTIONS, keepalive_timeout=KEEPALIVE_S)
+        session = mesh.aiohttp_session(connector=connector)
+        url = MESH_BASE + PATH + request.query
+        async with session.get(MESH_BASE + PATH, headers=HEADERS) as first:
+            await first.read()
+            _check_aiohttp_mesh(mesh, first, traced)
+
+        async def call() -> int:
+            async with session.request(method, url, headers=HEADERS, data=body) as response:
+                await response.read()
+                return response.status
+
+        return Built(call, session.close)
 
     if stack.startswith("a-meshlib"):
         from meshlib import Mesh

@@ -83,9 +83,19 @@ ASYNC_ALL = (
     "a-meshlib-traced",
     "a-meshlib-aiohttp",
     "a-meshlib-aiohttp-traced",
+    "a-meshlib-aiomw",
+    "a-meshlib-aiomw-traced",
     "a-haproxy",
 )
-ASYNC_BODY = ("a-httpx", "a-httpx-aa", "aiohttp", "a-meshlib", "a-meshlib-aiohttp", "a-haproxy")
+ASYNC_BODY = (
+    "a-httpx",
+    "a-httpx-aa",
+    "aiohttp",
+    "a-meshlib",
+    "a-meshlib-aiohttp",
+    "a-meshlib-aiomw",
+    "a-haproxy",
+)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,13 @@ interleaved blocks whose order rotates every round:
   subclass of httpx's with cheaper bookkeeping: ``meshlib.clients.httpx.client``). A client row
   less its floor is what the mesh adds.
 
+* aiohttp (when installed): the same two through ``mesh.aiohttp_session()`` and through the
+  mesh's middleware alone (called with a prebuilt ``aiohttp.ClientRequest`` and a handler that
+  must not be reached), beside a bare ``aiohttp.ClientSession`` loopback call and floors: a
+  session whose middleware raises at once, and one whose middleware answers a 503 from memory.
+  Targets: through the session ≤ 1/10 of the sync loopback call's p50, the middleware's own
+  part ≤ 1/50.
+
 Target: every fast failure's median ≤ 1/50 of the sync loopback call's p50 (the client rows are
 the target; the transport rows say how much of it is the mesh's). A row that misses is profiled
 (``cProfile``, ``--profile-calls`` calls) and its top costs are printed.
@@ -54,6 +61,8 @@ from meshlib.errors import CircuitOpenError
 from tests.integration.upstream import Upstream
 
 TARGET_RATIO = 1 / 50
+#: A fast failure through ``aiohttp.ClientSession`` (the mesh's middleware in it): ≤ 1/10.
+AIOHTTP_CLIENT_RATIO = 1 / 10
 BREAKER_URL = "http://reviews:9080/reviews/0"
 ABORT_URL = "http://ratings:9080/ratings/0"
 FLOOR_RAISE = "bare client, its transport raises (floor)"
@@ -257,6 +266,96 @@ def async_rows(
     }
 
 
+async def aiohttp_rows(
+    mesh: Mesh, bare_url: str, outcomes: Outcomes
+) -> tuple[dict[str, Callable[[], Awaitable[Any]]], Callable[[], Awaitable[None]]]:
+    """The aiohttp rows (``mesh.aiohttp_session()``), and what closes their sessions: built in
+    the running loop, as aiohttp's sessions are."""
+    import aiohttp
+
+    from meshlib.aiohttp_client import AiohttpCircuitOpenError, _local_response
+
+    bare = aiohttp.ClientSession()
+    meshed = mesh.aiohttp_session()
+    middleware = mesh.aiohttp_middleware()
+    captured: list[aiohttp.ClientRequest] = []
+
+    async def capture(req: aiohttp.ClientRequest, handler: Any) -> aiohttp.ClientResponse:
+        captured.append(req)
+        return _local_response(req, 503, [], b"fault filter abort")
+
+    async def refuse(req: aiohttp.ClientRequest, handler: Any) -> aiohttp.ClientResponse:
+        raise aiohttp.ClientConnectionError("refused")
+
+    floor_reply = aiohttp.ClientSession(middlewares=(capture,))
+    floor_raise = aiohttp.ClientSession(middlewares=(refuse,))
+    async with floor_reply.get(BREAKER_URL):
+        pass
+    async with floor_reply.get(ABORT_URL):
+        pass
+    refused, aborted = captured[0], captured[1]
+
+    async def unsent(req: aiohttp.ClientRequest) -> aiohttp.ClientResponse:
+        raise AssertionError("a fast failure reached aiohttp's handler")
+
+    async def loopback() -> None:
+        async with bare.get(bare_url) as response:
+            await response.read()
+            if response.status != 200:
+                outcomes.note("aiohttp loopback")
+
+    async def breaker() -> None:
+        try:
+            async with meshed.get(BREAKER_URL):
+                pass
+        except AiohttpCircuitOpenError:
+            return
+        outcomes.note("aiohttp breaker open")
+
+    async def abort() -> None:
+        async with meshed.get(ABORT_URL) as response:
+            await response.read()
+            if response.status != 503 or response.headers.get("x-mesh-response-flags") != "FI":
+                outcomes.note("aiohttp fault abort")
+
+    async def breaker_layer() -> None:
+        try:
+            await middleware(refused, unsent)
+        except AiohttpCircuitOpenError:
+            return
+        outcomes.note("aiohttp breaker open, middleware")
+
+    async def abort_layer() -> None:
+        response = await middleware(aborted, unsent)
+        if response.status != 503:
+            outcomes.note("aiohttp fault abort, middleware")
+
+    async def raise_floor() -> None:
+        with contextlib.suppress(aiohttp.ClientConnectionError):
+            async with floor_raise.get(BREAKER_URL):
+                pass
+
+    async def reply_floor() -> None:
+        async with floor_reply.get(ABORT_URL) as response:
+            await response.read()
+
+    async def close() -> None:
+        for session in (bare, meshed, floor_reply, floor_raise):
+            await session.close()
+        await middleware.aclose()
+
+    rows = {
+        "loopback (bare aiohttp)": loopback,
+        "breaker open": breaker,
+        "fault abort": abort,
+        "breaker open, middleware only": breaker_layer,
+        "fault abort, middleware only": abort_layer,
+        "bare session, a middleware that raises (floor)": raise_floor,
+        "bare session, a middleware's in-memory 503 (floor)": reply_floor,
+    }
+    return rows, close
+
+
 # --------------------------------------------------------------------------- timing
 
 
@@ -385,6 +484,14 @@ def markdown(result: dict[str, Any]) -> str:
                 f"| {flavour} {name} | {row['median_us']:.2f} | {row['p99_us']:.2f} | {shown} "
                 f"| {target} | {verdict(row.get('met'))} |"
             )
+    for name, row in result.get("aiohttp", {}).items():
+        ratio = row["ratio"]
+        shown = f"1/{1 / ratio:.1f} ({ratio:.4f})" if ratio < 1 else f"{ratio:.2f}"
+        target = f"≤ 1/{round(1 / row['target'])}" if "target" in row else "–"
+        lines.append(
+            f"| aiohttp {name} | {row['median_us']:.2f} | {row['p99_us']:.2f} | {shown} "
+            f"| {target} | {verdict(row.get('met'))} |"
+        )
     wrong = result["wrong_outcomes"]
     lines += [
         "",
@@ -433,6 +540,13 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.set_event_loop(loop)
         rows = async_rows(mesh, bare_url, outcomes)
         async_samples = loop.run_until_complete(time_async(rows, calls, block))
+        aio_rows: dict[str, Callable[[], Awaitable[Any]]] = {}
+        aio_samples: dict[str, list[int]] = {}
+        aio_close: Callable[[], Awaitable[None]] | None = None
+        with contextlib.suppress(ImportError):  # without aiohttp: no aiohttp rows
+            aio_rows, aio_close = loop.run_until_complete(aiohttp_rows(mesh, bare_url, outcomes))
+        if aio_rows:
+            aio_samples = loop.run_until_complete(time_async(aio_rows, calls, block))
         result: dict[str, Any] = {
             "environment": (
                 f"Python {platform.python_version()}, httpx {httpx.__version__}, "
@@ -442,6 +556,7 @@ def main(argv: list[str] | None = None) -> None:
             "block": block,
             "sync": {name: summary(values) for name, values in sync_samples.items()},
             "async": {name: summary(values) for name, values in async_samples.items()},
+            "aiohttp": {name: summary(values) for name, values in aio_samples.items()},
         }
         loopback = result["sync"]["loopback"]["median_us"]
         result["loopback_p50_us"] = loopback
@@ -452,6 +567,17 @@ def main(argv: list[str] | None = None) -> None:
                 row["ratio"] = row["median_us"] / loopback
                 if name != "loopback" and "floor" not in name:
                     row["met"] = row["ratio"] <= TARGET_RATIO
+        for name, row in result["aiohttp"].items():
+            # through the session ≤ 1/10 of a loopback call, the middleware's own part ≤ 1/50
+            row["ratio"] = row["median_us"] / loopback
+            if "loopback" not in name and "floor" not in name:
+                row["target"] = TARGET_RATIO if "middleware only" in name else AIOHTTP_CLIENT_RATIO
+                row["met"] = row["ratio"] <= row["target"]
+        result["aiohttp_met"] = (
+            all(row["met"] for row in result["aiohttp"].values() if "met" in row)
+            if result["aiohttp"]
+            else None
+        )
         result["met"] = all(
             row["met"]
             for flavour in ("sync", "async")
@@ -467,6 +593,8 @@ def main(argv: list[str] | None = None) -> None:
             own = f"{name}, transport only"
             if not result["sync"][own]["met"]:
                 profiles[f"sync {own}"] = profile_sync(sync[own], profile_calls)
+        if aio_close is not None:
+            loop.run_until_complete(aio_close())
         loop.close()
     result["profiles"] = profiles
     result["profile_calls"] = profile_calls

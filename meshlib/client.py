@@ -25,11 +25,16 @@ import os
 import threading
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from meshlib.mesh import Mesh
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from meshlib.aiohttp_client import MeshMiddleware
 
 log = logging.getLogger("meshlib")
 
@@ -89,6 +94,16 @@ def AsyncClient(**kwargs: Any) -> httpx.AsyncClient:  # noqa: N802 - reads as th
     return default_mesh().async_client(**kwargs)
 
 
+def aiohttp_middleware() -> MeshMiddleware:
+    """The default mesh as an aiohttp client middleware (``Mesh.aiohttp_middleware``)."""
+    return default_mesh().aiohttp_middleware()
+
+
+def aiohttp_session(**kwargs: Any) -> aiohttp.ClientSession:
+    """An ``aiohttp.ClientSession`` through the default mesh (``Mesh.aiohttp_session``)."""
+    return default_mesh().aiohttp_session(**kwargs)
+
+
 def _client() -> httpx.Client:
     global _shared  # noqa: PLW0603 - one pooled client behind the module-level functions
     shared = _shared
@@ -142,6 +157,8 @@ def stream(method: str, url: str, **kwargs: Any) -> AbstractContextManager[httpx
 __all__ = [
     "AsyncClient",
     "Client",
+    "aiohttp_middleware",
+    "aiohttp_session",
     "configure",
     "default_mesh",
     "delete",

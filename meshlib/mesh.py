@@ -62,6 +62,9 @@ from meshlib.telemetry import (
 from meshlib.telemetry.setup import build as build_telemetry
 
 if TYPE_CHECKING:
+    import aiohttp
+
+    from meshlib.aiohttp_client import MeshMiddleware
     from meshlib.config.watch import ConfigWatcher
     from meshlib.security.outbound import Outbound
     from meshlib.security.workload import WorkloadIdentity
@@ -657,6 +660,22 @@ class Mesh:
     def async_client(self, **kwargs: Any) -> httpx.AsyncClient:
         """An ``httpx.AsyncClient`` whose transport is this mesh (a ``MeshAsyncClient``)."""
         return MeshAsyncClient(transport=AsyncMeshTransport(self), **kwargs)
+
+    def aiohttp_middleware(self) -> MeshMiddleware:
+        """This mesh as an aiohttp client middleware:
+        ``aiohttp.ClientSession(middlewares=[mesh.aiohttp_middleware()])`` (``meshlib[aiohttp]``;
+        see ``meshlib.aiohttp_client``)."""
+        from meshlib.aiohttp_client import MeshMiddleware  # noqa: PLC0415 - optional extra
+
+        return MeshMiddleware(self)
+
+    def aiohttp_session(self, **kwargs: Any) -> aiohttp.ClientSession:
+        """An ``aiohttp.ClientSession`` whose requests go through this mesh (its middleware
+        first, before any in ``middlewares``); other arguments are the session's own. Made
+        inside the running event loop, as aiohttp's sessions are."""
+        from meshlib.aiohttp_client import session  # noqa: PLC0415 - optional extra
+
+        return session(self, **kwargs)
 
     def sync_inner(self) -> httpx.BaseTransport:
         return self._transport if self._transport is not None else HTTPCoreTransport()

@@ -67,18 +67,24 @@ def mesh_yaml(
 
 
 class Caller:
-    """One mesh client — ``httpx.Client`` (``kind="sync"``) or ``httpx.AsyncClient`` on the
+    """One mesh client — ``httpx.Client`` (``kind="sync"``), ``httpx.AsyncClient`` on the
     inner transport named after the dash (``"async-httpx"``, ``"async-aiohttp"``; plain
-    ``"async"`` takes the mesh's default) — driven from synchronous test code."""
+    ``"async"`` takes the mesh's default), or ``mesh.aiohttp_session()`` (``"aiohttp"``: its
+    answers handed back as ``httpx.Response`` objects with the body read, ``MeshInfo`` in
+    ``extensions["mesh"]``) — driven from synchronous test code."""
 
     def __init__(self, mesh: Mesh, kind: str) -> None:
         self.mesh = mesh
         self.kind = kind
         self._client: httpx.Client | None = None
         self._aclient: httpx.AsyncClient | None = None
+        self._session: AiohttpCaller | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         if kind == "sync":
             self._client = mesh.client()
+        elif kind == "aiohttp":
+            self._loop = asyncio.new_event_loop()
+            self._session = AiohttpCaller(mesh, self._loop)
         else:
             self._loop = asyncio.new_event_loop()
             inner = kind.partition("-")[2]
@@ -92,6 +98,8 @@ class Caller:
         if self._client is not None:
             return self._client.request(method, url, **kwargs)
         assert self._loop is not None
+        if self._session is not None:
+            return self._loop.run_until_complete(self._session.request(method, url, **kwargs))
         assert self._aclient is not None
         return self._loop.run_until_complete(self._aclient.request(method, url, **kwargs))
 
@@ -118,7 +126,7 @@ class Caller:
             with ThreadPoolExecutor(n) as pool:
                 return list(pool.map(lambda _: one(), range(n)))
         assert self._loop is not None
-        aclient = self._aclient
+        aclient: Any = self._session if self._session is not None else self._aclient
         assert aclient is not None
 
         async def all_at_once() -> list[Result]:
@@ -131,9 +139,58 @@ class Caller:
         if self._client is not None:
             self._client.close()
         if self._loop is not None:
-            assert self._aclient is not None
-            self._loop.run_until_complete(self._aclient.aclose())
+            closing: Any = self._session if self._session is not None else self._aclient
+            assert closing is not None
+            self._loop.run_until_complete(closing.aclose())
             self._loop.close()
+
+
+class AiohttpCaller:
+    """``mesh.aiohttp_session()`` called with httpx's arguments (``params``, ``headers``,
+    ``content``, ``json``), each answer as an ``httpx.Response`` (body read, ``MeshInfo`` in
+    its extensions): the data-plane scenarios read them as they read httpx's."""
+
+    def __init__(self, mesh: Mesh, loop: asyncio.AbstractEventLoop) -> None:
+        import aiohttp
+
+        self._aiohttp = aiohttp
+        self._session: aiohttp.ClientSession = loop.run_until_complete(self._open(mesh))
+
+    @staticmethod
+    async def _open(mesh: Mesh) -> Any:
+        return mesh.aiohttp_session()
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Any = None,
+        headers: Any = None,
+        content: bytes | None = None,
+        json: Any = None,
+        timeout: float | None = None,
+    ) -> httpx.Response:
+        from meshlib.aiohttp_client import mesh_info
+
+        aiohttp = self._aiohttp
+        options: dict[str, Any] = {"allow_redirects": False}
+        if timeout is not None:
+            options["timeout"] = aiohttp.ClientTimeout(total=timeout)
+        async with self._session.request(
+            method, url, params=params, headers=headers, data=content, json=json, **options
+        ) as answer:
+            body = await answer.read()
+            return httpx.Response(
+                answer.status,
+                headers=list(answer.raw_headers),
+                content=body,
+                request=httpx.Request(method, str(answer.url)),
+                extensions={"mesh": mesh_info(answer)},
+            )
+
+    async def aclose(self) -> None:
+        await self._session.close()
 
 
 @pytest.fixture(scope="session")
@@ -158,7 +215,7 @@ def upstream_pair() -> Iterator[tuple[Upstream, Upstream]]:
         second.stop()
 
 
-@pytest.fixture(params=["sync", "async-httpx", "async-aiohttp"])
+@pytest.fixture(params=["sync", "async-httpx", "async-aiohttp", "aiohttp"])
 def kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
