@@ -479,6 +479,7 @@ def _follow_body(answer: aiohttp.ClientResponse, body: Any) -> None:
         live = getattr(body, "_call", None)
         if live is not None and isinstance(error, aiohttp.ClientPayloadError):
             live.body_broken(httpx.RemoteProtocolError(str(error)), extensions)
+            answer.mesh = extensions.get("mesh")  # type: ignore[attr-defined]
         _close_now(body)
 
     bound = getattr(call, "bound", None)
@@ -493,6 +494,7 @@ def _follow_body(answer: aiohttp.ClientResponse, body: Any) -> None:
             if content.is_eof():
                 return
             error = aiohttp_error(call.body_expired(None, extensions))
+            answer.mesh = extensions.get("mesh")  # type: ignore[attr-defined]
             content.set_exception(error)
             answer.close()
 

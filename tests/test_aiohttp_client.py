@@ -1,0 +1,459 @@
+"""The mesh as an aiohttp client middleware, against real upstream processes on 127.0.0.1.
+
+What an aiohttp caller relies on beyond the data-plane scenarios that run through every client
+(``tests/integration``): the mesh's replies are ``ClientResponse`` objects, its failures are at
+once aiohttp's and meshlib's exceptions, the caller's ``ClientTimeout`` stays its bound, the
+route's deadline bounds the body aiohttp reads, and the call is recorded (and its pool slot
+given back) when aiohttp lets go of the response, however that happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from meshlib import Mesh, context
+from meshlib.aiohttp_client import (
+    AiohttpCircuitOpenError,
+    AiohttpDeadlineExceeded,
+    AiohttpMeshRequestError,
+    AiohttpNoRouteError,
+    mesh_info,
+    raise_for_mesh,
+)
+from meshlib.errors import (
+    CircuitOpenError,
+    DeadlineExceeded,
+    MeshRequestError,
+    NoRouteError,
+)
+from meshlib.telemetry import RequestFinished
+from tests.chaos.misbehaving import Misbehaving
+from tests.integration.upstream import Upstream
+
+pytestmark = pytest.mark.integration
+
+FLAGS = "x-mesh-response-flags"
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[Upstream]:
+    with Upstream.start("v1") as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def mirror_upstream() -> Iterator[Upstream]:
+    with Upstream.start("v2") as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def misbehaving() -> Iterator[Misbehaving]:
+    server = Misbehaving.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def config(address: str, docs: str = "", *, extra: str = "", mirror: str | None = None) -> str:
+    registry = f"      reviews: [{{address: '{address}', labels: {{version: v1}}}}]\n"
+    if mirror is not None:
+        registry += f"      shadow: [{{address: '{mirror}'}}]\n"
+    text = (
+        "apiVersion: meshlib.dev/v1\n"
+        "kind: Service\n"
+        "metadata: {name: productpage}\n"
+        "spec:\n"
+        "  propagateHeaders: [end-user]\n"
+        f"{extra}"
+        "  registry:\n"
+        "    static:\n"
+        f"{registry}"
+    )
+    return text + ("---\n" + docs if docs.strip() else "")
+
+
+class Recorder:
+    """The ``RequestFinished`` events of a mesh."""
+
+    def __init__(self) -> None:
+        self.finished: list[RequestFinished] = []
+
+    def on_event(self, event: Any) -> None:
+        if isinstance(event, RequestFinished):
+            self.finished.append(event)
+
+
+def reviews_vs(http: str) -> str:
+    return (
+        "apiVersion: networking.istio.io/v1\n"
+        "kind: VirtualService\n"
+        "metadata: {name: reviews}\n"
+        "spec:\n"
+        "  hosts: [reviews]\n"
+        "  http:\n" + http
+    )
+
+
+# --------------------------------------------------------------------------- answers
+
+
+async def test_an_upstream_answer_is_aiohttps_response_with_the_mesh_info(
+    upstream: Upstream,
+) -> None:
+    docs = reviews_vs(
+        "  - route: [{destination: {host: reviews}}]\n"
+        "    headers: {response: {set: {x-served-by: mesh}, remove: [x-upstream-extra]}}\n"
+    )
+    mesh = Mesh.from_yaml(config(upstream.address, docs), seed=1)
+    async with (
+        mesh.aiohttp_session() as session,
+        session.get("http://reviews:9080/reviews/1") as response,
+    ):
+        assert isinstance(response, aiohttp.ClientResponse)
+        body = await response.json()
+        info = mesh_info(response)
+    assert response.status == 200
+    assert body["path"] == "/reviews/1"
+    assert body["headers"]["host"] == "reviews:9080"  # the authority the caller named
+    assert info is not None
+    assert info.endpoint == upstream.address
+    assert info.attempts == 1
+    assert response.mesh is info  # type: ignore[attr-defined]
+    assert response.headers["x-served-by"] == "mesh"  # the route's response header operation
+    assert FLAGS not in response.headers
+    # what the mesh removes from an upstream's answer never reaches the caller
+    assert "x-envoy-peer-metadata" not in response.headers
+
+
+async def test_local_replies_are_client_responses_with_their_flags(upstream: Upstream) -> None:
+    docs = reviews_vs(
+        "  - match: [{uri: {prefix: /direct}}]\n"
+        "    directResponse: {status: 418, body: {string: teapot}}\n"
+        "  - match: [{uri: {prefix: /moved}}]\n"
+        "    redirect: {uri: /new, authority: elsewhere:9080}\n"
+        "  - match: [{uri: {prefix: /abort}}]\n"
+        "    fault: {abort: {httpStatus: 503, percentage: {value: 100}}}\n"
+        "    route: [{destination: {host: reviews}}]\n"
+        "  - match: [{uri: {prefix: /ok}}]\n"
+        "    route: [{destination: {host: reviews}}]\n"
+    )
+    mesh = Mesh.from_yaml(config(upstream.address, docs), seed=1)
+    before = upstream.hits()
+    async with mesh.aiohttp_session() as session:
+        async with session.get("http://reviews:9080/direct") as direct:
+            assert await direct.text() == "teapot"
+        async with session.get("http://reviews:9080/moved/x", allow_redirects=False) as moved:
+            assert await moved.read() == b""
+        async with session.get("http://reviews:9080/abort") as aborted:
+            assert await aborted.text() == "fault filter abort"
+        async with session.get("http://reviews:9080/none") as unrouted:
+            assert await unrouted.read() == b""
+            with pytest.raises(NoRouteError) as caught:
+                raise_for_mesh(unrouted)
+    assert direct.status == 418
+    assert direct.reason == "I'm a Teapot"
+    assert moved.status == 301
+    assert moved.headers["location"] == "http://elsewhere:9080/new"
+    assert aborted.status == 503
+    assert aborted.headers[FLAGS] == "FI"
+    assert unrouted.status == 404
+    assert unrouted.headers[FLAGS] == "NR"
+    assert isinstance(caught.value, AiohttpNoRouteError)
+    assert isinstance(caught.value, aiohttp.ClientConnectionError)
+    for response, flags in ((direct, ""), (moved, ""), (aborted, "FI"), (unrouted, "NR")):
+        info = mesh_info(response)
+        assert info is not None
+        assert info.flags == flags
+    assert upstream.hits() == before  # none of them reached the upstream
+
+
+# --------------------------------------------------------------------------- failures
+
+
+async def test_an_open_breaker_raises_an_error_that_is_aiohttps_and_meshlibs(
+    upstream: Upstream,
+) -> None:
+    extra = "  circuitBreakers: {failureThreshold: 1, resetTimeout: 3600s}\n"
+    mesh = Mesh.from_yaml(config(upstream.address, extra=extra), seed=1)
+    async with mesh.aiohttp_session() as session:
+        with pytest.raises(CircuitOpenError):  # the 503 opens it; the default retry meets it
+            async with session.get("http://reviews:9080/r?status=503"):
+                pass
+        before = upstream.hits()
+        with pytest.raises(aiohttp.ClientConnectionError) as caught:
+            async with session.get("http://reviews:9080/r"):
+                pass
+    error = caught.value
+    assert isinstance(error, AiohttpCircuitOpenError)
+    assert isinstance(error, CircuitOpenError)
+    assert isinstance(error, MeshRequestError)
+    assert error.flag == "UO"
+    assert error.destination == "reviews.default.svc.cluster.local"
+    assert upstream.hits() == before
+
+
+async def test_an_unreachable_upstream_is_retried_then_raised_as_both_families() -> None:
+    mesh = Mesh.from_yaml(config("127.0.0.1:9"), seed=1)  # nothing listens on port 9
+    async with mesh.aiohttp_session() as session:
+        with pytest.raises(aiohttp.ClientConnectionError) as caught:
+            await session.get("http://reviews:9080/r")
+    error = caught.value
+    assert isinstance(error, AiohttpMeshRequestError)
+    assert error.flag == "UF,URX"  # a connect failure, the default 2 retries spent
+    assert "connect" in str(error)
+    assert error.__cause__ is not None  # the pipeline's error, and aiohttp's beneath it
+
+
+async def test_the_route_timeout_raises_deadline_exceeded_a_timeout_of_aiohttp(
+    upstream: Upstream,
+) -> None:
+    docs = reviews_vs("  - route: [{destination: {host: reviews}}]\n    timeout: 0.2s\n")
+    mesh = Mesh.from_yaml(config(upstream.address, docs), seed=1)
+    async with mesh.aiohttp_session() as session:
+        started = time.monotonic()
+        with pytest.raises(asyncio.TimeoutError) as caught:
+            await session.get("http://reviews:9080/slow?delay=3")
+        took = time.monotonic() - started
+    assert isinstance(caught.value, AiohttpDeadlineExceeded)
+    assert isinstance(caught.value, DeadlineExceeded)
+    assert isinstance(caught.value, aiohttp.ClientError)
+    assert caught.value.flag == "UT"
+    assert 0.2 <= took < 2.0
+
+
+async def test_the_callers_client_timeout_is_its_bound(upstream: Upstream) -> None:
+    mesh = Mesh.from_yaml(config(upstream.address), seed=1)
+    timeout = aiohttp.ClientTimeout(total=0.3)
+    async with mesh.aiohttp_session(timeout=timeout) as session:
+        started = time.monotonic()
+        with pytest.raises(asyncio.TimeoutError) as caught:
+            await session.get("http://reviews:9080/slow?delay=3")
+        took = time.monotonic() - started
+    assert not isinstance(caught.value, MeshRequestError)  # the caller's own, not the mesh's
+    assert 0.3 <= took < 2.0
+
+
+async def test_a_per_try_timeout_is_retried_then_the_route_deadline_ends_the_call(
+    upstream: Upstream,
+) -> None:
+    docs = reviews_vs(
+        "  - route: [{destination: {host: reviews}}]\n"
+        "    timeout: 1s\n"
+        "    retries: {attempts: 5, perTryTimeout: 0.15s, retryOn: reset}\n"
+    )
+    mesh = Mesh.from_yaml(config(upstream.address, docs), seed=1)
+    upstream.control("/_reset")
+    async with mesh.aiohttp_session() as session:
+        with pytest.raises(DeadlineExceeded):
+            await session.get("http://reviews:9080/pertry?delay=3")
+    tries = upstream.hits("/pertry")
+    assert 2 <= tries <= 6  # each try cut at 0.15 s, then retried, within the 1 s deadline
+
+
+async def test_the_route_deadline_bounds_the_body_aiohttp_reads(
+    misbehaving: Misbehaving,
+) -> None:
+    chaos = misbehaving.address
+    text = config(chaos).replace("reviews:", "chaos:") + (
+        "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\n"
+        "metadata: {name: chaos}\nspec:\n  hosts: [chaos]\n  http:\n"
+        "  - route: [{destination: {host: chaos}}]\n    timeout: 0.4s\n"
+    )
+    mesh = Mesh.from_yaml(text, seed=1)
+    recorder = Recorder()
+    mesh.add_listener(recorder)
+    async with mesh.aiohttp_session() as session:
+        started = time.monotonic()
+        async with session.get("http://chaos/trickle-body/aio?size=40&every=0.1") as response:
+            assert response.status == 200  # the head is in at once
+            with pytest.raises(DeadlineExceeded) as caught:
+                await response.read()
+        took = time.monotonic() - started
+    assert isinstance(caught.value, aiohttp.ClientError)
+    assert 0.4 <= took < 2.0  # not the 4 s the whole body would take
+    info = mesh_info(response)
+    assert info is not None
+    assert "UT" in info.flags
+    assert len(recorder.finished) == 1
+    assert recorder.finished[0].response_code_details == "upstream_response_timeout"
+
+
+# --------------------------------------------------------------------------- the call's end
+
+
+async def test_the_call_is_recorded_when_aiohttp_lets_go_of_the_response(
+    upstream: Upstream,
+) -> None:
+    extra = "  telemetry: {tracing: {enabled: false}}\n"
+    mesh = Mesh.from_yaml(config(upstream.address, extra=extra), seed=1)
+    recorder = Recorder()
+    mesh.add_listener(recorder)
+    async with mesh.aiohttp_session() as session:
+        response = await session.get("http://reviews:9080/big?size=1000000")
+        assert recorder.finished == []  # the body is still coming
+        assert len(await response.read()) >= 1_000_000
+        response.release()
+        assert [event.status for event in recorder.finished] == [200]
+        # released before the body was read: recorded then too
+        early = await session.get("http://reviews:9080/big?size=1000000")
+        early.close()
+        assert [event.status for event in recorder.finished] == [200, 200]
+
+
+async def test_pool_slots_are_given_back_however_the_response_ends(upstream: Upstream) -> None:
+    docs = (
+        "apiVersion: networking.istio.io/v1\n"
+        "kind: DestinationRule\n"
+        "metadata: {name: reviews}\n"
+        "spec:\n"
+        "  host: reviews\n"
+        "  trafficPolicy:\n"
+        "    connectionPool: {http: {http2MaxRequests: 1, http1MaxPendingRequests: 1}}\n"
+    )
+    mesh = Mesh.from_yaml(config(upstream.address, docs), seed=1)
+    async with mesh.aiohttp_session() as session:
+        for size in (10, 1_000_000, 10, 1_000_000):
+            async with session.get(f"http://reviews:9080/pool?size={size}") as response:
+                assert response.status == 200
+                if size == 10:
+                    await response.read()  # read whole; the other two are left unread
+        async with session.get("http://reviews:9080/pool") as last:
+            assert last.status == 200  # not 503 UO: no slot was kept
+
+
+# --------------------------------------------------------------------------- requests
+
+
+async def test_a_bytes_body_is_sent_again_on_retry(upstream: Upstream) -> None:
+    mesh = Mesh.from_yaml(config(upstream.address), seed=1)
+    upstream.control("/_reset")
+    async with (
+        mesh.aiohttp_session() as session,
+        session.put("http://reviews:9080/put?fail=1&echo=1", data=b"payload") as response,
+    ):
+        body = await response.json()
+        info = mesh_info(response)
+    assert response.status == 200
+    assert body["body"] == "payload"
+    assert info is not None
+    assert info.attempts == 2
+
+
+async def test_a_streamed_body_is_sent_once_and_never_retried(upstream: Upstream) -> None:
+    mesh = Mesh.from_yaml(config(upstream.address), seed=1)
+    upstream.control("/_reset")
+
+    async def chunks() -> Any:
+        yield b"one,"
+        yield b"two"
+
+    async with (
+        mesh.aiohttp_session() as session,
+        session.put("http://reviews:9080/stream?fail=1", data=chunks()) as response,
+    ):
+        await response.read()
+    assert response.status == 503  # not replayable: the 503 is the answer
+    assert upstream.hits("/stream") == 1
+
+
+async def test_inbound_context_headers_are_carried(upstream: Upstream) -> None:
+    mesh = Mesh.from_yaml(config(upstream.address), seed=1)
+    inbound = context.RequestContext(headers={"x-request-id": "abc", "end-user": "jason"})
+    async with mesh.aiohttp_session() as session:
+        with context.use(inbound):
+            async with session.get("http://reviews:9080/ctx") as carried:
+                seen = (await carried.json())["headers"]
+            async with session.get("http://reviews:9080/ctx", headers={"end-user": "alice"}) as own:
+                kept = (await own.json())["headers"]
+    assert seen["x-request-id"] == "abc"
+    assert seen["end-user"] == "jason"
+    assert kept["end-user"] == "alice"  # what the caller sets itself wins
+
+
+async def test_a_mirror_gets_a_copy_and_the_caller_the_upstreams_answer(
+    upstream: Upstream, mirror_upstream: Upstream
+) -> None:
+    docs = reviews_vs(
+        "  - route: [{destination: {host: reviews}}]\n"
+        "    mirror: {host: shadow}\n"
+        "    mirrorPercentage: {value: 100}\n"
+    )
+    text = config(upstream.address, docs, mirror=mirror_upstream.address)
+    mesh = Mesh.from_yaml(text, seed=1)
+    mirror_upstream.control("/_reset")
+    async with mesh.aiohttp_session() as session:
+        async with session.post("http://reviews:9080/mirrored", data=b"x") as response:
+            answer = await response.json()
+        for _ in range(100):  # the copy is sent in the background
+            if mirror_upstream.hits("/mirrored"):
+                break
+            await asyncio.sleep(0.02)
+    assert answer["version"] == "v1"
+    assert mirror_upstream.hits("/mirrored") == 1
+    mesh.close()
+
+
+async def test_the_default_mesh_has_the_aiohttp_entry_points(
+    upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from meshlib import client
+
+    mesh = Mesh.from_yaml(config(upstream.address), seed=1)
+    monkeypatch.setattr(client, "default_mesh", lambda: mesh)
+    async with (
+        client.aiohttp_session() as session,
+        session.get("http://reviews:9080/default") as response,
+    ):
+        assert json.loads(await response.read())["path"] == "/default"
+    async with (
+        aiohttp.ClientSession(middlewares=[client.aiohttp_middleware()]) as other,
+        other.get("http://reviews:9080/default") as answer,
+    ):
+        assert mesh_info(answer) is not None
+
+
+def chaos_config(address: str) -> str:
+    return config(address).replace("reviews:", "chaos:")
+
+
+async def test_a_connection_broken_in_the_body_is_recorded_uc(misbehaving: Misbehaving) -> None:
+    mesh = Mesh.from_yaml(chaos_config(misbehaving.address), seed=1)
+    recorder = Recorder()
+    mesh.add_listener(recorder)
+    async with (
+        mesh.aiohttp_session() as session,
+        session.get("http://chaos/reset-body/aio?size=1000&sent=10") as response,
+    ):
+        assert response.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await response.read()
+    info = mesh_info(response)
+    assert info is not None
+    assert info.flags == "UC"
+    assert [(e.status, e.flags) for e in recorder.finished] == [(200, "UC")]
+    assert recorder.finished[0].response_code_details.startswith(
+        "upstream_reset_after_response_started"
+    )
+
+
+async def test_an_upstreams_own_flags_header_never_passes_for_the_meshs(
+    misbehaving: Misbehaving,
+) -> None:
+    mesh = Mesh.from_yaml(chaos_config(misbehaving.address), seed=1)
+    async with mesh.aiohttp_session() as session:
+        url = "http://chaos/status/aio?code=200&header=x-mesh-response-flags:UH&header=x-a:b"
+        async with session.get(url) as response:
+            await response.read()
+    assert response.status == 200
+    assert FLAGS not in response.headers
+    assert response.headers["x-a"] == "b"
+    assert [name for name, _ in response.raw_headers].count(b"x-a") == 1
