@@ -175,7 +175,7 @@ def mesh_yaml(upstream: str, traced: bool) -> str:
 
 def _check_aiohttp_mesh(mesh: Any, response: Any, traced: bool) -> None:
     """The middleware's first call went through the mesh (a MeshInfo on the response)."""
-    from meshlib.aiohttp_client import mesh_info
+    from meshlib.clients.aiohttp import mesh_info
 
     info = mesh_info(response)
     if response.status != 200 or info is None or info.endpoint is None:

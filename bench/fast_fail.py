@@ -273,7 +273,7 @@ async def aiohttp_rows(
     the running loop, as aiohttp's sessions are."""
     import aiohttp
 
-    from meshlib.aiohttp_client import AiohttpCircuitOpenError, _local_response
+    from meshlib.clients.aiohttp import AiohttpCircuitOpenError, _local_response
 
     bare = aiohttp.ClientSession()
     meshed = mesh.aiohttp_session()

@@ -34,7 +34,7 @@ from meshlib.mesh import Mesh
 if TYPE_CHECKING:
     import aiohttp
 
-    from meshlib.aiohttp_client import MeshMiddleware
+    from meshlib.clients.aiohttp import MeshMiddleware
 
 log = logging.getLogger("meshlib")
 

@@ -64,7 +64,7 @@ from meshlib.telemetry.setup import build as build_telemetry
 if TYPE_CHECKING:
     import aiohttp
 
-    from meshlib.aiohttp_client import MeshMiddleware
+    from meshlib.clients.aiohttp import MeshMiddleware
     from meshlib.config.watch import ConfigWatcher
     from meshlib.security.outbound import Outbound
     from meshlib.security.workload import WorkloadIdentity
@@ -664,8 +664,8 @@ class Mesh:
     def aiohttp_middleware(self) -> MeshMiddleware:
         """This mesh as an aiohttp client middleware:
         ``aiohttp.ClientSession(middlewares=[mesh.aiohttp_middleware()])`` (``meshlib[aiohttp]``;
-        see ``meshlib.aiohttp_client``)."""
-        from meshlib.aiohttp_client import MeshMiddleware  # noqa: PLC0415 - optional extra
+        see ``meshlib.clients.aiohttp``)."""
+        from meshlib.clients.aiohttp import MeshMiddleware  # noqa: PLC0415 - optional extra
 
         return MeshMiddleware(self)
 
@@ -673,7 +673,7 @@ class Mesh:
         """An ``aiohttp.ClientSession`` whose requests go through this mesh (its middleware
         first, before any in ``middlewares``); other arguments are the session's own. Made
         inside the running event loop, as aiohttp's sessions are."""
-        from meshlib.aiohttp_client import session  # noqa: PLC0415 - optional extra
+        from meshlib.clients.aiohttp import session  # noqa: PLC0415 - optional extra
 
         return session(self, **kwargs)
 

@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 
 from meshlib import Mesh, context
-from meshlib.aiohttp_client import (
+from meshlib.clients.aiohttp import (
     AiohttpCircuitOpenError,
     AiohttpDeadlineExceeded,
     AiohttpMeshRequestError,

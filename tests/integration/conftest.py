@@ -171,7 +171,7 @@ class AiohttpCaller:
         json: Any = None,
         timeout: float | None = None,
     ) -> httpx.Response:
-        from meshlib.aiohttp_client import mesh_info
+        from meshlib.clients.aiohttp import mesh_info
 
         aiohttp = self._aiohttp
         options: dict[str, Any] = {"allow_redirects": False}

@@ -10,7 +10,7 @@ endpoint) and headers, as aiohttp's documented retry middlewares do.
 What a caller sees:
 
 * an upstream's response is aiohttp's own ``ClientResponse``, its body streamed by aiohttp;
-  ``meshlib.aiohttp_client.mesh_info(response)`` (also ``response.mesh``) is the ``MeshInfo``,
+  ``meshlib.clients.aiohttp.mesh_info(response)`` (also ``response.mesh``) is the ``MeshInfo``,
   and ``x-mesh-response-flags`` is among its headers when the mesh set flags;
 * a reply of the mesh's own (no route 404 ``NR``, no endpoint 503 ``UH``/``NC``, pool overflow
   503 ``UO``, an injected abort ``FI``, a ``directResponse`` or ``redirect``) is a
@@ -45,6 +45,7 @@ import httpx
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from meshlib.clients.httpx.transport import AsyncMeshTransport, MeshInfo
 from meshlib.deadline import current
 from meshlib.errors import (
     CircuitOpenError,
@@ -54,7 +55,6 @@ from meshlib.errors import (
     NoRouteError,
     UpstreamTLSError,
 )
-from meshlib.transport import AsyncMeshTransport, MeshInfo
 
 if TYPE_CHECKING:
     from meshlib.mesh import Mesh
@@ -318,7 +318,7 @@ class _Attempts(httpx.AsyncBaseTransport):
         if sending is None:
             other = self._other
             if other is None:
-                from meshlib.httpcore_transport import AsyncHTTPCoreTransport  # noqa: PLC0415
+                from meshlib.clients.httpx.httpcore import AsyncHTTPCoreTransport  # noqa: PLC0415
 
                 other = self._other = AsyncHTTPCoreTransport()
             return await other.handle_async_request(request)
