@@ -25,7 +25,8 @@ Only complete, settled content is applied:
 
 A config that does not load keeps the last good one in force; the problems are logged as
 ``file:line: path: message`` once per distinct content of the files (the same bad content saved
-again is not read again), and kept in ``last_error`` until a later change loads.
+again, or written back after the file was truncated and refilled, is not read again: the last
+16 refused contents are remembered), and kept in ``last_error`` until a later change loads.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ if TYPE_CHECKING:
     from meshlib.mesh import Mesh
 
 log = logging.getLogger("meshlib.config")
+
+#: How many refused contents (a bad config, an emptied file) the watcher remembers.
+REFUSED_KEPT = 16
 
 #: What a file's or directory's state is compared by: (mtime ns, size, inode), None when absent.
 Stamp = tuple[int, int, int] | None
@@ -153,8 +157,10 @@ class ConfigWatcher:
         self._stamps = self._take(watched_paths(mesh.config))
         #: A changed state seen at the last look, waiting for a look that finds it again.
         self._pending: dict[str, Stamp] | None = None
-        #: The content last refused (a bad config, an emptied file): not read or logged again.
-        self._refused: str | None = None
+        #: Digests of the contents refused since the last config that loaded (the newest last,
+        #: at most REFUSED_KEPT): bad content saved again, or back after an emptied interlude
+        #: (a file truncated and refilled in place), is not read or logged again.
+        self._refused: dict[str, None] = {}
         #: The config files that held resources in the config in force.
         self._filled = self._holding(mesh.config.files)
         #: Why the state in force is not the files': one became empty.
@@ -227,14 +233,14 @@ class ConfigWatcher:
         """Read and apply the settled state ``now`` of the files (the lock is held)."""
         files = self.mesh.files
         content = self._content(now)
-        if content == self._refused:  # the same content refused before: saved again, say
+        if content in self._refused:  # content refused before: saved again, say
             self._stamps = now
             return False
         emptied = sorted(
             f for f in self._filled if (text := _read(f)) is not None and holds_nothing(text)
         )
         if emptied:
-            self._refused = content
+            self._refuse(content)
             self._stamps = now
             names = ", ".join(os.path.normpath(f) for f in emptied)
             self._held = (
@@ -252,13 +258,13 @@ class ConfigWatcher:
         except ConfigError as exc:
             # Mesh.reload has logged every problem; remember what was refused, so that only
             # another content is tried (and logged) again
-            self._refused = content
+            self._refuse(content)
             self.last_error = exc
             self._held = None
             self._stamps = {**now, **self._since(now)}
             return False
         except Exception as exc:  # a config that breaks the mesh: say so once, keep the last
-            self._refused = content
+            self._refuse(content)
             self.last_error = ConfigError(
                 [Problem(f, 0, "", f"not applied: {type(exc).__name__}: {exc}") for f in files]
             )
@@ -271,7 +277,7 @@ class ConfigWatcher:
             return False
         self._stamps = self._since(now)
         self._filled = self._holding(self.mesh.config.files)
-        self._refused = None
+        self._refused.clear()
         self.last_error = None
         self._held = None
         self.reloads += 1
@@ -279,6 +285,12 @@ class ConfigWatcher:
         names = ", ".join(os.path.normpath(f) for f in self.mesh.config.files)
         log.info("config reloaded: %s", names)
         return True
+
+    def _refuse(self, content: str) -> None:
+        self._refused.pop(content, None)
+        self._refused[content] = None
+        while len(self._refused) > REFUSED_KEPT:
+            del self._refused[next(iter(self._refused))]
 
     # ------------------------------------------------------------------ the thread
 

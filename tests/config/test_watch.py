@@ -209,6 +209,33 @@ def test_a_bad_change_keeps_the_last_good_config_and_says_where(
     assert watcher.last_error is None
 
 
+def test_bad_content_back_after_the_file_was_emptied_is_not_logged_again(
+    mesh: Mesh, write_yaml: WriteYaml, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file rewritten in place (truncated, then filled) can be seen empty by two looks when the
+    writer is slow; the bad content it then holds again was refused already."""
+    watcher = ConfigWatcher(mesh, interval=1.0)
+    text = route_to("v2").replace("subset: v2", "weight: -1")
+    with caplog.at_level(logging.WARNING, logger="meshlib"):
+        for content in (text, "", text, "", text):
+            touch_later(write_yaml("rules/reviews.yaml", content))
+            assert watcher.check() is False
+            assert watcher.check() is False
+    assert subset_of(mesh) == "v1"
+    assert watcher.last_error is not None
+    assert caplog.text.count("unknown field") == 1
+    assert caplog.text.count("became empty") == 1
+    touch_later(write_yaml("rules/reviews.yaml", route_to("v2")))
+    assert watcher.check() is False
+    assert watcher.check() is True
+    assert subset_of(mesh) == "v2"
+    touch_later(write_yaml("rules/reviews.yaml", text))  # refused contents are forgotten on load
+    with caplog.at_level(logging.WARNING, logger="meshlib"):
+        assert watcher.check() is False
+        assert watcher.check() is False
+    assert caplog.text.count("unknown field") == 2
+
+
 def test_mesh_watch_runs_a_thread_until_close(mesh: Mesh, write_yaml: WriteYaml) -> None:
     watcher = mesh.watch(interval=0.02)
     assert mesh.watch(interval=0.02) is watcher
