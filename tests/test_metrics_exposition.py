@@ -308,3 +308,21 @@ if __name__ == "__main__":
     OPENMETRICS.write_text(exposition(OPENMETRICS_ACCEPT), encoding="utf-8")
     IDLE.write_text(exposition(traffic=False), encoding="utf-8")
     print(f"wrote {TEXT}, {OPENMETRICS} and {IDLE}", file=sys.stderr)
+
+
+def test_an_apps_own_metrics_on_the_recorders_registry_follow_meshlibs() -> None:
+    from prometheus_client import Counter
+
+    mesh = workload(traffic=False)
+    try:
+        recorder = metrics.recorder_of(mesh)
+        assert recorder is not None
+        orders = Counter("shop_orders", "Orders placed", ["kind"], registry=recorder.registry)
+        orders.labels(kind="gift").inc(2)
+
+        _, body = metrics.scrape(mesh)
+    finally:
+        mesh.close()
+    families = [f.name for f in text_string_to_metric_families(body.decode())]
+    assert families[:3] == ["meshlib_peer_metadata_refused", "istio_build", "shop_orders"]
+    assert 'shop_orders_total{kind="gift"} 2.0' in body.decode()

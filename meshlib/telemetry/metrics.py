@@ -1,4 +1,4 @@
-"""Metrics with Istio's standard names and labels, exported through OpenTelemetry to Prometheus.
+"""Metrics with Istio's standard names and labels, for Prometheus.
 
 A ``MetricsRecorder`` is a mesh listener. From each finished request it records what an Istio
 sidecar records — so that Istio's Grafana dashboards, Kiali and PromQL written for Istio work on
@@ -19,18 +19,20 @@ meshlib services unchanged:
   calls (Envoy keeps per-route stats; Istio's labels have no route):
   ``meshlib_route_requests_total`` and ``meshlib_route_request_duration_milliseconds``.
 
-Each recorder owns its OpenTelemetry ``MeterProvider`` (never the global one: several meshes in
-one process keep apart) and a ``prometheus_client`` registry of its own, read by OpenTelemetry's
-Prometheus exporter. The text is served by ``scrape(mesh)`` (for the inbound middleware or any
-web framework: ``metrics_app`` for ASGI, ``metrics_wsgi_app`` for WSGI) and, with
-``spec.telemetry.metrics.port``, by a small scrape server of its own.
+Each recorder owns a ``prometheus_client`` registry (never the global one: several meshes in one
+process keep apart), on which a custom collector turns the recorder's tallies into metric
+families at each scrape. The text is served by ``scrape(mesh)`` (for the inbound middleware or
+any web framework: ``metrics_app`` for ASGI, ``metrics_wsgi_app`` for WSGI) and, with
+``spec.telemetry.metrics.port``, by a small scrape server of its own. Collectors and metrics an
+app registers on ``recorder.registry`` appear in the same scrape.
 
 The request path stays cheap: a finished request costs a dict look-up of its pre-built label set
 (one per destination, endpoint, status and flags), a few additions and three ``bisect`` calls,
-under one lock. OpenTelemetry reads those tallies when Prometheus scrapes: the counters and the
-gauge through observable instruments, the histograms as OpenTelemetry histogram points handed to
-the exporter (an OpenTelemetry synchronous histogram would cost tens of microseconds a request
-with Istio's two dozen labels).
+under one lock. The collector copies those tallies under the lock when Prometheus scrapes and
+builds the text outside it. The exposition is the one OpenTelemetry's Prometheus exporter wrote
+for the same instruments, which meshlib used before: counters named ``<name>_total``, the unit in
+the histograms' names (``_milliseconds``), each family's labels in alphabetical order, bucket
+bounds written as Envoy's (``le="1"``, ``le="0.5"``), no scope labels and no ``target_info``.
 """
 
 from __future__ import annotations
@@ -41,27 +43,18 @@ import http.server
 import logging
 import socket
 import threading
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry.exporter.prometheus import PrometheusMetricReader
-from opentelemetry.metrics import CallbackOptions, Observation
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import (
-    AggregationTemporality,
-    Histogram,
-    HistogramDataPoint,
-    Metric,
-    MetricsData,
-    ResourceMetrics,
-    ScopeMetrics,
-)
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
+from prometheus_client.metrics_core import Metric as Family
 
 from meshlib.config import model as m
 from meshlib.config.load import ServiceInfo
@@ -416,48 +409,30 @@ def route_labels(source: Workload, decision: RouteDecision, status: int | None) 
 
 
 class _Histogram:
-    """Bucket counts, sum, min and max of one label set (OpenTelemetry's explicit-bucket
-    histogram: bucket ``i`` holds values in ``(BUCKETS[i-1], BUCKETS[i]]``)."""
+    """Bucket counts and sum of one label set (an explicit-bucket histogram: bucket ``i`` holds
+    values in ``(BUCKETS[i-1], BUCKETS[i]]``, the last one those above ``BUCKETS[-1]``)."""
 
-    __slots__ = ("count", "counts", "max", "min", "sum")
+    __slots__ = ("counts", "sum")
 
     def __init__(self) -> None:
         self.counts = [0] * (len(BUCKETS) + 1)
-        self.count = 0
         self.sum = 0.0
-        self.min = float("inf")
-        self.max = float("-inf")
 
     def observe(self, value: float) -> None:
         self.counts[bisect.bisect_left(BUCKETS, value)] += 1
-        self.count += 1
         self.sum += value
-        if value < self.min:  # noqa: PLR1730 - a comparison is cheaper than a call to min()
-            self.min = value
-        if value > self.max:  # noqa: PLR1730
-            self.max = value
 
-    def point(self, attributes: Mapping[str, str], start: int, now: int) -> HistogramDataPoint:
-        return HistogramDataPoint(
-            attributes=attributes,
-            start_time_unix_nano=start,
-            time_unix_nano=now,
-            count=self.count,
-            sum=self.sum,
-            bucket_counts=tuple(self.counts),
-            explicit_bounds=BUCKETS,
-            min=self.min,
-            max=self.max,
-        )
+    def snapshot(self) -> tuple[list[int], float]:
+        return self.counts.copy(), self.sum
 
 
 class _Series:
-    """The tallies of one Istio label set."""
+    """The tallies of one Istio label set (``labels``: the values in ``LABELS`` order)."""
 
-    __slots__ = ("attributes", "duration", "request_bytes", "requests", "response_bytes")
+    __slots__ = ("duration", "labels", "request_bytes", "requests", "response_bytes")
 
-    def __init__(self, attributes: Mapping[str, str]) -> None:
-        self.attributes = attributes
+    def __init__(self, labels: tuple[str, ...]) -> None:
+        self.labels = labels
         self.requests = 0
         self.duration = _Histogram()
         self.request_bytes = _Histogram()
@@ -475,10 +450,6 @@ def build_labels() -> dict[str, str]:
     """``istio_build``'s labels, as an Istio proxy reports them: ``component="proxy"`` and the
     build's tag (``meshlib-0.1.0``). Istio's dashboards read the versions running from it."""
     return {"component": "proxy", "tag": f"meshlib-{__version__}"}
-
-
-def _observe_build(options: CallbackOptions) -> Iterator[Observation]:
-    yield Observation(1, build_labels())
 
 
 # --------------------------------------------------------------------------- the recorder
@@ -504,7 +475,6 @@ class MetricsRecorder:
         self.service = service
         self.source = Workload.of_service(service)
         self._lock = threading.Lock()
-        self._scrape_lock = threading.Lock()
         self._series: dict[tuple[str, ...], _Series] = {}
         self._routes: dict[tuple[object, ...], _Cached] = {}
         self._route_requests: _Tally = {}
@@ -517,82 +487,39 @@ class MetricsRecorder:
         self._refused: _Tally = {}
         self._breakers: dict[tuple[str, str], int] = {}
         self._stores: dict[str, int] = {}
-        self._started = time.time_ns()
-        self.registry = CollectorRegistry(auto_describe=False)
-        self._reader = _Reader(self.registry, self._histograms)
-        self.meter_provider = MeterProvider(
-            metric_readers=[self._reader],
-            resource=Resource(
-                {
-                    "service.name": service.name,
-                    "service.namespace": service.namespace,
-                    "service.version": service.version or UNKNOWN,
-                }
-            ),
-        )
-        meter = self.meter_provider.get_meter("meshlib")
-        meter.create_observable_counter(
-            "istio_requests",
-            callbacks=[self._observe_requests],
-            description="Requests, as Istio's sidecars count them",
-        )
-        counters: tuple[tuple[str, _Tally, str], ...] = (
-            ("meshlib_retries", self._retries, "Retries scheduled"),
+        #: the counters of ``meshlib_*`` tallies, in the order the scrape lists them
+        self._counters: tuple[tuple[str, str, _Tally], ...] = (
+            ("meshlib_retries", "Retries scheduled", self._retries),
             (
                 "meshlib_outlier_ejections",
-                self._ejections,
                 "Endpoints ejected by outlier detection",
+                self._ejections,
             ),
-            ("meshlib_faults_injected", self._faults, "Faults injected (delay, abort)"),
+            ("meshlib_faults_injected", "Faults injected (delay, abort)", self._faults),
             (
                 "meshlib_retry_budget_exhausted",
-                self._budget,
                 "Retries refused by the retry budget or maxRetries",
+                self._budget,
             ),
             (
                 "meshlib_mirror_dropped",
-                self._mirror_dropped,
                 "Shadow requests not sent: the mesh had as many outstanding as it keeps",
+                self._mirror_dropped,
             ),
             (
                 "meshlib_inbound_headers_refused",
-                self._refused,
                 "Inbound context headers no outbound call could carry (replaced or dropped)",
+                self._refused,
             ),
             (
                 "meshlib_route_requests",
-                self._route_requests,
                 "Requests, by the route of this service's config they took",
+                self._route_requests,
             ),
         )
-        for name, tally, description in counters:
-            meter.create_observable_counter(
-                name, callbacks=[self._tally_callback(name, tally)], description=description
-            )
-        meter.create_observable_counter(
-            "meshlib_peer_metadata_refused",
-            callbacks=[_observe_refused_claims],
-            description=(
-                "Inbound requests whose workload metadata claimed another namespace or service "
-                "account than the caller's certificate (the metadata was ignored)"
-            ),
-        )
-        meter.create_observable_gauge(
-            "istio_build",
-            callbacks=[_observe_build],
-            description="Istio component build info: the proxy is meshlib, tagged with its version",
-        )
-        meter.create_observable_gauge(
-            "meshlib_breaker_state",
-            callbacks=[self._observe_breakers],
-            description="Circuit breaker state: 0 closed, 1 open, 2 half-open",
-        )
-        meter.create_observable_gauge(
-            "meshlib_store_stale",
-            callbacks=[self._observe_stores],
-            description="1 while the service's view of its store is stale (no member answers), "
-            "else 0",
-        )
+        #: the registry the scrape reads: meshlib's collector, then whatever the app adds
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
         self._handlers: dict[type, Callable[[Any], None]] = {
             StoreHealthChanged: self._store_health,
             RetryScheduled: self._retry,
@@ -723,7 +650,7 @@ class MetricsRecorder:
             with self._lock:
                 series = self._series.get(labels)
                 if series is None:
-                    series = _Series(dict(zip(LABELS, labels, strict=True)))
+                    series = _Series(labels)
                     self._series[labels] = series
         return series
 
@@ -767,88 +694,95 @@ class MetricsRecorder:
 
     # ------------------------------------------------------------------ collection
 
-    def _observe_stores(self, options: CallbackOptions) -> Iterator[Observation]:
+    def collect(self) -> Iterator[Family]:
+        """The metric families of a scrape (``prometheus_client``'s collector protocol), in the
+        order the scrape lists them; a family with nothing to report is left out."""
         with self._lock:
-            states = list(self._stores.items())
-        for store, stale in states:
-            yield Observation(stale, {"store": store})
-
-    def _observe_requests(self, options: CallbackOptions) -> Iterator[Observation]:
-        with self._lock:
-            counts = [(s.attributes, s.requests) for s in self._series.values()]
-        for attributes, count in counts:
-            yield Observation(count, attributes)
-
-    def _tally_callback(
-        self, name: str, tally: _Tally
-    ) -> Callable[[CallbackOptions], Iterable[Observation]]:
-        keys = _TALLY_LABELS[name]
-
-        def observe(options: CallbackOptions) -> Iterable[Observation]:
-            with self._lock:
-                counts = list(tally.items())
-            return [Observation(n, dict(zip(keys, key, strict=True))) for key, n in counts]
-
-        return observe
-
-    def _observe_breakers(self, options: CallbackOptions) -> Iterator[Observation]:
-        with self._lock:
-            states = list(self._breakers.items())
-        for (service, subset), value in states:
-            yield Observation(value, {"destination_service": service, "destination_subset": subset})
-
-    def _histograms(self) -> list[Metric]:
-        """The three request histograms, as OpenTelemetry metric data (cumulative)."""
-        now = time.time_ns()
-        start = self._started
-        with self._lock:
-            points = [
+            series = [
                 (
-                    s.duration.point(s.attributes, start, now),
-                    s.request_bytes.point(s.attributes, start, now),
-                    s.response_bytes.point(s.attributes, start, now),
+                    s.labels,
+                    s.requests,
+                    (
+                        s.duration.snapshot(),
+                        s.request_bytes.snapshot(),
+                        s.response_bytes.snapshot(),
+                    ),
                 )
                 for s in self._series.values()
             ]
-            by_route = [
-                histogram.point(dict(zip(ROUTE_LABELS, route, strict=False)), start, now)
-                for route, histogram in self._route_durations.items()
-            ]
-        cumulative = AggregationTemporality.CUMULATIVE
-        out: list[Metric] = []
-        if by_route:
-            out.append(
-                Metric(
-                    "meshlib_route_request_duration",
-                    "Request duration by the route of this service's config the call took",
-                    "ms",
-                    Histogram(by_route, cumulative),
-                )
+            tallies = [list(tally.items()) for _, _, tally in self._counters]
+            breakers = list(self._breakers.items())
+            stores = list(self._stores.items())
+            by_route = [(route, h.snapshot()) for route, h in self._route_durations.items()]
+
+        if series:
+            requests = _counter(
+                "istio_requests", "Requests, as Istio's sidecars count them", LABELS
             )
-        if not points:
-            return out
-        duration, sent, received = (list(column) for column in zip(*points, strict=True))
-        return [
-            *out,
-            Metric(
-                "istio_request_duration",
-                "Request duration, as Istio's sidecars measure it",
-                "ms",
-                Histogram(duration, cumulative),
-            ),
-            Metric(
-                "istio_request_bytes",
-                "Request body sizes",
-                "By",
-                Histogram(sent, cumulative),
-            ),
-            Metric(
-                "istio_response_bytes",
-                "Response body sizes",
-                "By",
-                Histogram(received, cumulative),
-            ),
-        ]
+            for labels, count, _ in series:
+                requests.add_metric(_by_name(labels, _LABEL_ORDER), count)
+            yield requests
+        for (name, description, _), counts in zip(self._counters, tallies, strict=True):
+            if counts:
+                keys = _TALLY_LABELS[name]
+                family = _counter(name, description, keys)
+                order = _order(keys)
+                for key, count in counts:
+                    family.add_metric(_by_name(key, order), count)
+                yield family
+        refused = _counter(
+            "meshlib_peer_metadata_refused",
+            "Inbound requests whose workload metadata claimed another namespace or service "
+            "account than the caller's certificate (the metadata was ignored)",
+            (),
+        )
+        refused.add_metric([], refused_claims())
+        yield refused
+        build = build_labels()
+        info = _gauge(
+            "istio_build",
+            "Istio component build info: the proxy is meshlib, tagged with its version",
+            tuple(build),
+        )
+        info.add_metric([build[key] for key in sorted(build)], 1)
+        yield info
+        if breakers:
+            gauge = _gauge(
+                "meshlib_breaker_state",
+                "Circuit breaker state: 0 closed, 1 open, 2 half-open",
+                _DESTINATION,
+            )
+            for destination, state in breakers:
+                gauge.add_metric(list(destination), state)
+            yield gauge
+        if stores:
+            gauge = _gauge(
+                "meshlib_store_stale",
+                "1 while the service's view of its store is stale (no member answers), else 0",
+                ("store",),
+            )
+            for store, stale in stores:
+                gauge.add_metric([store], stale)
+            yield gauge
+        if by_route:
+            keys = ROUTE_LABELS[:-1]
+            histogram = _histogram(
+                "meshlib_route_request_duration",
+                "Request duration by the route of this service's config the call took",
+                "milliseconds",
+                keys,
+            )
+            order = _order(keys)
+            for route, snapshot in by_route:
+                _add_histogram(histogram, _by_name(route, order), snapshot)
+            yield histogram
+        if not series:
+            return
+        for column, (name, description, unit) in enumerate(_ISTIO_HISTOGRAMS):
+            histogram = _histogram(name, description, unit, LABELS)
+            for labels, _, histograms in series:
+                _add_histogram(histogram, _by_name(labels, _LABEL_ORDER), histograms[column])
+            yield histogram
 
     # ------------------------------------------------------------------ scraping
 
@@ -856,8 +790,7 @@ class MetricsRecorder:
         """``(content_type, body)`` for a Prometheus scrape; ``accept`` is the request's
         ``Accept`` header (OpenMetrics when it asks for it, else Prometheus' text format)."""
         encoder, content_type = choose_encoder(accept or "")
-        with self._scrape_lock:
-            return content_type, encoder(self.registry)
+        return content_type, encoder(self.registry)
 
     @property
     def port(self) -> int | None:
@@ -879,9 +812,51 @@ class MetricsRecorder:
             server.close()
 
 
-def _observe_refused_claims(options: CallbackOptions) -> Iterator[Observation]:
-    yield Observation(refused_claims())
+def _order(names: Sequence[str]) -> tuple[int, ...]:
+    """The positions of ``names`` in alphabetical order: the scrape lists each family's labels
+    sorted by name."""
+    return tuple(sorted(range(len(names)), key=names.__getitem__))
 
+
+def _by_name(values: Sequence[str], order: tuple[int, ...]) -> list[str]:
+    return [values[i] for i in order]
+
+
+def _counter(name: str, description: str, labels: Sequence[str]) -> CounterMetricFamily:
+    return CounterMetricFamily(name, description, labels=sorted(labels))
+
+
+def _gauge(name: str, description: str, labels: Sequence[str]) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, description, labels=sorted(labels))
+
+
+def _histogram(
+    name: str, description: str, unit: str, labels: Sequence[str]
+) -> HistogramMetricFamily:
+    return HistogramMetricFamily(name, description, labels=sorted(labels), unit=unit)
+
+
+def _add_histogram(
+    family: HistogramMetricFamily, labels: list[str], tallied: tuple[list[int], float]
+) -> None:
+    counts, total = tallied
+    cumulative = 0
+    buckets: list[tuple[str, float]] = []
+    for bound, count in zip(_BOUNDS, counts, strict=True):
+        cumulative += count
+        buckets.append((bound, cumulative))
+    family.add_metric(labels, buckets, total)
+
+
+#: the bucket bounds as the scrape writes them (``le="1"``, ``le="0.5"``, ``le="+Inf"``)
+_BOUNDS: tuple[str, ...] = (*(str(bound) for bound in BUCKETS), "+Inf")
+_LABEL_ORDER = _order(LABELS)
+#: the three request histograms: name, description and unit, for the ``_Series`` tallies in order
+_ISTIO_HISTOGRAMS: tuple[tuple[str, str, str], ...] = (
+    ("istio_request_duration", "Request duration, as Istio's sidecars measure it", "milliseconds"),
+    ("istio_request_bytes", "Request body sizes", "bytes"),
+    ("istio_response_bytes", "Response body sizes", "bytes"),
+)
 
 _DESTINATION = ("destination_service", "destination_subset")
 _TALLY_LABELS: dict[str, tuple[str, ...]] = {
@@ -910,33 +885,6 @@ def _split(destination: str) -> tuple[str, str]:
 
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
-
-
-class _Reader(PrometheusMetricReader):
-    """OpenTelemetry's Prometheus reader, on a registry of its own, without the scope labels and
-    the ``target_info`` metric (Istio's series have neither), to which the recorder adds its
-    histograms at each collection."""
-
-    def __init__(self, registry: CollectorRegistry, histograms: Callable[[], list[Metric]]) -> None:
-        super().__init__(disable_target_info=True, scope_info_enabled=False, registry=registry)
-        self._extra = histograms
-
-    def _receive_metrics(
-        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
-    ) -> None:
-        extra = self._extra()
-        if extra:
-            scope = ScopeMetrics(InstrumentationScope("meshlib"), extra, "")
-            if metrics_data is None or not metrics_data.resource_metrics:
-                resource = ResourceMetrics(Resource.get_empty(), [scope], "")
-                metrics_data = MetricsData([resource])
-            else:
-                first, *others = metrics_data.resource_metrics
-                merged = ResourceMetrics(
-                    first.resource, [*first.scope_metrics, scope], first.schema_url
-                )
-                metrics_data = MetricsData([merged, *others])
-        super()._receive_metrics(metrics_data, timeout_millis, **kwargs)
 
 
 # --------------------------------------------------------------------------- scrape server

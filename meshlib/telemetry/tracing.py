@@ -3,7 +3,8 @@
 meshlib speaks the OpenTelemetry API. Spans go to a ``TracerProvider``: the one the app installed
 (``opentelemetry.trace.set_tracer_provider``), or one meshlib builds from the standard ``OTEL_*``
 environment variables (``provider_from_environment``) when the config turns tracing on and the
-app installed none.
+app installed none. meshlib depends on the API only: building a provider needs the SDK, in the
+``otel`` extra (``pip install 'meshlib[otel]'``); without it that is a ``ConfigError`` naming it.
 
 When tracing is on (``tracer_from_settings``):
 
@@ -692,7 +693,11 @@ def provider_from_environment(
     exporter is ``otlp`` when its package is installed and none otherwise (spans are made,
     propagated and kept for ``GET /_mesh/traces``, not exported: a warning says so). meshlib
     keeps this provider to itself; it does not become the global one.
+
+    Needs the OpenTelemetry SDK (``pip install 'meshlib[otel]'``): without it, a
+    ``ConfigError`` that says so.
     """
+    _require_sdk(service.name)
     # the SDK is imported only where meshlib sets a provider up itself
     from opentelemetry.sdk.resources import Resource  # noqa: PLC0415
     from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
@@ -756,6 +761,25 @@ def provider_from_environment(
     return provider
 
 
+#: what to install for a provider meshlib builds itself
+SDK_REQUIREMENT = "pip install 'meshlib[otel]' (the opentelemetry-sdk package)"
+
+
+def _require_sdk(service: str) -> None:
+    try:
+        import opentelemetry.sdk.trace  # noqa: F401, PLC0415
+    except ImportError as exc:
+        raise ConfigError.single(
+            "spec.telemetry.tracing",
+            0,
+            "",
+            f"tracing is on for {service} and the app installed no tracer provider, so meshlib "
+            f"builds one from the OTEL_* variables, which needs the OpenTelemetry SDK: "
+            f"{SDK_REQUIREMENT}; or install a TracerProvider before the mesh is built "
+            f"({exc})",
+        ) from None
+
+
 def _otlp_exporter(env: Mapping[str, str], *, required: bool) -> Any:
     protocol = (
         env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
@@ -798,7 +822,13 @@ def memory_tracer(
     mesh = Mesh.from_yaml(config, telemetry=Telemetry(tracer=tracer))
     ...
     [span.name for span in spans.get_finished_spans()]
+
+    Needs the OpenTelemetry SDK (``pip install 'meshlib[otel]'``): without it, ``ImportError``.
     """
+    try:
+        import opentelemetry.sdk.trace  # noqa: F401, PLC0415
+    except ImportError as exc:
+        raise ImportError(f"memory_tracer needs the OpenTelemetry SDK: {SDK_REQUIREMENT}") from exc
     from opentelemetry.sdk.resources import Resource  # noqa: PLC0415
     from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: PLC0415

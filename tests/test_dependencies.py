@@ -1,0 +1,171 @@
+"""What meshlib needs installed and what ``import meshlib`` loads.
+
+meshlib depends on the OpenTelemetry API only; the SDK (the ``otel`` extra) is needed only when
+meshlib builds a tracer provider itself. ``import meshlib`` loads what every user needs and
+nothing more: the modules of optional features load when a feature is used.
+
+Each check runs in a fresh interpreter (``sys.modules`` of this one holds what every other test
+imported), with a finder that makes the named packages look absent where a test says so.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+#: Packages ``import meshlib`` must not load: optional extras, and the parts only some services
+#: use (config validation, identity, JWTs, RE2, YAML load when a config is read or a feature used).
+LAZY = (
+    "opentelemetry.sdk",
+    "opentelemetry.exporter",
+    "redis",
+    "trio",
+    "aiohttp",
+    "requests",
+    "uvicorn",
+    "starlette",
+    "pydantic",
+    "re2",
+    "cryptography",
+    "jwt",
+    "yaml",
+    "tenacity",
+    "pybreaker",
+    "meshlib.httpcore_transport",
+    "meshlib.aiohttp_transport",
+)
+
+
+def run(code: str, *, absent: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    """``code`` in a fresh interpreter in which the packages ``absent`` cannot be imported."""
+    prelude = textwrap.dedent(
+        f"""
+        import sys
+        ABSENT = {absent!r}
+
+        class Absent:
+            def find_spec(self, name, path=None, target=None):
+                if any(name == p or name.startswith(p + ".") for p in ABSENT):
+                    raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+                return None
+
+        sys.meta_path.insert(0, Absent())
+        """
+    )
+    return subprocess.run(
+        [sys.executable, "-c", prelude + textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_import_meshlib_loads_none_of_the_optional_or_feature_packages() -> None:
+    done = run(
+        """
+        import json, sys
+        import meshlib
+        print(json.dumps(sorted(sys.modules)))
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    loaded = json.loads(done.stdout)
+    found = sorted(
+        name for name in loaded for p in LAZY if name == p or name.startswith(p + ".")
+    )
+    assert found == []
+    assert "meshlib" in loaded and "httpx" in loaded  # the check itself sees what loads
+
+
+def test_the_lazy_packages_do_load_when_their_feature_is_used() -> None:
+    """The test above can fail: a mesh built from YAML loads its config parts."""
+    done = run(
+        """
+        import json, sys
+        from meshlib import Mesh
+        Mesh.from_yaml("apiVersion: meshlib.dev/v1\\nkind: Service\\nmetadata: {name: a}\\n")
+        print(json.dumps(sorted(sys.modules)))
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert {"yaml", "pydantic"} <= set(json.loads(done.stdout))
+
+
+TRACED = """\
+apiVersion: meshlib.dev/v1
+kind: Service
+metadata: {name: reviews}
+spec:
+  telemetry: {tracing: {}, metrics: {}}
+"""
+
+
+def test_tracing_without_the_sdk_is_a_config_error_that_names_the_extra() -> None:
+    done = run(
+        f"""
+        from meshlib import ConfigError, Mesh
+        try:
+            Mesh.from_yaml({TRACED!r})
+        except ConfigError as exc:
+            print(exc)
+        """,
+        absent=("opentelemetry.sdk",),
+    )
+    assert done.returncode == 0, done.stderr
+    assert "pip install 'meshlib[otel]'" in done.stdout
+    assert "tracing is on for reviews" in done.stdout
+
+
+def test_metrics_and_an_apps_own_provider_need_no_sdk_and_no_prometheus_exporter() -> None:
+    """The scrape is meshlib's own; tracing with a provider the app installed needs only the API
+    (here a stand-in provider: the API's no-op tracer)."""
+    done = run(
+        """
+        from opentelemetry import trace
+        from meshlib import Mesh
+        from meshlib.telemetry import metrics
+
+        class Provider(trace.TracerProvider):
+            def get_tracer(self, *args, **kwargs):
+                return trace.NoOpTracer()
+
+        trace.set_tracer_provider(Provider())
+        text = (
+            "apiVersion: meshlib.dev/v1\\nkind: Service\\nmetadata: {name: reviews}\\n"
+            "spec:\\n  telemetry: {tracing: {}, metrics: {}}\\n"
+        )
+        mesh = Mesh.from_yaml(text)
+        assert mesh.telemetry.tracer is not None
+        print(metrics.scrape(mesh)[1].decode())
+        mesh.close()
+        """,
+        absent=("opentelemetry.sdk", "opentelemetry.exporter"),
+    )
+    assert done.returncode == 0, done.stderr
+    assert 'istio_build{component="proxy"' in done.stdout
+
+
+def test_memory_tracer_without_the_sdk_says_what_to_install() -> None:
+    done = run(
+        """
+        from meshlib.telemetry.tracing import memory_tracer
+        try:
+            memory_tracer()
+        except ImportError as exc:
+            print(exc)
+        """,
+        absent=("opentelemetry.sdk",),
+    )
+    assert done.returncode == 0, done.stderr
+    assert "meshlib[otel]" in done.stdout
+
+
+@pytest.mark.parametrize("package", ["redis", "trio", "aiohttp"])
+def test_import_meshlib_works_without_each_optional_package(package: str) -> None:
+    done = run("import meshlib, meshlib.testing", absent=(package,))
+    assert done.returncode == 0, done.stderr
