@@ -8,8 +8,8 @@ The Makefile's ``bench`` target runs it with ``--clean``; the figures also go to
 Each figure is the median of ``--runs`` fresh interpreters (the two modules alternate, so both
 see the same machine). In each one the time is ``time.perf_counter()`` around the ``import``
 statement, the memory ``VmRSS`` just after it less ``VmRSS`` before it (the interpreter's own
-share, which both rows pay alike, is left out; meshlib's row includes the httpx it imports). ``python -X importtime -c 'import meshlib'`` says where the
-time goes, module by module.
+share, which both rows pay alike, is left out; meshlib's row includes the httpx it imports).
+``python -X importtime -c 'import meshlib'`` says where the time goes, module by module.
 
 ``--clean`` measures in a new virtual environment with meshlib's core dependencies only
 (``pip install -c constraints.txt .``, no extra): what a user who installs meshlib gets. Without

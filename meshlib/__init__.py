@@ -1,31 +1,62 @@
-"""meshlib: an in-process service mesh for Python, speaking Istio's resource language."""
+"""meshlib: an in-process service mesh for Python, speaking Istio's resource language.
 
+``import meshlib`` loads nothing but this module: each name below loads its module on first use
+(``meshlib.Mesh``, ``from meshlib import Mesh``), so a program pays only for what it uses —
+``serve`` and ``serve_wsgi`` load uvicorn, ``Mesh`` the config machinery, the errors httpx.
+"""
+
+from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from meshlib.client import configure
-from meshlib.clients.httpx.transport import MeshInfo, raise_for_mesh
-from meshlib.errors import (
-    CircuitOpenError,
-    ConfigError,
-    DeadlineExceeded,
-    IdentityError,
-    MeshError,
-    MeshRequestError,
-    NoHealthyUpstream,
-    NoRouteError,
-    PeerIdentityError,
-    Problem,
-    SpiffeIdError,
-    UpstreamTLSError,
-)
-from meshlib.mesh import Mesh
-from meshlib.routing import RouteDecision, RouteRequest, RouteTable
-from meshlib.server import handler
 from meshlib.version import __version__
 
 if TYPE_CHECKING:
+    from meshlib.client import configure
+    from meshlib.clients.httpx.transport import MeshInfo, raise_for_mesh
+    from meshlib.errors import (
+        CircuitOpenError,
+        ConfigError,
+        DeadlineExceeded,
+        IdentityError,
+        MeshError,
+        MeshRequestError,
+        NoHealthyUpstream,
+        NoRouteError,
+        PeerIdentityError,
+        Problem,
+        SpiffeIdError,
+        UpstreamTLSError,
+    )
+    from meshlib.mesh import Mesh
+    from meshlib.routing import RouteDecision, RouteRequest, RouteTable
+    from meshlib.server import handler
     from meshlib.server.runner import serve, serve_wsgi
 
+#: where each public name lives
+_EXPORTS: dict[str, str] = {
+    "configure": "meshlib.client",
+    "MeshInfo": "meshlib.clients.httpx.transport",
+    "raise_for_mesh": "meshlib.clients.httpx.transport",
+    "CircuitOpenError": "meshlib.errors",
+    "ConfigError": "meshlib.errors",
+    "DeadlineExceeded": "meshlib.errors",
+    "IdentityError": "meshlib.errors",
+    "MeshError": "meshlib.errors",
+    "MeshRequestError": "meshlib.errors",
+    "NoHealthyUpstream": "meshlib.errors",
+    "NoRouteError": "meshlib.errors",
+    "PeerIdentityError": "meshlib.errors",
+    "Problem": "meshlib.errors",
+    "SpiffeIdError": "meshlib.errors",
+    "UpstreamTLSError": "meshlib.errors",
+    "Mesh": "meshlib.mesh",
+    "RouteDecision": "meshlib.routing",
+    "RouteRequest": "meshlib.routing",
+    "RouteTable": "meshlib.routing",
+    "handler": "meshlib.server",
+    "serve": "meshlib.server.runner",
+    "serve_wsgi": "meshlib.server.runner",
+}
 
 __all__ = [
     "CircuitOpenError",
@@ -55,9 +86,14 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """``serve`` and ``serve_wsgi`` load uvicorn: only when asked for."""
-    if name in ("serve", "serve_wsgi"):
-        from meshlib.server import runner  # noqa: PLC0415
+    """A public name, its module loaded on first use (and the name kept here after)."""
+    where = _EXPORTS.get(name)
+    if where is None:
+        raise AttributeError(f"module 'meshlib' has no attribute {name!r}")
+    value = getattr(import_module(where), name)
+    globals()[name] = value
+    return value
 
-        return getattr(runner, name)
-    raise AttributeError(f"module 'meshlib' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

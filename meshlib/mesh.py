@@ -24,7 +24,6 @@ import httpx
 
 from meshlib.balancing import Balancer, LeastRequest
 from meshlib.clients.httpx.client import MeshAsyncClient, MeshClient
-from meshlib.clients.httpx.httpcore import HTTPCoreTransport
 from meshlib.clients.httpx.inner import async_transport_name, new_async_transport
 from meshlib.clients.httpx.transport import (
     FREE_LEASE,
@@ -678,7 +677,11 @@ class Mesh:
         return session(self, **kwargs)
 
     def sync_inner(self) -> httpx.BaseTransport:
-        return self._transport if self._transport is not None else HTTPCoreTransport()
+        if self._transport is not None:
+            return self._transport
+        from meshlib.clients.httpx.httpcore import HTTPCoreTransport  # noqa: PLC0415 - httpcore
+
+        return HTTPCoreTransport()
 
     def async_inner(self) -> httpx.AsyncBaseTransport:
         chosen = self._async_transport

@@ -17,11 +17,13 @@ import textwrap
 
 import pytest
 
-#: Packages ``import meshlib`` must not load: optional extras, and the parts only some services
-#: use (config validation, identity, JWTs, RE2, YAML load when a config is read or a feature used).
+#: What ``import meshlib`` must not load: optional extras, and what only some programs use (the
+#: config machinery, identity, JWTs, the HTTP client's pool) — each loads on first use.
 LAZY = (
     "opentelemetry.sdk",
     "opentelemetry.exporter",
+    "httpx",
+    "httpcore",
     "redis",
     "trio",
     "aiohttp",
@@ -35,9 +37,26 @@ LAZY = (
     "yaml",
     "tenacity",
     "pybreaker",
-    "meshlib.httpcore_transport",
-    "meshlib.aiohttp_transport",
+    "prometheus_client",
+    "meshlib.mesh",
+    "meshlib.clients",
 )
+#: What ``from meshlib import Mesh`` must not load: the HTTP pool and the optional extras, until
+#: a client is made without a transport of the app's (the SDK, unless meshlib builds a provider).
+LAZY_FOR_MESH = (
+    "httpcore",
+    "trio",
+    "aiohttp",
+    "uvicorn",
+    "jwt",
+    "opentelemetry.exporter",
+    "meshlib.clients.httpx.httpcore",
+    "meshlib.clients.httpx.aiohttp",
+)
+
+
+def loaded(modules: list[str], packages: tuple[str, ...]) -> list[str]:
+    return sorted(m for m in modules for p in packages if m == p or m.startswith(p + "."))
 
 
 def run(code: str, *, absent: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
@@ -75,25 +94,36 @@ def test_import_meshlib_loads_none_of_the_optional_or_feature_packages() -> None
     )
     assert done.returncode == 0, done.stderr
     loaded = json.loads(done.stdout)
-    found = sorted(
-        name for name in loaded for p in LAZY if name == p or name.startswith(p + ".")
-    )
+    found = sorted(name for name in loaded for p in LAZY if name == p or name.startswith(p + "."))
     assert found == []
-    assert "meshlib" in loaded and "httpx" in loaded  # the check itself sees what loads
+    assert "meshlib" in loaded  # the check itself sees what loads
 
 
-def test_the_lazy_packages_do_load_when_their_feature_is_used() -> None:
-    """The test above can fail: a mesh built from YAML loads its config parts."""
+def test_a_mesh_loads_the_http_pool_only_for_a_client_without_a_transport_of_its_own() -> None:
+    """The tests above can fail: a mesh built from YAML loads its config parts; its first client
+    on httpx's own pool loads httpcore."""
     done = run(
         """
         import json, sys
+        import httpx
         from meshlib import Mesh
-        Mesh.from_yaml("apiVersion: meshlib.dev/v1\\nkind: Service\\nmetadata: {name: a}\\n")
-        print(json.dumps(sorted(sys.modules)))
+        text = "apiVersion: meshlib.dev/v1\\nkind: Service\\nmetadata: {name: a}\\n"
+        mesh = Mesh.from_yaml(
+            text, transport=httpx.MockTransport(lambda request: httpx.Response(200))
+        )
+        with mesh.client() as client:
+            assert client.get("http://reviews:9080/").status_code == 200
+        before = sorted(sys.modules)
+        with Mesh.from_yaml(text).client():
+            pass
+        print(json.dumps([before, sorted(sys.modules)]))
         """
     )
     assert done.returncode == 0, done.stderr
-    assert {"yaml", "pydantic"} <= set(json.loads(done.stdout))
+    before, after = json.loads(done.stdout)
+    assert {"yaml", "pydantic"} <= set(before)
+    assert loaded(before, LAZY_FOR_MESH) == []
+    assert "httpcore" in after
 
 
 TRACED = """\

@@ -14,8 +14,6 @@ import os
 
 import httpx
 
-from meshlib.clients.httpx.httpcore import AsyncHTTPCoreTransport
-
 ASYNC_TRANSPORT_ENV = "MESHLIB_ASYNC_TRANSPORT"
 ASYNC_TRANSPORTS = ("aiohttp", "httpx")
 
@@ -51,4 +49,6 @@ def new_async_transport(name: str | None = None) -> httpx.AsyncBaseTransport:
         from meshlib.clients.httpx.aiohttp import AiohttpTransport  # noqa: PLC0415 - optional extra
 
         return AiohttpTransport()
+    from meshlib.clients.httpx.httpcore import AsyncHTTPCoreTransport  # noqa: PLC0415 - httpcore
+
     return AsyncHTTPCoreTransport()
