@@ -45,6 +45,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.fast_fail
 	$(BIN)/python -m bench.store
 	$(BIN)/python -m bench.dashboard
+	$(BIN)/python -m bench.import_cost --clean
 
 # The demo's own rule files (examples/bookinfo/networking); BOOKINFO_SAMPLES=DIR names another folder;
 # BOOKINFO_STORE=etcd://host:port/prefix runs it on etcd (docs/distributed.md).

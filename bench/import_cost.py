@@ -2,6 +2,9 @@
 
     python -m bench.import_cost [--runs N] [--python PATH | --clean] [--json]
 
+Rows: ``import httpx`` (the yardstick), ``import meshlib``, and ``from meshlib import Mesh`` (what
+a program that builds a mesh pays at its first line).
+
 The Makefile's ``bench`` target runs it with ``--clean``; the figures also go to
 ``bench/results/import_cost.json``.
 
@@ -37,7 +40,9 @@ from bench.report import publish, verdict
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_SECONDS = 0.12
 TARGET_EXTRA_MIB = 10.0
-MODULES = ("httpx", "meshlib")
+#: the statements timed; the first two are the target's, the third what a program that builds a
+#: mesh pays at its first line (the config machinery, the pipeline, the policies)
+STATEMENTS = ("import httpx", "import meshlib", "from meshlib import Mesh")
 
 #: run in each fresh interpreter: the import's wall time and VmRSS growth, and what it loaded
 PROBE = """
@@ -53,7 +58,7 @@ def rss_kib():
 before_modules = len(sys.modules)
 before = rss_kib()
 started = time.perf_counter()
-import {module}
+{statement}
 seconds = time.perf_counter() - started
 after = rss_kib()
 print(json.dumps({{"seconds": seconds, "rss_kib": after, "grew_kib": after - before,
@@ -61,9 +66,9 @@ print(json.dumps({{"seconds": seconds, "rss_kib": after, "grew_kib": after - bef
 """
 
 
-def probe(python: str, module: str) -> dict[str, Any]:
+def probe(python: str, statement: str) -> dict[str, Any]:
     done = subprocess.run(
-        [python, "-c", PROBE.format(module=module)],
+        [python, "-c", PROBE.format(statement=statement)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -71,7 +76,7 @@ def probe(python: str, module: str) -> dict[str, Any]:
         cwd=tempfile.gettempdir(),  # not the repository: import the installed meshlib
     )
     if done.returncode != 0:
-        raise SystemExit(f"import {module} failed under {python}:\n{done.stderr}")
+        raise SystemExit(f"{statement} failed under {python}:\n{done.stderr}")
     result: dict[str, Any] = json.loads(done.stdout)
     return result
 
@@ -88,13 +93,13 @@ def clean_venv(where: Path) -> str:
 
 
 def measure(python: str, runs: int) -> dict[str, Any]:
-    samples: dict[str, list[dict[str, Any]]] = {module: [] for module in MODULES}
+    samples: dict[str, list[dict[str, Any]]] = {statement: [] for statement in STATEMENTS}
     for _ in range(runs):
-        for module in MODULES:
-            samples[module].append(probe(python, module))
+        for statement in STATEMENTS:
+            samples[statement].append(probe(python, statement))
     rows: dict[str, dict[str, Any]] = {}
-    for module, found in samples.items():
-        rows[module] = {
+    for statement, found in samples.items():
+        rows[statement] = {
             "median_s": statistics.median(s["seconds"] for s in found),
             "min_s": min(s["seconds"] for s in found),
             "max_s": max(s["seconds"] for s in found),
@@ -110,19 +115,19 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"### import cost ({result['environment']}; median of {result['runs']} fresh interpreters)",
         "",
-        "| import | time (s) | min–max (s) | memory it adds (MiB) | RSS after (MiB) | modules |",
+        "| statement | time (s) | min–max (s) | memory it adds (MiB) | RSS after (MiB) | modules |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for module in MODULES:
-        row = rows[module]
+    for statement in STATEMENTS:
+        row = rows[statement]
         lines.append(
-            f"| `import {module}` | {row['median_s']:.3f} | {row['min_s']:.3f}–{row['max_s']:.3f}"
+            f"| `{statement}` | {row['median_s']:.3f} | {row['min_s']:.3f}–{row['max_s']:.3f}"
             f" | {row['median_grew_mib']:.1f} | {row['median_rss_mib']:.1f} |"
             f" {row['modules']:.0f} |"
         )
     lines += [
         "",
-        f"- `import meshlib` ≤ {TARGET_SECONDS} s: {rows['meshlib']['median_s']:.3f} s — "
+        f"- `import meshlib` ≤ {TARGET_SECONDS} s: {rows['import meshlib']['median_s']:.3f} s — "
         f"{verdict(result['met_time'])}",
         f"- memory ≤ `import httpx` + {TARGET_EXTRA_MIB:.0f} MiB: "
         f"+{result['extra_mib']:.1f} MiB — {verdict(result['met_memory'])}",
@@ -151,7 +156,7 @@ def main() -> None:
             python = args.python or sys.executable
             environment = f"the interpreter {python}"
         rows = measure(python, args.runs)
-    extra = rows["meshlib"]["median_grew_mib"] - rows["httpx"]["median_grew_mib"]
+    extra = rows["import meshlib"]["median_grew_mib"] - rows["import httpx"]["median_grew_mib"]
     result: dict[str, Any] = {
         "machine": f"{platform.python_implementation()} {platform.python_version()}, "
         f"{platform.machine()}",
@@ -161,7 +166,7 @@ def main() -> None:
         "extra_mib": extra,
         "target_seconds": TARGET_SECONDS,
         "target_extra_mib": TARGET_EXTRA_MIB,
-        "met_time": rows["meshlib"]["median_s"] <= TARGET_SECONDS,
+        "met_time": rows["import meshlib"]["median_s"] <= TARGET_SECONDS,
         "met_memory": extra <= TARGET_EXTRA_MIB,
     }
     result["met"] = result["met_time"] and result["met_memory"]

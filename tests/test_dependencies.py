@@ -41,9 +41,14 @@ LAZY = (
     "meshlib.mesh",
     "meshlib.clients",
 )
-#: What ``from meshlib import Mesh`` must not load: the HTTP pool and the optional extras, until
-#: a client is made without a transport of the app's (the SDK, unless meshlib builds a provider).
+#: What ``from meshlib import Mesh`` and a mesh without breakers, identity or tracing must not load:
+#: pybreaker (which loads redis when installed, and redis the OpenTelemetry SDK and cryptography),
+#: the HTTP pool until a client is made without a transport of the app's, the optional extras.
 LAZY_FOR_MESH = (
+    "pybreaker",
+    "redis",
+    "cryptography",
+    "opentelemetry.sdk",
     "httpcore",
     "trio",
     "aiohttp",
@@ -199,3 +204,17 @@ def test_memory_tracer_without_the_sdk_says_what_to_install() -> None:
 def test_import_meshlib_works_without_each_optional_package(package: str) -> None:
     done = run("import meshlib, meshlib.testing", absent=(package,))
     assert done.returncode == 0, done.stderr
+
+
+def test_breaker_state_names_are_pybreakers() -> None:
+    """meshlib.policies.breaker compares states with its own copies of pybreaker's names, so
+    that it need not import pybreaker until the first breaker is made."""
+    import pybreaker
+
+    from meshlib.policies import breaker
+
+    assert (breaker._CLOSED, breaker._OPEN, breaker._HALF_OPEN) == (
+        pybreaker.STATE_CLOSED,
+        pybreaker.STATE_OPEN,
+        pybreaker.STATE_HALF_OPEN,
+    )

@@ -37,23 +37,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Literal, ParamSpec, Protocol, TypeVar, cast
-
-import pybreaker
+from typing import TYPE_CHECKING, Final, Literal, ParamSpec, Protocol, TypeVar, cast
 
 from meshlib.clock import SYSTEM_CLOCK, Clock, SystemClock
 from meshlib.errors import CircuitOpenError, ConfigError, DeadlineExceeded
 
 if TYPE_CHECKING:
+    import pybreaker
+
     from meshlib.config.model import ConnectionPoolSettings
+    from meshlib.policies._pybreaker import ClockedMemoryStorage
 
 __all__ = [
     "DEFAULT_FAILURE_OUTCOMES",
@@ -90,6 +89,12 @@ DEFAULT_FAILURE_OUTCOMES: Final = frozenset({"5xx", "connect-failure", "timeout"
 
 _GATEWAY_ERRORS: Final = frozenset({502, 503, 504})
 _SETTINGS_FILE: Final = "BreakerSettings"
+
+# pybreaker's state names (pybreaker itself is imported when the first breaker is made: it
+# imports redis, when installed, which loads much more)
+_CLOSED: Final = "closed"
+_OPEN: Final = "open"
+_HALF_OPEN: Final = "half-open"
 
 
 # --------------------------------------------------------------------------- settings
@@ -176,113 +181,11 @@ class _OpenClock(Protocol):
     def seconds_open(self) -> float | None: ...
 
 
-class _ClockedMemoryStorage(pybreaker.CircuitMemoryStorage):
-    """pybreaker's in-memory storage, remembering *when* the circuit opened on the injected clock.
-
-    pybreaker stamps ``opened_at`` with ``datetime.now()`` in ``CircuitBreaker.open``; that
-    datetime is kept for display, and the monotonic ``Clock.now()`` of the same moment is kept
-    beside it. The open timeout is measured on the latter, so a fake clock drives it in tests.
-    """
-
-    def __init__(self, clock: Clock) -> None:
-        super().__init__(pybreaker.STATE_CLOSED)
-        self._clock = clock
-        self._opened_at_clock: float | None = None
-
-    @property
-    def opened_at(self) -> datetime | None:
-        return self._opened_at
-
-    @opened_at.setter
-    def opened_at(self, value: datetime) -> None:
-        self._opened_at = value
-        self._opened_at_clock = self._clock.now()
-
-    def seconds_open(self) -> float | None:
-        opened = self._opened_at_clock
-        return None if opened is None else self._clock.now() - opened
-
-
-# The property of pybreaker's Redis storage, called explicitly by the subclass below.
-_REDIS_OPENED_AT: Any = pybreaker.CircuitRedisStorage.__dict__["opened_at"]
-
-
-class _ClockedRedisStorage(pybreaker.CircuitRedisStorage):
-    """pybreaker's Redis storage, with ``opened_at`` taken from the injected clock's wall time.
-
-    Processes share the moment the circuit opened, so it must be wall time (``Clock.wall()``
-    when the clock has it, the system's otherwise). pybreaker keeps it in whole seconds, so a
-    shared breaker's reset timeout has a resolution of one second.
-    """
-
-    def __init__(self, clock: Clock, client: object, namespace: str) -> None:
-        wall = getattr(clock, "wall", None)
-        self._wall: Callable[[], float] = (
-            cast("Callable[[], float]", wall) if callable(wall) else SYSTEM_CLOCK.wall
-        )
-        super().__init__(pybreaker.STATE_CLOSED, cast("Any", client), namespace=namespace)
-
-    @property
-    def opened_at(self) -> datetime | None:
-        return cast("datetime | None", _REDIS_OPENED_AT.__get__(self, type(self)))
-
-    @opened_at.setter
-    def opened_at(self, value: datetime) -> None:
-        _REDIS_OPENED_AT.__set__(self, datetime.fromtimestamp(self._wall(), timezone.utc))
-
-    def seconds_open(self) -> float | None:
-        opened = self.opened_at
-        return None if opened is None else self._wall() - opened.timestamp()
-
-
-def _redis_storage(destination: str, target: object, clock: Clock) -> _ClockedRedisStorage:
-    """pybreaker's ``CircuitRedisStorage`` for ``destination``; ``redis`` is imported only here."""
-    missing = (
-        "shared breaker state needs the 'redis' package (pip install redis), "
-        "or leave redis unset to keep the state in this process"
-    )
-    client = target
-    if isinstance(target, str):
-        try:  # an optional dependency, imported only when configured
-            redis: Any = importlib.import_module("redis")
-        except ImportError as exc:
-            raise ConfigError.single(_SETTINGS_FILE, 0, "redis", missing) from exc
-        try:
-            client = redis.Redis.from_url(target)
-        except ValueError as exc:
-            raise ConfigError.single(
-                _SETTINGS_FILE, 0, "redis", f"invalid redis URL {target!r}: {exc}"
-            ) from exc
-    if not pybreaker.HAS_REDIS_SUPPORT:
-        raise ConfigError.single(_SETTINGS_FILE, 0, "redis", missing)
-    try:
-        return _ClockedRedisStorage(clock, client, namespace=f"meshlib:{destination}")
-    except Exception as exc:  # pybreaker initialises its keys at once: redis must be reachable
-        raise ConfigError.single(
-            _SETTINGS_FILE, 0, "redis", f"cannot set up shared breaker state: {exc}"
-        ) from exc
-
-
 # --------------------------------------------------------------------------- breaker
 
 
 class _OutcomeError(Exception):
     """The exception pybreaker's state machine records for a failed *outcome* (no exception)."""
-
-
-class _TransitionListener(pybreaker.CircuitBreakerListener):
-    """Forwards pybreaker's state changes to the owning ``Breaker``."""
-
-    def __init__(self, owner: Breaker) -> None:
-        self._owner = owner
-
-    def state_change(
-        self,
-        cb: pybreaker.CircuitBreaker,
-        old_state: pybreaker.CircuitBreakerState | None,
-        new_state: pybreaker.CircuitBreakerState,
-    ) -> None:
-        self._owner._state_changed(old_state, new_state)
 
 
 _SUCCESS: Final = 0
@@ -405,6 +308,7 @@ class Breaker:
         "_storage",
         "_trial",
         "_trial_since",
+        "_tripped",
         "destination",
         "settings",
     )
@@ -427,21 +331,24 @@ class Breaker:
         self._on_transition = on_transition
         self._trial: Ticket | None = None
         self._trial_since = 0.0
-        storage: _ClockedMemoryStorage | _ClockedRedisStorage
+        from meshlib.policies import _pybreaker  # noqa: PLC0415 - pybreaker loads redis
+
+        storage: _pybreaker.ClockedMemoryStorage | _pybreaker.ClockedRedisStorage
         if settings.redis is None:
-            storage = _ClockedMemoryStorage(clock)
+            storage = _pybreaker.ClockedMemoryStorage(clock)
         else:
-            storage = _redis_storage(destination, settings.redis, clock)
+            storage = _pybreaker.redis_storage(destination, settings.redis, clock)
         self._storage: _OpenClock = storage
-        self._memory: _ClockedMemoryStorage | None = (
-            storage if isinstance(storage, _ClockedMemoryStorage) else None
+        self._memory: ClockedMemoryStorage | None = (
+            storage if isinstance(storage, _pybreaker.ClockedMemoryStorage) else None
         )
-        self._cb = pybreaker.CircuitBreaker(
+        self._tripped: type[Exception] = _pybreaker.CircuitBreakerError
+        self._cb = _pybreaker.CircuitBreaker(
             fail_max=settings.failure_threshold,
             reset_timeout=settings.reset_timeout,
             success_threshold=settings.success_threshold,
             exclude=list(exclude),
-            listeners=[_TransitionListener(self)],
+            listeners=[_pybreaker.TransitionListener(self._state_changed)],
             state_storage=storage,
             name=destination,
             throw_new_error_on_trip=True,
@@ -476,15 +383,15 @@ class Breaker:
         """Permission for one call, or ``CircuitOpenError`` (flag ``UO``) when the circuit is
         open or a half-open trial is already in flight. Settle the ticket with the outcome."""
         memory = self._memory
-        if memory is not None and memory.state == pybreaker.STATE_CLOSED:
+        if memory is not None and memory.state == _CLOSED:
             return Ticket(self)  # closed, in this process's memory: nothing to decide
         with self._lock:
             state = self._cb.state
             name = state.name
-            if name == pybreaker.STATE_CLOSED:
+            if name == _CLOSED:
                 return Ticket(self)
             now = self._clock.now()
-            if name == pybreaker.STATE_OPEN:
+            if name == _OPEN:
                 opened_for = self._storage.seconds_open()
                 if opened_for is not None and opened_for < self._cb.reset_timeout:
                     raise self._refusal("circuit breaker is open")
@@ -523,7 +430,7 @@ class Breaker:
             and memory is not None
             and ticket is not self._trial
             and memory.counter == 0
-            and memory.state == pybreaker.STATE_CLOSED
+            and memory.state == _CLOSED
         ):
             ticket._settled = True  # a success with no failure counted: nothing to reset
             return
@@ -535,16 +442,16 @@ class Breaker:
             if trial:
                 self._trial = None
             state = self._cb.state
-            if state.name == pybreaker.STATE_HALF_OPEN and not trial:
+            if state.name == _HALF_OPEN and not trial:
                 return  # only the trial decides a half-open circuit
             if outcome == _SUCCESS:
                 state._handle_success()
             elif outcome == _FAILURE:
                 # On a trip pybreaker raises CircuitBreakerError: the call that tripped keeps
                 # its own outcome; only later calls fail fast.
-                with contextlib.suppress(pybreaker.CircuitBreakerError):
+                with contextlib.suppress(self._tripped):
                     state._handle_error(error or _OutcomeError("failure"), reraise=False)
-            elif trial and state.name == pybreaker.STATE_HALF_OPEN:
+            elif trial and state.name == _HALF_OPEN:
                 self._cb.open()  # abandoned trial: open again, as Hystrix does
 
     def _state_changed(
