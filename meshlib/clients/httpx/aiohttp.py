@@ -5,19 +5,24 @@ through an ``aiohttp.ClientSession`` and hands back an ``httpx.Response`` whose 
 from aiohttp's connection. Everything above it — ``httpx.AsyncClient`` (auth, cookies, hooks,
 redirects, decoding) and meshlib's ``AsyncMeshTransport`` — works unchanged:
 
-* aiohttp does no work of its own that httpx already does: no cookie jar, no redirects, no
-  decompression (httpx decodes ``content-encoding``), no retry of a request on a reused
-  connection, and no headers of its own (``Accept``, ``Accept-Encoding``, ``User-Agent`` and
-  ``Content-Type`` are sent only when httpx sends them).
+* It stands on aiohttp's public API alone (``ClientSession.request``, ``ClientTimeout``,
+  ``ClientResponse.content``). aiohttp does no work of its own that httpx already does: no
+  cookie jar, no redirects, no decompression (httpx decodes ``content-encoding``), and no
+  headers of its own (``Accept``, ``Accept-Encoding``, ``User-Agent`` and ``Content-Type`` are
+  sent only when httpx sends them). One thing aiohttp does that no public setting turns off:
+  an idempotent request whose reused keep-alive connection turns out closed before an answer
+  is sent once more on a new connection (RFC 9112 §9.3.1), inside the one attempt the mesh
+  counts.
 * ``request.extensions["timeout"]`` is applied per request: ``connect`` bounds connecting,
   ``read`` each read (as in httpx), ``pool`` plus ``connect`` the wait for a free connection
   and connecting together. aiohttp has no write timeout. A connect, read or pool timeout of
   zero or less has run out: the request fails at once with httpx's timeout for it, unsent
   (aiohttp would take 0 for "no timeout").
 * The current deadline (``meshlib.deadline``, which the mesh sets) bounds the whole exchange:
-  one event-loop timer, armed for it, ends the wait for a connection, the send, the response
-  head and every read of the body however the upstream paces its bytes (``ReadTimeout``). A
-  request begun with nothing left fails at once, unsent.
+  one event-loop timer, armed for it, cancels the wait for a connection, the send and the
+  response head, and every read of the body however the upstream paces its bytes
+  (``ReadTimeout``), each read by the deadline current when it is made. A request begun with
+  nothing left fails at once, unsent.
 * aiohttp's and asyncio's errors become the httpx exceptions meshlib classifies (``request``
   set): refused or failed connects ``ConnectError``, a connect or pool time-out
   ``ConnectTimeout``, a read time-out ``ReadTimeout``, a connection closed before or during
@@ -26,13 +31,13 @@ redirects, decoding) and meshlib's ``AsyncMeshTransport`` — works unchanged:
 
 The session is made on first use inside the running event loop and belongs to that loop: a
 request from another loop (a new one per test, or a caller's own) gets a new session, and the
-old one is closed as far as its loop still allows. HTTP/1.1 only.
+old one is closed when its loop still runs (else let go of: its sockets close when collected).
+HTTP/1.1 only.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import ssl
 from collections.abc import AsyncIterator
@@ -40,10 +45,6 @@ from typing import Any
 
 import aiohttp
 import httpx
-from aiohttp.client_reqrep import ClientRequest, ClientResponse
-from aiohttp.helpers import TimerNoop
-from aiohttp.http import HttpVersion10
-from aiohttp.streams import EMPTY_PAYLOAD
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -53,8 +54,6 @@ __all__ = ["AiohttpResponseStream", "AiohttpTransport"]
 
 #: aiohttp adds these when a request lacks them; httpx's request is sent as it is.
 _SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
-_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent")
-_BODY_METHODS = frozenset(ClientRequest.POST_METHODS)
 #: Distinct timeout settings remembered (per-try timeouts under a deadline vary per call).
 _TIMEOUT_CACHE_SIZE = 256
 #: No timer is rounded up to a whole second (aiohttp's default above 5 s).
@@ -64,18 +63,12 @@ _HTTP_11 = b"HTTP/1.1"
 _HTTP_10 = b"HTTP/1.0"
 #: Header and status lines as long as h11 (httpx) takes them.
 _MAX_LINE = 16384
-_READ_BUFSIZE = 2**16
-_NO_TIMER = TimerNoop()
-_NO_TRACES: list[Any] = []
 #: httpx's timeouts aiohttp applies, and the exception for one that has run out already.
 _SPENT: tuple[tuple[str, type[httpx.TimeoutException]], ...] = (
     ("pool", httpx.PoolTimeout),
     ("connect", httpx.ConnectTimeout),
     ("read", httpx.ReadTimeout),
 )
-#: The aiohttp releases whose internals the direct send path was checked against; with any
-#: other, requests go through ``ClientSession.request`` (a little more work per request).
-_DIRECT = tuple(int(part) for part in aiohttp.__version__.split(".")[:2]) == (3, 14)
 
 
 class _Clock:
@@ -189,22 +182,10 @@ class AiohttpResponseStream(httpx.AsyncByteStream):
         response = self._response
         if response is not None:
             self._response = None
-            self._content = EMPTY_PAYLOAD
+            self._content = aiohttp.EMPTY_PAYLOAD
             if self._clock is not None:
                 self._clock.disarm()
             response.release()
-
-
-class _Request(ClientRequest):
-    """aiohttp's request, taking the headers it is given as they are: a ``CIMultiDict`` made
-    for this request alone, in httpx's order (aiohttp would copy them one by one)."""
-
-    def update_headers(self, headers: Any) -> None:
-        self.headers = headers
-        if "Host" not in headers:
-            host = self.url.host_port_subcomponent
-            assert host is not None
-            headers["Host"] = host
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
@@ -215,10 +196,6 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     counterpart in aiohttp and is not used. ``verify`` is ``True``/``False`` or an
     ``ssl.SSLContext``, as in httpx.
     """
-
-    #: Send through aiohttp's connector and request objects, without ``ClientSession.request``
-    #: (its cookies, proxies, auth, redirects, middlewares and traces, none of them used here).
-    direct = _DIRECT
 
     def __init__(
         self,
@@ -258,9 +235,6 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             max_line_size=_MAX_LINE,
             max_field_size=_MAX_LINE,
         )
-        # aiohttp silently sends an idempotent request again when a reused connection fails;
-        # the mesh decides about retries (and counts attempts) itself.
-        session._retry_connection = False
         self._session, self._loop = session, loop
         return session
 
@@ -274,25 +248,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         timeout = self._timeout(request.extensions.get("timeout"), request)
         deadline = current()
         clock: _Clock | None = None
-        read_timeout = timeout.sock_read
         if deadline is not None:
-            left = deadline.at - deadline.now()
-            if left <= 0:
+            if deadline.at - deadline.now() <= 0:
                 raise httpx.ConnectTimeout("the deadline passed", request=request)
-            if not self.direct:  # aiohttp's own total timeout: the request, its body too
-                timeout = aiohttp.ClientTimeout(
-                    total=left,
-                    connect=timeout.connect,
-                    sock_connect=timeout.sock_connect,
-                    sock_read=timeout.sock_read,
-                    ceil_threshold=_EXACT,
-                )
-            else:
-                clock = _Clock(loop)
-                if read_timeout is None or left <= read_timeout:
-                    # every read ends by the deadline before it could wait that long: aiohttp
-                    # need not re-arm a timer of its own for each chunk that arrives
-                    read_timeout = None
+            clock = _Clock(loop)
         raw = request.headers.raw
         try:
             headers = CIMultiDict([(k.decode("ascii"), v.decode("utf-8")) for k, v in raw])
@@ -308,16 +267,25 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         url = request.url
         # httpx has turned credentials in the URL into an Authorization header already.
         target = URL(str(url if not url.userinfo else url.copy_with(userinfo=b"")), encoded=True)
+        sending = session.request(
+            request.method,
+            target,
+            headers=headers,
+            data=data,
+            allow_redirects=False,
+            timeout=timeout,
+            server_hostname=request.extensions.get("sni_hostname"),
+        )
         try:
-            if clock is not None:
+            if clock is None:
+                response = await sending
+            else:
                 # armed until the response is closed: when the body's reads are bounded by the
                 # same deadline (no per-try timeout), the timer stays as it is
                 clock.arm(deadline)
                 clock.waiting = asyncio.current_task()
                 try:
-                    response = await self._send(
-                        session, loop, request, target, headers, data, timeout, read_timeout
-                    )
+                    response = await sending
                 except asyncio.CancelledError:
                     clock.disarm()
                     expired = clock.timed_out(request)
@@ -329,20 +297,6 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                     raise
                 finally:
                     clock.waiting = None
-            elif self.direct:
-                response = await self._send(
-                    session, loop, request, target, headers, data, timeout, read_timeout
-                )
-            else:
-                response = await session.request(
-                    request.method,
-                    target,
-                    headers=headers,
-                    data=data,
-                    allow_redirects=False,
-                    timeout=timeout,
-                    server_hostname=request.extensions.get("sni_hostname"),
-                )
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
             raise httpx_error(exc, request) from exc
         return httpx.Response(
@@ -350,78 +304,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             headers=response.raw_headers,
             stream=AiohttpResponseStream(response, request, clock),
             extensions={
-                "http_version": _HTTP_10 if response.version == HttpVersion10 else _HTTP_11,
+                "http_version": _HTTP_10 if response.version == aiohttp.HttpVersion10 else _HTTP_11,
                 "reason_phrase": (response.reason or "").encode("latin-1", "replace"),
             },
         )
-
-    async def _send(
-        self,
-        session: aiohttp.ClientSession,
-        loop: asyncio.AbstractEventLoop,
-        request: httpx.Request,
-        url: URL,
-        headers: CIMultiDict[str],
-        data: Any,
-        timeout: aiohttp.ClientTimeout,
-        read_timeout: float | None,
-    ) -> ClientResponse:
-        """What ``ClientSession.request`` does for a request of this transport: connection,
-        request line and headers, body, response head; no more. ``read_timeout`` bounds each
-        wait for data (None: aiohttp arms no timer for it)."""
-        method = request.method
-        if url.scheme not in ("http", "https"):
-            raise aiohttp.NonHttpUrlClientError(url)
-        skip: tuple[str, ...] | None = None
-        if data is not None or method in _BODY_METHODS:
-            skip = _SKIP_AUTO_HEADERS  # no Content-Type of aiohttp's
-        else:
-            for name in _AUTO_HEADERS:
-                if name not in headers:
-                    skip = _SKIP_AUTO_HEADERS
-                    break
-        req = _Request(
-            method,
-            url,
-            headers=headers,
-            skip_auto_headers=skip,
-            data=data,
-            loop=loop,
-            response_class=ClientResponse,
-            timer=_NO_TIMER,
-            session=session,
-            server_hostname=request.extensions.get("sni_hostname"),
-        )
-        connector = session.connector
-        assert connector is not None
-        try:
-            conn = await connector.connect(req, traces=_NO_TRACES, timeout=timeout)
-        except asyncio.TimeoutError as exc:
-            raise aiohttp.ConnectionTimeoutError(f"Connection timeout to host {url}") from exc
-        protocol = conn.protocol
-        assert protocol is not None
-        protocol.set_response_params(
-            timer=_NO_TIMER,
-            skip_payload=method == "HEAD",
-            read_until_eof=True,
-            auto_decompress=False,
-            read_timeout=read_timeout,
-            read_bufsize=_READ_BUFSIZE,
-            timeout_ceil_threshold=_EXACT,
-            max_line_size=_MAX_LINE,
-            max_field_size=_MAX_LINE,
-        )
-        try:
-            response = await req.send(conn)
-            try:
-                await response.start(conn)
-            except BaseException:
-                response.close()
-                raise
-        except BaseException:
-            conn.close()
-            raise
-        return response
 
     def _timeout(self, values: Any, request: httpx.Request) -> aiohttp.ClientTimeout:
         """aiohttp's timeouts for httpx's ``{"connect", "read", "write", "pool"}`` (cached).
@@ -479,12 +365,9 @@ def _retire(session: aiohttp.ClientSession, loop: asyncio.AbstractEventLoop) -> 
     if loop.is_running() and not loop.is_closed():  # running in another thread
         asyncio.run_coroutine_threadsafe(session.close(), loop)
         return
-    connector = session.connector
-    if connector is not None:
-        # No loop runs the close for us: drop the pool now (its sockets close with their
-        # transports), and mark the session closed so it does not warn when collected.
-        with contextlib.suppress(Exception):
-            connector._close()
+    # No loop runs the close for us, and aiohttp has no public way to close a pool outside its
+    # loop: let go of the pool (its sockets close when collected), and mark the session closed
+    # so that it does not warn when collected.
     session.detach()
 
 
