@@ -457,3 +457,19 @@ async def test_an_upstreams_own_flags_header_never_passes_for_the_meshs(
     assert FLAGS not in response.headers
     assert response.headers["x-a"] == "b"
     assert [name for name, _ in response.raw_headers].count(b"x-a") == 1
+
+
+async def test_the_response_is_for_the_url_the_caller_asked_for(misbehaving: Misbehaving) -> None:
+    """aiohttp sent the attempt to the endpoint's address; the caller's response, and the
+    cookies the session keeps from it, are the service's."""
+    from yarl import URL
+
+    mesh = Mesh.from_yaml(chaos_config(misbehaving.address), seed=1)
+    async with mesh.aiohttp_session() as session:
+        url = "http://chaos/status/aio?code=200&header=set-cookie:flavour=mint"
+        async with session.get(url) as response:
+            await response.read()
+        kept = session.cookie_jar.filter_cookies(URL("http://chaos/status/next"))
+    assert response.url == URL(url)
+    assert response.request_info.url == URL(url)
+    assert kept["flavour"].value == "mint"

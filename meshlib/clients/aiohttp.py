@@ -24,12 +24,14 @@ What a caller sees:
   aiohttp 3.15, else the session's) as the caller's bound, so no try starts after it.
 
 What aiohttp's public API does not offer, and how this module does it (``docs/clients.md``):
-a middleware cannot make a ``ClientResponse`` of its own nor change an upstream response's
-headers. Local replies are built with ``ClientResponse``'s constructor (keyword arguments
-matched to the installed aiohttp's) and a ``StreamReader`` holding the body; the headers of a
-response the mesh changed (flags, VirtualService header operations, the peer metadata it
-removes) are replaced through ``_headers``/``_raw_headers``. Both are in ``_local_response``
-and ``_replace_headers`` alone, tested against the aiohttp meshlib pins.
+a middleware cannot make a ``ClientResponse`` of its own, nor change an upstream response's
+headers or URL. Local replies are built with ``ClientResponse``'s constructor (keyword
+arguments matched to the installed aiohttp's) and a ``StreamReader`` holding the body; the
+headers of a response the mesh changed (flags, VirtualService header operations, the peer
+metadata it removes) are replaced through ``_headers``/``_raw_headers``, and its request info
+(aiohttp made it for the endpoint's address) through ``_request_info``. These are in
+``_local_response``, ``_replace_headers`` and ``_replace_request_info`` alone, tested against
+the aiohttp meshlib pins.
 """
 
 from __future__ import annotations
@@ -277,6 +279,16 @@ def _replace_headers(
         cache.pop("raw_headers", None)
 
 
+def _replace_request_info(response: aiohttp.ClientResponse, info: aiohttp.RequestInfo) -> None:
+    """Give ``response`` the request as the caller sent it (``info``): aiohttp took its own
+    from the attempt, sent to the endpoint's address (the response's ``url`` is the caller's
+    already: aiohttp makes it from ``original_url``)."""
+    response._request_info = info
+    cache = getattr(response, "_cache", None)
+    if isinstance(cache, dict):  # cached on first read
+        cache.pop("request_info", None)
+
+
 class _AttemptBody(httpx.AsyncByteStream):
     """The pipeline's view of an attempt's body: aiohttp's own response reads it. Closed
     (a response the pipeline discards, to retry), it releases aiohttp's response."""
@@ -399,11 +411,14 @@ class MeshMiddleware:
         req: aiohttp.ClientRequest,
         handler: Callable[[aiohttp.ClientRequest], Any],
     ) -> aiohttp.ClientResponse:
+        url, headers = req.url, req.headers
         request = await _httpx_request(req, handler)
         try:
             response = await self._transport.handle_async_request(request)
         except (MeshRequestError, httpx.TransportError) as exc:
             raise aiohttp_error(exc) from exc
+        finally:  # the caller's request as it sent it (the attempts went to the endpoints)
+            req.url, req.headers = url, headers
         answer = response.extensions.get(_ANSWER)
         if answer is None:  # the mesh's own reply, or one through its TLS pools
             try:
@@ -416,6 +431,8 @@ class MeshMiddleware:
         raw = response.headers.raw
         if len(raw) != len(answer.raw_headers) or raw != list(answer.raw_headers):
             _replace_headers(answer, tuple(raw))
+        if answer.request_info.url is not url:
+            _replace_request_info(answer, req.request_info)
         answer.mesh = response.extensions.get("mesh")
         stream = response.stream
         if not isinstance(stream, _AttemptBody):  # the pipeline waits for the body's end
