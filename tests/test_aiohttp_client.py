@@ -473,3 +473,52 @@ async def test_the_response_is_for_the_url_the_caller_asked_for(misbehaving: Mis
     assert response.url == URL(url)
     assert response.request_info.url == URL(url)
     assert kept["flavour"].value == "mint"
+
+
+# --------------------------------------------------------------------------- mTLS
+
+
+async def test_istio_mutual_is_originated_with_the_workload_identity(tmp_path: Any) -> None:
+    """A destination with ``ISTIO_MUTUAL`` is called over mutual TLS with this workload's
+    identity; the upstream's SPIFFE ID is checked and shown on the MeshInfo; a server with the
+    wrong identity gets no byte of the request and the caller an error of both families."""
+    from meshlib.errors import UpstreamTLSError
+    from meshlib.security.ca import CertificateAuthority
+    from meshlib.security.identity import SpiffeId
+    from tests.security.test_outbound_tls import (
+        PRODUCTPAGE,
+        REVIEWS,
+        Server,
+        config,
+        tls_rule,
+        workload_context,
+    )
+
+    ca = CertificateAuthority.init(tmp_path / "ca")
+    good = Server(workload_context(ca.issue(REVIEWS)))
+    impostor = Server(workload_context(ca.issue(SpiffeId("cluster.local", "default", "other"))))
+    rule = tls_rule(f"{{mode: ISTIO_MUTUAL, subjectAltNames: [{REVIEWS.uri}]}}")
+    try:
+        mesh = Mesh.from_yaml(config(ca, good.port, rules=rule))
+        async with (
+            mesh.aiohttp_session() as session,
+            session.get("http://reviews:9080/reviews/0") as response,
+        ):
+            seen = await response.json()
+        info = mesh_info(response)
+        assert response.status == 200
+        assert seen["peer"] == PRODUCTPAGE  # the server saw our identity
+        assert info is not None
+        assert info.tls == "ISTIO_MUTUAL"
+        assert info.peer_identity == REVIEWS.uri
+
+        wrong = Mesh.from_yaml(config(ca, impostor.port, rules=rule))
+        async with wrong.aiohttp_session() as session:
+            with pytest.raises(aiohttp.ClientConnectionError) as caught:
+                await session.get("http://reviews:9080/reviews/0")
+        assert isinstance(caught.value, UpstreamTLSError)
+        assert caught.value.flag == "UF"
+        assert impostor.requests == 0
+    finally:
+        good.close()
+        impostor.close()
