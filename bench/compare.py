@@ -503,11 +503,11 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         aa_p50,
     )
 
-    # async c=32: meshlib on aiohttp against aiohttp and bare httpx
+    # async c=32: meshlib's aiohttp middleware against bare aiohttp and bare httpx
     aa_tp = get("async-c32", "a-httpx-aa", "ratio", "throughput")
     skipped = result["workloads"].get("async-c32", {}).get("skipped", {})
     for against, want, limit in (("aiohttp", "≥ 0.8×", 0.8), ("a-httpx", "≥ 5×", 5.0)):
-        value = get("async-c32", "a-meshlib-aiohttp", "throughput_per_s")
+        value = get("async-c32", "a-meshlib-aiomw", "throughput_per_s")
         other = get("async-c32", against, "throughput_per_s")
         ratio = value / other if value is not None and other else None
         shown = (
@@ -516,11 +516,11 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
             if ratio is not None and value is not None and other is not None
             else "–"
         )
-        if "a-meshlib-aiohttp" in skipped:
-            shown = f"not measured: {skipped['a-meshlib-aiohttp']}"
+        if "a-meshlib-aiomw" in skipped:
+            shown = f"not measured: {skipped['a-meshlib-aiomw']}"
         label = "aiohttp" if against == "aiohttp" else "bare httpx.AsyncClient"
         add(
-            f"async c=32 throughput, meshlib on aiohttp / {label}",
+            f"async c=32 throughput, meshlib's aiohttp middleware / {label}",
             want,
             ratio,
             None if ratio is None else ratio >= limit,
