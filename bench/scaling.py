@@ -206,10 +206,10 @@ def pick_probe(mesh: Mesh, *, retry: bool = False) -> tuple[Probe, Any]:
     assert target is not None
     cluster = mesh.cluster(target, view.port)
     balancer, lb = cluster.balancer, cluster.consistent_hash
-    source, params, headers = mesh.source_address, view.params, request.headers
+    source, query, headers = mesh.source_address, view.query, request.headers
 
     def key() -> int | None:
-        return hash_key(lb, headers, params, source) if lb is not None else None
+        return hash_key(lb, headers, query, source) if lb is not None else None
 
     tried: list[Any] = []
     if retry:
@@ -219,7 +219,7 @@ def pick_probe(mesh: Mesh, *, retry: bool = False) -> tuple[Probe, Any]:
 
     def pick() -> object:
         endpoints = cluster.endpoints()
-        hashed = hash_key(lb, headers, params, source) if lb is not None else None
+        hashed = hash_key(lb, headers, query, source) if lb is not None else None
         return balancer.choose(endpoints, hashed, tried)
 
     chosen = pick()
@@ -490,7 +490,7 @@ def bench_endpoints(
 
 def _changed_note(balancer: str) -> str:
     if balancer == "consistentHash":
-        return "the ring is rebuilt: up to 131,072 entries"
+        return "Envoy's ring is rebuilt (1,024 entries to 2,000 here); known endpoints' hashes kept"
     return "the picker's weight table is rebuilt"
 
 

@@ -76,14 +76,17 @@ success-rate ejection off), nor is ``warmup`` (slow start).
 from __future__ import annotations
 
 import bisect
-import hashlib
+import contextlib
 import math
 import random
+import socket
 import threading
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import accumulate, islice
 from typing import Protocol
+
+from xxhash import xxh64_intdigest as _xxh64
 
 from meshlib.clock import Clock
 from meshlib.config import model as m
@@ -92,8 +95,15 @@ from meshlib.discovery import Endpoint
 DEFAULT_MINIMUM_RING_SIZE = 1024
 """Istio's and Envoy's default ``minimumRingSize``."""
 
-MAXIMUM_RING_SIZE = 1 << 17
-"""Ring entries at most; past this the entries per unit of weight shrink."""
+DEFAULT_MAXIMUM_RING_SIZE = 8 * 1024 * 1024
+"""Envoy's default ``maximum_ring_size`` (Istio does not set it)."""
+
+DEFAULT_MAGLEV_TABLE_SIZE = 65537
+"""Envoy's default Maglev ``table_size`` (a prime)."""
+
+MAGLEV_RETRY_PROBES = 5
+"""Slots a retry's Maglev pick tries (Envoy's key mutation per attempt) before it takes an
+untried endpoint by the key modulo their count."""
 
 LEAST_REQUEST_CHOICES = 2
 """Envoy's default ``choice_count``: the power of two choices."""
@@ -111,11 +121,6 @@ EjectListener = Callable[[Endpoint, int], None]
 
 ReturnListener = Callable[[Endpoint], None]
 """Called with an endpoint whose ejection time is over."""
-
-
-def _hash64(text: str) -> int:
-    """A 64-bit hash that is the same in every process and every Python version."""
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
 
 
 def _same(a: Sequence[Endpoint], b: Sequence[Endpoint]) -> bool:
@@ -423,12 +428,61 @@ class LeastRequest:
         return best
 
 
+def host_hash_key(endpoint: Endpoint) -> str:
+    """The string Envoy hashes for an endpoint: its address as ``Address::asString`` prints it.
+
+    ``ip:port`` for IPv4 and ``[ip]:port`` for IPv6 (in ``inet_ntop``'s canonical form: lower
+    case, the longest zero run compressed). A host name (meshlib's registry may hold one where
+    Envoy would hold the address it resolved) is used as written."""
+    host = endpoint.host
+    if ":" in host:
+        # a scoped address ("fe80::1%eth0") or not an address at all stays as written
+        with contextlib.suppress(OSError, ValueError):
+            host = socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, host))
+        return f"[{host}]:{endpoint.port}"
+    return f"{host}:{endpoint.port}"
+
+
+def _weights(endpoints: Sequence[Endpoint]) -> list[float]:
+    """Envoy's normalised host weights: ``weight / sum(weights)`` in double precision."""
+    raw = [ep.weight if ep.weight > 1 else 1 for ep in endpoints]
+    total = sum(raw)
+    return [w * 1.0 / total for w in raw]
+
+
+def ring_layout(
+    endpoints: Sequence[Endpoint],
+    minimum_ring_size: int = DEFAULT_MINIMUM_RING_SIZE,
+    maximum_ring_size: int = DEFAULT_MAXIMUM_RING_SIZE,
+) -> tuple[float, list[int]]:
+    """Envoy's ring sizing: the scale and how many ring entries each endpoint gets.
+
+    ``scale = min(ceil(w_min * minimum) / w_min, maximum)`` over the normalised weights, so the
+    lightest endpoint gets a whole number of entries; then each endpoint in turn gets entries
+    while a running count stays under the running target ``scale * (w_1 + ... + w_i)``. The
+    arithmetic is IEEE double, as in Envoy, so the counts (and with them every entry) match."""
+    weights = _weights(endpoints)
+    lightest = min(1.0, *weights)
+    scale = min(math.ceil(lightest * minimum_ring_size) / lightest, float(maximum_ring_size))
+    counts: list[int] = []
+    current = 0.0
+    target = 0.0
+    for weight in weights:
+        target += scale * weight
+        count = 0
+        while current < target:
+            count += 1
+            current += 1.0
+        counts.append(count)
+    return scale, counts
+
+
 @dataclass(frozen=True, slots=True)
 class _Ring:
     """The ring: sorted entries, each one int ``hash << shift | i`` for its owner
     ``endpoints[i]``. Sorted, they order as the pairs (hash, i) would, and the ring is built
-    without a tuple per entry or a second pass to split them (a ring has up to 131,072 entries
-    and is rebuilt on the request path whenever the endpoints change)."""
+    without a tuple per entry or a second pass to split them (it is rebuilt on the request path
+    whenever the endpoints change)."""
 
     endpoints: tuple[Endpoint, ...]
     entries: tuple[int, ...]
@@ -439,17 +493,30 @@ class _Ring:
 
 
 class RingHash:
-    """Consistent hashing on a ring of 64-bit hashes (Envoy's ``RING_HASH``)."""
+    """Envoy's ``RING_HASH`` ("ketama"): the same ring, entry for entry, as an Envoy sidecar's.
 
-    __slots__ = ("_lock", "_minimum_ring_size", "_points", "_ring", "_rng")
+    Each endpoint ``e`` puts entries ``xxHash64("<address of e>_<i>")`` (seed 0) for ``i = 0, 1,
+    ...`` on a ring of 64-bit hashes, as many as ``ring_layout`` gives it; a request goes to the
+    first entry at or after its key, wrapping around to the first entry."""
+
+    __slots__ = ("_lock", "_maximum_ring_size", "_minimum_ring_size", "_points", "_ring", "_rng")
 
     def __init__(
-        self, rng: random.Random, minimum_ring_size: int = DEFAULT_MINIMUM_RING_SIZE
+        self,
+        rng: random.Random,
+        minimum_ring_size: int = DEFAULT_MINIMUM_RING_SIZE,
+        maximum_ring_size: int = DEFAULT_MAXIMUM_RING_SIZE,
     ) -> None:
         if minimum_ring_size < 1:
             raise ValueError("minimum_ring_size must be at least 1")
+        if minimum_ring_size > maximum_ring_size:
+            raise ValueError(
+                f"ring hash: minimum_ring_size ({minimum_ring_size}) > "
+                f"maximum_ring_size ({maximum_ring_size})"
+            )
         self._rng = rng
         self._minimum_ring_size = minimum_ring_size
+        self._maximum_ring_size = maximum_ring_size
         self._lock = threading.Lock()
         self._ring: _Ring | None = None
         self._points: dict[str, tuple[int, ...]] = {}
@@ -457,6 +524,18 @@ class RingHash:
     @property
     def minimum_ring_size(self) -> int:
         return self._minimum_ring_size
+
+    @property
+    def maximum_ring_size(self) -> int:
+        return self._maximum_ring_size
+
+    def ring(self, endpoints: Sequence[Endpoint]) -> list[tuple[int, Endpoint]]:
+        """The ring for ``endpoints`` as sorted (hash, endpoint) pairs, for inspection."""
+        if not endpoints:
+            return []
+        ring = self._ring_for(endpoints)
+        mask = (1 << ring.shift) - 1
+        return [(e >> ring.shift, ring.endpoints[e & mask]) for e in ring.entries]
 
     def pick(
         self,
@@ -467,11 +546,11 @@ class RingHash:
         n = len(endpoints)
         if n <= 1:
             return endpoints[0] if n else None
-        ring = self._ring
-        if ring is None or not _same(ring.endpoints, endpoints):
-            ring = self._build(endpoints)
-        key = hash_key & _MASK64 if hash_key is not None else self._rng.getrandbits(64)
+        ring = self._ring_for(endpoints)
         entries = ring.entries
+        if not entries:  # a maximum ring size below the endpoint count can leave it empty
+            return None
+        key = hash_key & _MASK64 if hash_key is not None else self._rng.getrandbits(64)
         # the first entry whose hash is >= key: (key << shift) sorts before (key << shift | i)
         index = bisect.bisect_left(entries, key << ring.shift)
         if index == len(entries):
@@ -483,7 +562,8 @@ class RingHash:
 
     @staticmethod
     def _walk(ring: _Ring, start: int, avoid: Collection[Endpoint]) -> Endpoint:
-        """The first endpoint after ``start`` on the ring that was not tried yet."""
+        """The first endpoint after ``start`` on the ring that was not tried yet (Envoy's walk
+        to the next entry when a retry host predicate rejects a host)."""
         fresh = False
         for ep in ring.endpoints:
             if ep not in avoid:
@@ -497,43 +577,161 @@ class RingHash:
                     return owner
         return ring.owner(start)
 
+    def _ring_for(self, endpoints: Sequence[Endpoint]) -> _Ring:
+        ring = self._ring
+        if ring is None or not _same(ring.endpoints, endpoints):
+            ring = self._build(endpoints)
+        return ring
+
     def _build(self, endpoints: Sequence[Endpoint]) -> _Ring:
         with self._lock:
             ring = self._ring
             if ring is not None and _same(ring.endpoints, endpoints):
                 return ring
             members = tuple(endpoints)
-            units = [ep.weight if ep.weight > 1 else 1 for ep in members]
-            divisor = math.gcd(*units)
-            units = [u // divisor for u in units]
-            per_unit = self._minimum_ring_size
-            total_units = sum(units)
-            if total_units * per_unit > MAXIMUM_RING_SIZE:
-                per_unit = max(1, MAXIMUM_RING_SIZE // total_units)
+            _, counts = ring_layout(members, self._minimum_ring_size, self._maximum_ring_size)
             shift = len(members).bit_length()
+            keys = [host_hash_key(ep) for ep in members]
             entries: list[int] = []
-            for index, (ep, unit) in enumerate(zip(members, units, strict=True)):
-                count = unit * per_unit
-                points = self._points_of(ep.address, count)
+            for index, (key, count) in enumerate(zip(keys, counts, strict=True)):
+                points = self._points_of(key, count)
                 entries += [point << shift | index for point in islice(points, count)]
             entries.sort()
             ring = _Ring(members, tuple(entries), shift)
             self._ring = ring
             if len(self._points) > 2 * len(members) + 16:
-                present = {ep.address for ep in members}
+                present = set(keys)
                 self._points = {k: v for k, v in self._points.items() if k in present}
             return ring
 
-    def _points_of(self, address: str, count: int) -> tuple[int, ...]:
-        """The first ``count`` ring hashes of ``address`` (a longer list shares the prefix)."""
-        known = self._points.get(address, ())
+    def _points_of(self, key: str, count: int) -> tuple[int, ...]:
+        """The first ``count`` ring hashes of ``key`` (a longer list shares the prefix, so an
+        endpoint that keeps its entries when the others change is not hashed again)."""
+        known = self._points.get(key, ())
         if len(known) < count:
-            known += tuple(_hash64(f"{address}_{i}") for i in range(len(known), count))
-            self._points[address] = known
+            prefix = f"{key}_"
+            known += tuple(_xxh64(f"{prefix}{i}".encode()) for i in range(len(known), count))
+            self._points[key] = known
         return known
 
 
+def maglev_table(endpoints: Sequence[Endpoint], table_size: int) -> list[int]:
+    """Envoy's Maglev lookup table: for each of ``table_size`` slots, the index in ``endpoints``
+    of the endpoint that owns it.
+
+    The endpoints are taken in the order of their hash keys (addresses); each has the
+    permutation ``(offset + skip * j) % table_size`` with ``offset = xxHash64(key) % size`` and
+    ``skip = xxHash64(key, seed=1) % (size - 1) + 1``. Round after round, every endpoint whose
+    weight allows it this round (one slot per round at the largest normalised weight, fewer in
+    proportion below it) takes the next free slot of its permutation, until all are taken."""
+    size = table_size
+    order = sorted(range(len(endpoints)), key=lambda i: host_hash_key(endpoints[i]))
+    weights = _weights(endpoints)
+    heaviest = max(0.0, *weights) if weights else 0.0
+    owners = [-1] * size
+    if not endpoints:
+        return owners
+    slots: list[int] = []
+    skips: list[int] = []
+    for i in order:
+        key = host_hash_key(endpoints[i]).encode()
+        slots.append(_xxh64(key) % size)
+        # Envoy divides by size - 1, which a table of size 1 would make zero.
+        skips.append(_xxh64(key, 1) % (size - 1) + 1 if size > 1 else 1)
+    entry_weights = [weights[i] for i in order]
+    targets = [0.0] * len(order)
+    filled = 0
+    iteration = 1
+    while filled < size:
+        for j, index in enumerate(order):
+            if filled >= size:
+                break
+            if iteration * entry_weights[j] < targets[j]:
+                continue
+            targets[j] += heaviest
+            slot, skip = slots[j], skips[j]
+            while owners[slot] >= 0:
+                slot += skip
+                if slot >= size:
+                    slot -= size
+            owners[slot] = index
+            # the next probe of this endpoint starts one step further along its permutation
+            slot += skip
+            slots[j] = slot - size if slot >= size else slot
+            filled += 1
+        iteration += 1
+    return owners
+
+
+@dataclass(frozen=True, slots=True)
+class _MaglevTable:
+    endpoints: tuple[Endpoint, ...]
+    slots: tuple[Endpoint, ...]
+
+
+class Maglev:
+    """Envoy's ``MAGLEV``: the same lookup table, slot for slot, as an Envoy sidecar's; a
+    request goes to slot ``key % table_size``."""
+
+    __slots__ = ("_lock", "_rng", "_table", "_table_size")
+
+    def __init__(self, rng: random.Random, table_size: int = DEFAULT_MAGLEV_TABLE_SIZE) -> None:
+        if table_size < 1:
+            raise ValueError("table_size must be at least 1")
+        self._rng = rng
+        self._table_size = table_size
+        self._lock = threading.Lock()
+        self._table: _MaglevTable | None = None
+
+    @property
+    def table_size(self) -> int:
+        return self._table_size
+
+    def table(self, endpoints: Sequence[Endpoint]) -> tuple[Endpoint, ...]:
+        """The owner of every slot, for inspection."""
+        return self._table_for(endpoints).slots if endpoints else ()
+
+    def pick(
+        self,
+        endpoints: Sequence[Endpoint],
+        hash_key: int | None,
+        avoid: Collection[Endpoint] = (),
+    ) -> Endpoint | None:
+        n = len(endpoints)
+        if n <= 1:
+            return endpoints[0] if n else None
+        slots = self._table_for(endpoints).slots
+        key = hash_key & _MASK64 if hash_key is not None else self._rng.getrandbits(64)
+        size = self._table_size
+        owner = slots[key % size]
+        if not avoid or owner not in avoid:
+            return owner
+        # Envoy's retry host predicate: attempt a flips the key to key ^ (2**64 - a), a new slot.
+        for attempt in range(1, MAGLEV_RETRY_PROBES + 1):
+            other = slots[(key ^ (_MASK64 - attempt + 1)) % size]
+            if other not in avoid:
+                return other
+        fresh = _prefer(endpoints, avoid)
+        return fresh[key % len(fresh)]
+
+    def _table_for(self, endpoints: Sequence[Endpoint]) -> _MaglevTable:
+        table = self._table
+        if table is not None and _same(table.endpoints, endpoints):
+            return table
+        with self._lock:
+            table = self._table
+            if table is not None and _same(table.endpoints, endpoints):
+                return table
+            members = tuple(endpoints)
+            owners = maglev_table(members, self._table_size)
+            table = _MaglevTable(members, tuple(members[i] for i in owners))
+            self._table = table
+            return table
+
+
 def _ring_size(lb: m.ConsistentHashLB) -> int:
+    """Istio's translation: ``ringHash.minimumRingSize``, else the deprecated top-level
+    ``minimumRingSize``, else Envoy's default 1024 (a 0 counts as unset in both)."""
     if lb.ring_hash is not None and lb.ring_hash.minimum_ring_size:
         return lb.ring_hash.minimum_ring_size
     if lb.minimum_ring_size:
@@ -546,8 +744,13 @@ def make_picker(
 ) -> Picker:
     """The picker for a destination's ``loadBalancer`` settings (least request when unset)."""
     if lb is not None:
-        if lb.consistent_hash is not None:
-            return RingHash(rng, _ring_size(lb.consistent_hash))
+        consistent = lb.consistent_hash
+        if consistent is not None:
+            if consistent.maglev is not None:
+                size = consistent.maglev.table_size or DEFAULT_MAGLEV_TABLE_SIZE
+                return Maglev(rng, size)
+            minimum = min(_ring_size(consistent), DEFAULT_MAXIMUM_RING_SIZE)
+            return RingHash(rng, minimum)
         if lb.simple == "ROUND_ROBIN":
             return RoundRobin(rng)
         if lb.simple in ("RANDOM", "PASSTHROUGH"):
@@ -558,47 +761,99 @@ def make_picker(
 # --------------------------------------------------------------------------- hash keys
 
 
-def _cookie(header: str | None, name: str) -> str | None:
-    """The value of cookie ``name`` in a ``Cookie`` header (surrounding quotes removed)."""
-    if not header:
-        return None
-    for part in header.split(";"):
-        key, sep, value = part.partition("=")
-        if sep and key.strip() == name:
-            value = value.strip()
+def _header_values(headers: Mapping[str, str], name: str) -> list[str]:
+    """Every value of header ``name``, one per header line (``name`` in lower case).
+
+    ``httpx.Headers`` (``get_list``) and multidicts (``getall``, as aiohttp's) give each line;
+    a plain mapping holds one value per name."""
+    get_list = getattr(headers, "get_list", None)
+    if get_list is not None:
+        return list(get_list(name))
+    getall = getattr(headers, "getall", None)
+    if getall is not None:
+        return list(getall(name, ()))
+    value = headers.get(name)
+    return [] if value is None else [value]
+
+
+def _cookie(values: Iterable[str], name: str) -> str | None:
+    """The value of cookie ``name`` as Envoy's ``parseCookieValue`` reads it: the first cookie
+    of that name across every ``Cookie`` line, split on ``;``, the name after leading spaces,
+    the value after ``=`` with one pair of surrounding double quotes removed."""
+    for line in values:
+        for part in line.split(";"):
+            if not part:
+                continue
+            equals = part.find("=")
+            if equals < 0:
+                continue
+            if part[:equals].lstrip(" ") != name:
+                continue
+            value = part[equals + 1 :]
             if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
                 value = value[1:-1]
             return value
     return None
 
 
+def _query_parameter(query: str, name: str) -> str | None:
+    """The first value of ``name`` in a raw query string as Envoy's ``parseQueryString`` reads
+    it: split on ``&`` and the first ``=``, nothing percent-decoded, ``""`` for a bare name."""
+    if query.startswith("?"):
+        query = query[1:]
+    for param in query.split("&"):
+        if not param:
+            continue
+        key, sep, value = param.partition("=")
+        if key == name:
+            return value if sep else ""
+    return None
+
+
 def hash_key(
     lb: m.ConsistentHashLB | None,
     headers: Mapping[str, str],
-    query_params: Mapping[str, str],
+    query: Mapping[str, str] | str,
     source_ip: str | None,
 ) -> int | None:
-    """The request's 64-bit consistent-hash key, or None when the request carries none.
+    """The request's 64-bit consistent-hash key as Envoy computes it, or None when the request
+    carries none (the ring then picks at random, as Envoy does).
 
-    ``headers`` must answer ``get`` for lowercase names (``httpx.Headers`` or a lowercase dict).
-    With no key the ring hash picks at random, as Envoy does. A missing ``httpCookie`` gives no
-    key: Envoy would then generate the cookie (when ``ttl`` is set) and send it back with the
-    response so that the client sticks from its next request on; meshlib does not do that yet.
+    Every key is xxHash64 with seed 0 over the value's bytes (UTF-8), as Envoy's hash policies:
+
+    * ``httpHeaderName``: the header's value; with several header lines, their values sorted
+      (bytewise) and hashed as one string, so their order does not matter.
+    * ``httpCookie``: the cookie's value (see ``_cookie``); a missing or empty cookie gives no
+      key (Envoy would then generate one when ``ttl`` is set; meshlib does not).
+    * ``httpQueryParameterName``: the parameter's first value, still percent-encoded, when
+      ``query`` is the raw query string (a mapping's values are taken as they are).
+    * ``useSourceIp``: ``source_ip`` (Envoy hashes the downstream IP, without the port).
+
+    ``headers`` must answer ``get`` for lowercase names (``httpx.Headers``, a multidict or a
+    lowercase dict).
     """
     if lb is None:
         return None
-    value: str | None
     if lb.http_header_name is not None:
-        value = headers.get(lb.http_header_name.lower())
-    elif lb.http_cookie is not None:
-        value = _cookie(headers.get("cookie"), lb.http_cookie.name)
+        values = _header_values(headers, lb.http_header_name.lower())
+        if not values:
+            return None
+        if len(values) == 1:
+            return _xxh64(values[0].encode())
+        return _xxh64(b"".join(sorted(v.encode() for v in values)))
+    value: str | None
+    if lb.http_cookie is not None:
+        value = _cookie(_header_values(headers, "cookie"), lb.http_cookie.name)
+        if not value:
+            return None
     elif lb.http_query_parameter_name is not None:
-        value = query_params.get(lb.http_query_parameter_name)
+        name = lb.http_query_parameter_name
+        value = _query_parameter(query, name) if isinstance(query, str) else query.get(name)
     elif lb.use_source_ip:
         value = source_ip or None
     else:
         return None
-    return None if value is None else _hash64(value)
+    return None if value is None else _xxh64(value.encode())
 
 
 # --------------------------------------------------------------------------- outlier detection

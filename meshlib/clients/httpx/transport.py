@@ -322,7 +322,7 @@ class Call:
             key = hash_key(
                 cluster.consistent_hash,
                 self.request.headers,
-                self.view.params,
+                self.view.query,
                 self.mesh.source_address,
             )
         endpoint = cluster.balancer.choose(endpoints, key, self.tried)
