@@ -16,8 +16,9 @@ Three families, each a mesh built from generated config (no network: the inner t
   the routes scanned, the best case flat.
 * **endpoints per subset**: 1, 10, 100 and 1,000 endpoints in the subset a route sends to, for
   each load balancer (``ROUND_ROBIN``, ``LEAST_REQUEST``, ``RANDOM``, ``consistentHash`` on a
-  header). The pick is what the data plane does for each attempt: the subset's endpoints, the
-  hash key (consistent hash only), then ``Balancer.choose``. Rows: a first attempt; a retry
+  header: the ring hash, and ``maglev`` with Envoy's table of 65537). The pick is what the
+  data plane does for each attempt: the subset's endpoints, the hash key (consistent hash
+  only), then ``Balancer.choose``. Rows: a first attempt; a retry
   (the endpoint of the first attempt to avoid); a pick with outlier detection on and one
   endpoint ejected (none when there is one endpoint); the whole call. Target: flat, or
   logarithmic (ratio within ``FLAT_OR_LOG``). Reported for information: picks with unequal
@@ -73,6 +74,7 @@ BALANCERS = {
     "LEAST_REQUEST": "{simple: LEAST_REQUEST}",
     "RANDOM": "{simple: RANDOM}",
     "consistentHash": "{consistentHash: {httpHeaderName: x-user}}",
+    "maglev": "{consistentHash: {httpHeaderName: x-user, maglev: {tableSize: 65537}}}",
 }
 
 FLAT = 1.25
@@ -491,6 +493,8 @@ def bench_endpoints(
 def _changed_note(balancer: str) -> str:
     if balancer == "consistentHash":
         return "Envoy's ring is rebuilt (1,024 entries to 2,000 here); known endpoints' hashes kept"
+    if balancer == "maglev":
+        return "two lists in turn: both tables kept (a list not seen lately builds 65,537 slots)"
     return "the picker's weight table is rebuilt"
 
 

@@ -101,6 +101,9 @@ DEFAULT_MAXIMUM_RING_SIZE = 8 * 1024 * 1024
 DEFAULT_MAGLEV_TABLE_SIZE = 65537
 """Envoy's default Maglev ``table_size`` (a prime)."""
 
+MAGLEV_TABLES_KEPT = 4
+"""Maglev tables kept for endpoint lists seen lately (one of 65537 slots: about 0.5 MiB)."""
+
 MAGLEV_RETRY_PROBES = 5
 """Slots a retry's Maglev pick tries (Envoy's key mutation per attempt) before it takes an
 untried endpoint by the key modulo their count."""
@@ -671,9 +674,14 @@ class _MaglevTable:
 
 class Maglev:
     """Envoy's ``MAGLEV``: the same lookup table, slot for slot, as an Envoy sidecar's; a
-    request goes to slot ``key % table_size``."""
+    request goes to slot ``key % table_size``.
 
-    __slots__ = ("_lock", "_rng", "_table", "_table_size")
+    A table costs about a second of CPU per million slots to build (65537 by default), once per
+    endpoint list; the last ``MAGLEV_TABLES_KEPT`` tables are kept by the endpoints' addresses
+    and weights, so an endpoint ejected and back again, or a list that comes back in another
+    order, reuses its table."""
+
+    __slots__ = ("_lock", "_recent", "_rng", "_table", "_table_size")
 
     def __init__(self, rng: random.Random, table_size: int = DEFAULT_MAGLEV_TABLE_SIZE) -> None:
         if table_size < 1:
@@ -682,6 +690,7 @@ class Maglev:
         self._table_size = table_size
         self._lock = threading.Lock()
         self._table: _MaglevTable | None = None
+        self._recent: dict[tuple[tuple[str, int], ...], tuple[int, ...]] = {}
 
     @property
     def table_size(self) -> int:
@@ -723,8 +732,17 @@ class Maglev:
             if table is not None and _same(table.endpoints, endpoints):
                 return table
             members = tuple(endpoints)
-            owners = maglev_table(members, self._table_size)
-            table = _MaglevTable(members, tuple(members[i] for i in owners))
+            keys = [(host_hash_key(ep), ep.weight if ep.weight > 1 else 1) for ep in members]
+            order = sorted(range(len(members)), key=lambda i: keys[i][0])
+            ordered = [members[i] for i in order]
+            signature = tuple(keys[i] for i in order)
+            owners = self._recent.pop(signature, None)
+            if owners is None:
+                owners = tuple(maglev_table(ordered, self._table_size))
+            self._recent[signature] = owners  # the most recent last
+            while len(self._recent) > MAGLEV_TABLES_KEPT:
+                del self._recent[next(iter(self._recent))]
+            table = _MaglevTable(members, tuple([ordered[i] for i in owners]))
             self._table = table
             return table
 

@@ -22,6 +22,7 @@ import httpx
 import pytest
 import xxhash
 
+from meshlib import balancing
 from meshlib.balancing import (
     DEFAULT_MAXIMUM_RING_SIZE,
     InFlight,
@@ -317,6 +318,30 @@ def test_maglev_default_table_is_balanced_and_stable() -> None:
     smaller = maglev_table(pool[:4], 65537)
     moved = sum(1 for a, b in zip(table, smaller, strict=True) if a not in (4, b))
     assert moved / 65537 < 0.05  # Maglev's minimal disruption: few slots move between the rest
+
+
+def test_maglev_keeps_recent_tables(monkeypatch: pytest.MonkeyPatch) -> None:
+    builds: list[int] = []
+    real = balancing.maglev_table
+
+    def counting(endpoints: Sequence[Endpoint], size: int) -> list[int]:
+        builds.append(len(endpoints))
+        return real(endpoints, size)
+
+    monkeypatch.setattr(balancing, "maglev_table", counting)
+    pool = _hosts(90, 91, 92, 93)
+    picker = Maglev(random.Random(1), 251)
+    full = picker.table(pool)
+    ejected = picker.table(pool[1:])
+    assert builds == [4, 3]
+    assert picker.table(pool) == full  # back from ejection: the kept table
+    assert picker.table(pool[::-1]) == full  # same endpoints in another order: same table
+    assert picker.table(pool[1:]) == ejected
+    assert builds == [4, 3]
+    for size in range(1, 6):  # more lists than are kept: the oldest is built again
+        picker.table(_hosts(*range(100, 100 + size + 1)))
+    picker.table(pool)
+    assert builds[-1] == 4
 
 
 def test_host_hash_key_is_envoys_address_string() -> None:
