@@ -21,24 +21,20 @@ Pickers, as Envoy's load balancers behave (DestinationRule ``trafficPolicy.loadB
   maps to it too: in Envoy it sends the connection to the original destination address, but an
   in-process client names a service rather than an address, so there is no original destination
   to keep; a random pick among the known endpoints is the closest meaning.
-* ``RingHash`` (``consistentHash``): Envoy's ring ("ketama") hash. Each endpoint gets ring entries
-  ``hash("<host:port>_<i>")`` in proportion to its weight (64-bit BLAKE2b where Envoy uses
-  xxHash64: stable across processes and Python versions, so every client of a service builds
-  the same ring); a request goes to the first entry at or after its own hash, wrapping around.
-  Without a hash key the pick is random, as in Envoy. ``maglev`` maps to this ring too: both are
-  consistent hashing with the same contract, Maglev trading some stability for lookup speed
-  that an in-process client does not need (``tableSize`` is ignored).
-  Envoy sizes the ring so that the lightest host gets ``ceil(w_min / W * minimumRingSize)``
-  entries, which changes every host's entry count when a host leaves and so moves a few keys
-  between the hosts that stay. meshlib instead gives every unit of weight (weights divided by
-  their greatest common divisor) ``minimumRingSize`` entries (default 1024), so the ring is
-  never smaller than ``minimumRingSize`` and an endpoint's entries never depend on the others:
-  removing an endpoint moves exactly the keys it owned. That holds while the ring stays under
-  ``MAXIMUM_RING_SIZE`` entries, beyond which the entries per unit shrink.
+* ``RingHash`` (``consistentHash``, and ``ringHash``) is Envoy's ``RING_HASH`` entry for entry,
+  and ``Maglev`` (``consistentHash.maglev``) Envoy's ``MAGLEV`` table slot for slot, so a key
+  goes to the same endpoint from meshlib, from an Envoy sidecar and from a proxyless gRPC
+  client. An endpoint is hashed as Envoy prints its address (``ip:port``, ``[ip6]:port``) with
+  xxHash64. The ring has about ``minimumRingSize`` entries in all (Istio's default 1024): the
+  lightest endpoint gets a whole number of them and the others their share of weight, each
+  entry ``xxHash64("<address>_<i>")``; a key goes to the first entry at or after it, wrapping
+  around. The request's key is Envoy's hash policy (``hash_key``). Without a key the pick is
+  random, as in Envoy.
 
 Every picker honours ``avoid``, the endpoints earlier attempts of the same request already
 tried (Envoy's ``previous_hosts`` retry predicate): it picks among the others while any remain.
-The ring hash walks on along the ring to the next endpoint not tried.
+The ring hash walks on along the ring to the next endpoint not tried, as Envoy does under such
+a predicate; Maglev moves the key as Envoy does (``key ^ (2**64 - attempt)``).
 
 Outlier detection (DestinationRule ``outlierDetection``, only when configured), Istio's way:
 
@@ -668,8 +664,13 @@ def maglev_table(endpoints: Sequence[Endpoint], table_size: int) -> list[int]:
 
 @dataclass(frozen=True, slots=True)
 class _MaglevTable:
+    """A Maglev table for one endpoint list: slot ``s`` belongs to ``members[owners[s]]``
+    (``members`` in hash-key order, so a kept ``owners`` serves the same endpoints in any
+    order without a pass over the slots)."""
+
     endpoints: tuple[Endpoint, ...]
-    slots: tuple[Endpoint, ...]
+    members: tuple[Endpoint, ...]
+    owners: tuple[int, ...]
 
 
 class Maglev:
@@ -698,7 +699,11 @@ class Maglev:
 
     def table(self, endpoints: Sequence[Endpoint]) -> tuple[Endpoint, ...]:
         """The owner of every slot, for inspection."""
-        return self._table_for(endpoints).slots if endpoints else ()
+        if not endpoints:
+            return ()
+        table = self._table_for(endpoints)
+        members = table.members
+        return tuple([members[i] for i in table.owners])
 
     def pick(
         self,
@@ -709,15 +714,16 @@ class Maglev:
         n = len(endpoints)
         if n <= 1:
             return endpoints[0] if n else None
-        slots = self._table_for(endpoints).slots
+        table = self._table_for(endpoints)
+        members, owners = table.members, table.owners
         key = hash_key & _MASK64 if hash_key is not None else self._rng.getrandbits(64)
         size = self._table_size
-        owner = slots[key % size]
+        owner = members[owners[key % size]]
         if not avoid or owner not in avoid:
             return owner
         # Envoy's retry host predicate: attempt a flips the key to key ^ (2**64 - a), a new slot.
         for attempt in range(1, MAGLEV_RETRY_PROBES + 1):
-            other = slots[(key ^ (_MASK64 - attempt + 1)) % size]
+            other = members[owners[(key ^ (_MASK64 - attempt + 1)) % size]]
             if other not in avoid:
                 return other
         fresh = _prefer(endpoints, avoid)
@@ -742,7 +748,7 @@ class Maglev:
             self._recent[signature] = owners  # the most recent last
             while len(self._recent) > MAGLEV_TABLES_KEPT:
                 del self._recent[next(iter(self._recent))]
-            table = _MaglevTable(members, tuple([ordered[i] for i in owners]))
+            table = _MaglevTable(members, tuple(ordered), owners)
             self._table = table
             return table
 
