@@ -24,7 +24,7 @@ with mesh.client() as http:
     picks = [last_octet(http.get("http://reviews:9080/")) for _ in range(14)]
     print("ROUND_ROBIN, weights 5,1,1:", " ".join(picks))
 
-    for user in ("jason", "kim", "jason", "lee", "kim", "jason"):
+    for user in ("jason", "lee", "raj", "jason", "kim", "lee"):
         response = http.get("http://ratings:9080/", headers={"end-user": user})
         print(f"consistentHash on end-user: {user:5} -> .{last_octet(response)}")
     picks = [last_octet(http.get("http://ratings:9080/")) for _ in range(6)]
