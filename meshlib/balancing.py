@@ -862,22 +862,31 @@ def hash_key(
         values = _header_values(headers, lb.http_header_name.lower())
         if not values:
             return None
+        encoding = _header_encoding(headers)
         if len(values) == 1:
-            return _xxh64(values[0].encode())
-        return _xxh64(b"".join(sorted(v.encode() for v in values)))
+            return _xxh64(values[0].encode(encoding, "surrogatepass"))
+        return _xxh64(b"".join(sorted(v.encode(encoding, "surrogatepass") for v in values)))
     value: str | None
     if lb.http_cookie is not None:
         value = _cookie(_header_values(headers, "cookie"), lb.http_cookie.name)
         if not value:
             return None
-    elif lb.http_query_parameter_name is not None:
+        return _xxh64(value.encode(_header_encoding(headers), "surrogatepass"))
+    if lb.http_query_parameter_name is not None:
         name = lb.http_query_parameter_name
         value = _query_parameter(query, name) if isinstance(query, str) else query.get(name)
     elif lb.use_source_ip:
         value = source_ip or None
     else:
         return None
-    return None if value is None else _xxh64(value.encode())
+    return None if value is None else _xxh64(value.encode("utf-8", "surrogatepass"))
+
+
+def _header_encoding(headers: Mapping[str, str]) -> str:
+    """The encoding that turns ``headers``' values back into the bytes sent: httpx decodes
+    them as ASCII, else UTF-8, else Latin-1 (``Headers.encoding``); anything else is UTF-8."""
+    encoding = getattr(headers, "encoding", None)
+    return encoding if isinstance(encoding, str) else "utf-8"
 
 
 # --------------------------------------------------------------------------- outlier detection

@@ -387,6 +387,26 @@ def test_header_key_with_several_lines_sorts_them() -> None:
     assert expected != xxhash.xxh64_intdigest(b"foo, bar")
 
 
+@pytest.mark.parametrize("raw", [b"\xe9t\xe9", "\u00e9t\u00e9".encode(), b"caf\xc3"])
+def test_header_key_hashes_the_bytes_sent(raw: bytes) -> None:
+    # Envoy hashes the value's bytes as they came: Latin-1 or UTF-8 alike.
+    lb = _lb(httpHeaderName="x-user")
+    headers = httpx.Headers([(b"x-user", raw)])
+    assert hash_key(lb, headers, "", None) == xxhash.xxh64_intdigest(raw)
+    cookie = _lb(httpCookie={"name": "s"})
+    with_cookie = httpx.Headers([(b"cookie", b"s=" + raw)])
+    assert hash_key(cookie, with_cookie, "", None) == xxhash.xxh64_intdigest(raw)
+
+
+def test_hostile_values_give_a_key_not_an_error() -> None:
+    lb = _lb(httpHeaderName="x-user")
+    assert hash_key(lb, {"x-user": "\udc80\ud800"}, "", None) is not None
+    by_param = _lb(httpQueryParameterName="\udc80")
+    assert hash_key(by_param, {}, "\udc80=\ud800&" + "a=1&" * 10_000, None) is not None
+    by_cookie = _lb(httpCookie={"name": "s"})
+    assert hash_key(by_cookie, {"cookie": ";;;=;" * 10_000 + " s=\udc80"}, "", None) is not None
+
+
 class _MultiDict:
     """A multidict's reading side (aiohttp's CIMultiDict answers ``getall``)."""
 
