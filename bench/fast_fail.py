@@ -273,7 +273,8 @@ async def aiohttp_rows(
     the running loop, as aiohttp's sessions are."""
     import aiohttp
 
-    from meshlib.clients.aiohttp import AiohttpCircuitOpenError, _local_response
+    from meshlib.clients.aiohttp import CircuitOpenError as AiohttpCircuitOpenError
+    from meshlib.clients.aiohttp import _local_response
 
     bare = aiohttp.ClientSession()
     meshed = mesh.aiohttp_session()

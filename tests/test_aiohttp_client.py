@@ -19,14 +19,8 @@ import aiohttp
 import pytest
 
 from meshlib import Mesh, context
-from meshlib.clients.aiohttp import (
-    AiohttpCircuitOpenError,
-    AiohttpDeadlineExceeded,
-    AiohttpMeshRequestError,
-    AiohttpNoRouteError,
-    mesh_info,
-    raise_for_mesh,
-)
+from meshlib.clients import aiohttp as mesh_aiohttp
+from meshlib.clients.aiohttp import mesh_info, raise_for_mesh
 from meshlib.errors import (
     CircuitOpenError,
     DeadlineExceeded,
@@ -167,7 +161,7 @@ async def test_local_replies_are_client_responses_with_their_flags(upstream: Ups
     assert aborted.headers[FLAGS] == "FI"
     assert unrouted.status == 404
     assert unrouted.headers[FLAGS] == "NR"
-    assert isinstance(caught.value, AiohttpNoRouteError)
+    assert isinstance(caught.value, mesh_aiohttp.NoRouteError)
     assert isinstance(caught.value, aiohttp.ClientConnectionError)
     for response, flags in ((direct, ""), (moved, ""), (aborted, "FI"), (unrouted, "NR")):
         info = mesh_info(response)
@@ -193,7 +187,7 @@ async def test_an_open_breaker_raises_an_error_that_is_aiohttps_and_meshlibs(
             async with session.get("http://reviews:9080/r"):
                 pass
     error = caught.value
-    assert isinstance(error, AiohttpCircuitOpenError)
+    assert isinstance(error, mesh_aiohttp.CircuitOpenError)
     assert isinstance(error, CircuitOpenError)
     assert isinstance(error, MeshRequestError)
     assert error.flag == "UO"
@@ -207,7 +201,7 @@ async def test_an_unreachable_upstream_is_retried_then_raised_as_both_families()
         with pytest.raises(aiohttp.ClientConnectionError) as caught:
             await session.get("http://reviews:9080/r")
     error = caught.value
-    assert isinstance(error, AiohttpMeshRequestError)
+    assert isinstance(error, mesh_aiohttp.MeshRequestError)
     assert error.flag == "UF,URX"  # a connect failure, the default 2 retries spent
     assert "connect" in str(error)
     assert error.__cause__ is not None  # the pipeline's error, and aiohttp's beneath it
@@ -223,7 +217,7 @@ async def test_the_route_timeout_raises_deadline_exceeded_a_timeout_of_aiohttp(
         with pytest.raises(asyncio.TimeoutError) as caught:
             await session.get("http://reviews:9080/slow?delay=3")
         took = time.monotonic() - started
-    assert isinstance(caught.value, AiohttpDeadlineExceeded)
+    assert isinstance(caught.value, mesh_aiohttp.DeadlineExceeded)
     assert isinstance(caught.value, DeadlineExceeded)
     assert isinstance(caught.value, aiohttp.ClientError)
     assert caught.value.flag == "UT"

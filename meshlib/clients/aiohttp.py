@@ -47,30 +47,24 @@ import httpx
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from meshlib import errors
 from meshlib.clients.httpx.transport import AsyncMeshTransport, MeshInfo
 from meshlib.deadline import current
-from meshlib.errors import (
-    CircuitOpenError,
-    DeadlineExceeded,
-    MeshRequestError,
-    NoHealthyUpstream,
-    NoRouteError,
-    UpstreamTLSError,
-)
 
 if TYPE_CHECKING:
     from meshlib.mesh import Mesh
 
 __all__ = [
-    "AiohttpCircuitOpenError",
-    "AiohttpDeadlineExceeded",
-    "AiohttpMeshRequestError",
-    "AiohttpNoHealthyUpstream",
-    "AiohttpNoRouteError",
-    "AiohttpUpstreamTLSError",
+    "CircuitOpenError",
+    "DeadlineExceeded",
     "MeshMiddleware",
+    "MeshRequestError",
+    "NoHealthyUpstream",
+    "NoRouteError",
+    "UpstreamTLSError",
     "mesh_info",
     "raise_for_mesh",
+    "session",
 ]
 
 #: The request extension that carries aiohttp's request and handler through the pipeline.
@@ -82,46 +76,48 @@ _ANSWER = "meshlib.aiohttp.response"
 # --------------------------------------------------------------------------- errors
 
 
-class AiohttpMeshRequestError(MeshRequestError, aiohttp.ClientConnectionError):
-    """``MeshRequestError`` that is also ``aiohttp.ClientConnectionError``."""
+class MeshRequestError(errors.MeshRequestError, aiohttp.ClientConnectionError):
+    """``meshlib.MeshRequestError`` that is also ``aiohttp.ClientConnectionError``."""
 
 
-class AiohttpNoRouteError(NoRouteError, aiohttp.ClientConnectionError):
-    """``NoRouteError`` that is also ``aiohttp.ClientConnectionError``."""
+class NoRouteError(errors.NoRouteError, MeshRequestError):
+    """``meshlib.NoRouteError`` that is also ``aiohttp.ClientConnectionError``."""
 
 
-class AiohttpNoHealthyUpstream(NoHealthyUpstream, aiohttp.ClientConnectionError):
-    """``NoHealthyUpstream`` that is also ``aiohttp.ClientConnectionError``."""
+class NoHealthyUpstream(errors.NoHealthyUpstream, MeshRequestError):  # noqa: N818 - Envoy's term
+    """``meshlib.NoHealthyUpstream`` that is also ``aiohttp.ClientConnectionError``."""
 
 
-class AiohttpCircuitOpenError(CircuitOpenError, aiohttp.ClientConnectionError):
-    """``CircuitOpenError`` that is also ``aiohttp.ClientConnectionError``."""
+class CircuitOpenError(errors.CircuitOpenError, MeshRequestError):
+    """``meshlib.CircuitOpenError`` that is also ``aiohttp.ClientConnectionError``."""
 
 
-class AiohttpUpstreamTLSError(UpstreamTLSError, aiohttp.ClientConnectionError):
-    """``UpstreamTLSError`` that is also ``aiohttp.ClientConnectionError``."""
+class UpstreamTLSError(errors.UpstreamTLSError, MeshRequestError):
+    """``meshlib.UpstreamTLSError`` that is also ``aiohttp.ClientConnectionError``."""
 
 
-class AiohttpDeadlineExceeded(DeadlineExceeded, aiohttp.ServerTimeoutError):
-    """``DeadlineExceeded`` that is also ``aiohttp.ServerTimeoutError`` (a
+class DeadlineExceeded(  # noqa: N818 - reads as a state
+    errors.DeadlineExceeded, MeshRequestError, aiohttp.ServerTimeoutError
+):
+    """``meshlib.DeadlineExceeded`` that is also ``aiohttp.ServerTimeoutError`` (a
     ``ClientError`` and an ``asyncio.TimeoutError``)."""
 
 
-#: meshlib's exception class → the one that is also aiohttp's (most derived first).
-_AIOHTTP_ERRORS: tuple[tuple[type[MeshRequestError], type[MeshRequestError]], ...] = (
-    (DeadlineExceeded, AiohttpDeadlineExceeded),
-    (CircuitOpenError, AiohttpCircuitOpenError),
-    (UpstreamTLSError, AiohttpUpstreamTLSError),
-    (NoRouteError, AiohttpNoRouteError),
-    (NoHealthyUpstream, AiohttpNoHealthyUpstream),
-    (MeshRequestError, AiohttpMeshRequestError),
+#: meshlib's exception class → its aiohttp flavor (most derived first).
+_AIOHTTP_ERRORS: tuple[tuple[type[errors.MeshRequestError], type[errors.MeshRequestError]], ...] = (
+    (errors.DeadlineExceeded, DeadlineExceeded),
+    (errors.CircuitOpenError, CircuitOpenError),
+    (errors.UpstreamTLSError, UpstreamTLSError),
+    (errors.NoRouteError, NoRouteError),
+    (errors.NoHealthyUpstream, NoHealthyUpstream),
+    (errors.MeshRequestError, MeshRequestError),
 )
 _AIOHTTP_CLASSES = frozenset(dual for _, dual in _AIOHTTP_ERRORS)
 
 
 def aiohttp_error(exc: BaseException) -> BaseException:
     """The exception an aiohttp caller gets for ``exc`` (what the pipeline raised)."""
-    if isinstance(exc, MeshRequestError):
+    if isinstance(exc, errors.MeshRequestError):
         if type(exc) in _AIOHTTP_CLASSES:
             return exc
         for kind, dual in _AIOHTTP_ERRORS:
@@ -175,10 +171,10 @@ def mesh_info(response: aiohttp.ClientResponse) -> MeshInfo | None:
 
 
 _LOCAL_ERRORS: dict[str, type[MeshRequestError]] = {
-    "NR": AiohttpNoRouteError,
-    "UH": AiohttpNoHealthyUpstream,
-    "NC": AiohttpNoHealthyUpstream,
-    "UO": AiohttpCircuitOpenError,
+    "NR": NoRouteError,
+    "UH": NoHealthyUpstream,
+    "NC": NoHealthyUpstream,
+    "UO": CircuitOpenError,
 }
 
 
@@ -415,7 +411,7 @@ class MeshMiddleware:
         request = await _httpx_request(req, handler)
         try:
             response = await self._transport.handle_async_request(request)
-        except (MeshRequestError, httpx.TransportError) as exc:
+        except (errors.MeshRequestError, httpx.TransportError) as exc:
             raise aiohttp_error(exc) from exc
         finally:  # the caller's request as it sent it (the attempts went to the endpoints)
             req.url, req.headers = url, headers
