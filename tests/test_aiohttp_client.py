@@ -516,3 +516,28 @@ async def test_istio_mutual_is_originated_with_the_workload_identity(tmp_path: A
     finally:
         good.close()
         impostor.close()
+
+
+async def test_each_attempt_is_a_client_span_whose_context_the_upstream_receives(
+    upstream: Upstream,
+) -> None:
+    from meshlib.telemetry.tracing import memory_tracer
+
+    mesh = Mesh.from_yaml(config(upstream.address), seed=1)
+    tracer, spans = memory_tracer(clock=mesh.clock)
+    mesh.telemetry.set_tracer(tracer)
+    upstream.control("/_reset")
+    async with (
+        mesh.aiohttp_session() as session,
+        session.get("http://reviews:9080/traced?fail=1") as response,
+    ):
+        sent = (await response.json())["headers"]["traceparent"]
+    first, second = sorted(spans.get_finished_spans(), key=lambda span: span.start_time or 0)
+    assert response.status == 200
+    assert first.attributes is not None
+    assert first.attributes["http.response.status_code"] == 503
+    assert second.attributes is not None
+    assert second.attributes["http.request.resend_count"] == 1
+    assert second.context is not None
+    # the answering attempt's span is the parent the upstream was told of
+    assert sent.split("-")[2] == f"{second.context.span_id:016x}"
