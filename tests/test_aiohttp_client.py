@@ -455,7 +455,8 @@ async def test_an_upstreams_own_flags_header_never_passes_for_the_meshs(
 
 async def test_the_response_is_for_the_url_the_caller_asked_for(misbehaving: Misbehaving) -> None:
     """aiohttp sent the attempt to the endpoint's address; the caller's response, and the
-    cookies the session keeps from it, are the service's."""
+    cookies the session keeps from it, are the service's; ``request_info`` says where the
+    attempt went."""
     from yarl import URL
 
     mesh = Mesh.from_yaml(chaos_config(misbehaving.address), seed=1)
@@ -464,9 +465,13 @@ async def test_the_response_is_for_the_url_the_caller_asked_for(misbehaving: Mis
         async with session.get(url) as response:
             await response.read()
         kept = session.cookie_jar.filter_cookies(URL("http://chaos/status/next"))
+        async with session.get("http://chaos/ok/aio") as again:
+            await again.read()
     assert response.url == URL(url)
-    assert response.request_info.url == URL(url)
+    assert response.request_info.real_url == URL(url)
+    assert response.request_info.url.authority == misbehaving.address
     assert kept["flavour"].value == "mint"
+    assert again.status == 200
 
 
 # --------------------------------------------------------------------------- mTLS

@@ -25,13 +25,13 @@ What a caller sees:
 
 What aiohttp's public API does not offer, and how this module does it (``docs/clients.md``):
 a middleware cannot make a ``ClientResponse`` of its own, nor change an upstream response's
-headers or URL. Local replies are built with ``ClientResponse``'s constructor (keyword
-arguments matched to the installed aiohttp's) and a ``StreamReader`` holding the body; the
-headers of a response the mesh changed (flags, VirtualService header operations, the peer
-metadata it removes) are replaced through ``_headers``/``_raw_headers``, and its request info
-(aiohttp made it for the endpoint's address) through ``_request_info``. These are in
-``_local_response``, ``_replace_headers`` and ``_replace_request_info`` alone, tested against
-the aiohttp meshlib pins.
+headers. Local replies are built with ``ClientResponse``'s constructor (keyword arguments
+matched to the installed aiohttp's) and a ``StreamReader`` holding the body; the headers of a
+response the mesh changed (flags, VirtualService header operations, the peer metadata it
+removes) are replaced through ``_headers``/``_raw_headers``. These are in ``_local_response``
+and ``_replace_headers`` alone, tested against the aiohttp meshlib pins. A response's ``url``
+is the caller's; its ``request_info`` is the attempt as aiohttp sent it (``url``: the
+endpoint's address, ``real_url``: the caller's URL).
 """
 
 from __future__ import annotations
@@ -275,16 +275,6 @@ def _replace_headers(
         cache.pop("raw_headers", None)
 
 
-def _replace_request_info(response: aiohttp.ClientResponse, info: aiohttp.RequestInfo) -> None:
-    """Give ``response`` the request as the caller sent it (``info``): aiohttp took its own
-    from the attempt, sent to the endpoint's address (the response's ``url`` is the caller's
-    already: aiohttp makes it from ``original_url``)."""
-    response._request_info = info
-    cache = getattr(response, "_cache", None)
-    if isinstance(cache, dict):  # cached on first read
-        cache.pop("request_info", None)
-
-
 class _AttemptBody(httpx.AsyncByteStream):
     """The pipeline's view of an attempt's body: aiohttp's own response reads it. Closed
     (a response the pipeline discards, to retry), it releases aiohttp's response."""
@@ -427,8 +417,6 @@ class MeshMiddleware:
         raw = response.headers.raw
         if len(raw) != len(answer.raw_headers) or raw != list(answer.raw_headers):
             _replace_headers(answer, tuple(raw))
-        if answer.request_info.url is not url:
-            _replace_request_info(answer, req.request_info)
         answer.mesh = response.extensions.get("mesh")
         stream = response.stream
         if not isinstance(stream, _AttemptBody):  # the pipeline waits for the body's end
