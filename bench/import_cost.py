@@ -130,7 +130,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"- `import meshlib` ≤ {TARGET_SECONDS} s: {rows['import meshlib']['median_s']:.3f} s — "
         f"{verdict(result['met_time'])}",
         f"- memory ≤ `import httpx` + {TARGET_EXTRA_MIB:.0f} MiB: "
-        f"+{result['extra_mib']:.1f} MiB — {verdict(result['met_memory'])}",
+        f"{result['extra_mib']:+.1f} MiB — {verdict(result['met_memory'])}",
     ]
     return "\n".join(lines)
 

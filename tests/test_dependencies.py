@@ -41,9 +41,10 @@ LAZY = (
     "meshlib.mesh",
     "meshlib.clients",
 )
-#: What ``from meshlib import Mesh`` and a mesh without breakers, identity or tracing must not load:
-#: pybreaker (which loads redis when installed, and redis the OpenTelemetry SDK and cryptography),
-#: the HTTP pool until a client is made without a transport of the app's, the optional extras.
+#: What ``from meshlib import Mesh`` and a mesh without breakers, metrics, identity or tracing
+#: must not load: pybreaker (which loads redis when installed, and redis the OpenTelemetry SDK
+#: and cryptography), prometheus_client, the HTTP pool until a client is made without a
+#: transport of the app's, the optional extras.
 LAZY_FOR_MESH = (
     "pybreaker",
     "redis",
@@ -57,6 +58,8 @@ LAZY_FOR_MESH = (
     "opentelemetry.exporter",
     "meshlib.clients.httpx.httpcore",
     "meshlib.clients.httpx.aiohttp",
+    "prometheus_client",
+    "meshlib.telemetry.metrics",
 )
 
 
