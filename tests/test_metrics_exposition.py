@@ -326,3 +326,24 @@ def test_an_apps_own_metrics_on_the_recorders_registry_follow_meshlibs() -> None
     families = [f.name for f in text_string_to_metric_families(body.decode())]
     assert families[:3] == ["meshlib_peer_metadata_refused", "istio_build", "shop_orders"]
     assert 'shop_orders_total{kind="gift"} 2.0' in body.decode()
+
+
+def test_a_label_value_utf8_cannot_encode_does_not_break_the_scrape() -> None:
+    """A lone surrogate (a registry file's JSON may hold one) would fail every later scrape."""
+    mesh = workload(traffic=False)
+    try:
+        recorder = metrics.recorder_of(mesh)
+        assert recorder is not None
+        recorder.on_event(InboundFinished("GET", "/", 200, 0.1, 0, 0, "r", None, "bad\udcffx"))
+        recorder.on_event(InboundFinished("GET", "/", 200, 0.1, 0, 0, "r", None, "ok"))
+
+        _, body = metrics.scrape(mesh)
+    finally:
+        mesh.close()
+    [family] = [
+        f for f in text_string_to_metric_families(body.decode()) if f.name == "istio_requests"
+    ]
+    sources = sorted(s.labels["source_workload"] for s in family.samples)
+    assert sources[0].startswith("bad\ufffd")
+    assert sources[0].endswith("x")
+    assert sources[1] == "ok"

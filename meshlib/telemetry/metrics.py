@@ -819,7 +819,20 @@ def _order(names: Sequence[str]) -> tuple[int, ...]:
 
 
 def _by_name(values: Sequence[str], order: tuple[int, ...]) -> list[str]:
-    return [values[i] for i in order]
+    return [_writable(values[i]) for i in order]
+
+
+def _writable(value: str) -> str:
+    """``value`` as the scrape can write it: a lone surrogate (from an endpoint's labels in a
+    registry file, say) cannot be encoded as UTF-8 and would fail every scrape, so it becomes
+    U+FFFD."""
+    if value.isascii():
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return value
 
 
 def _counter(name: str, description: str, labels: Sequence[str]) -> CounterMetricFamily:
