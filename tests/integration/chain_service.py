@@ -147,6 +147,9 @@ def serve(app: Any, shape: str) -> None:
 
     sock = socket.socket()
     sock.bind((HOST, 0))
+    # listening before the port is printed: a request sent while uvicorn still starts waits in
+    # the backlog instead of being refused
+    sock.listen(128)
     print(sock.getsockname()[1], flush=True)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
     uvicorn.Server(config).run(sockets=[sock])
