@@ -79,36 +79,38 @@ class PeerVerifier:
         roots = x509.load_pem_x509_certificates(self.bundle)
         self._store = Store(roots)
         self._clock = clock
-        self._cache: OrderedDict[bytes, tuple[SpiffeId, datetime.datetime, datetime.datetime]]
+        #: leaf as given (a server hands the same string to every request of a connection, so
+        #: its hash is computed once) -> (SPIFFE ID, principal, not before, not after: POSIX)
+        self._cache: OrderedDict[str | bytes, tuple[SpiffeId, str, float, float]]
         self._cache = OrderedDict()
         self._lock = threading.Lock()
-
-    def _now(self) -> datetime.datetime:
-        return datetime.datetime.fromtimestamp(self._clock.wall(), datetime.timezone.utc)
 
     def verify(self, chain: Chain) -> SpiffeId:
         """The SPIFFE ID of a chain (leaf first) that the CA bundle vouches for, now.
         Raises ``PeerIdentityError`` when there is no certificate, or it does not verify."""
+        return self._verified(chain)[0]
+
+    def _verified(self, chain: Chain) -> tuple[SpiffeId, str, float, float]:
         if not chain:
             raise PeerIdentityError(
                 "peer identity refused: no client certificate",
                 expected="a certificate chain signed by the mesh CA",
                 presented="no certificate",
             )
-        key = _pem(chain[0])
-        now = self._now()
+        first = chain[0]
+        key = first if isinstance(first, (str, bytes)) else bytes(first)
+        now = self._clock.wall()
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:
                 self._cache.move_to_end(key)
-        if hit is not None:
-            spiffe_id, not_before, not_after = hit
-            if not_before <= now <= not_after:
-                return spiffe_id
+        if hit is not None and hit[2] <= now <= hit[3]:
+            return hit
         try:
-            leaf = x509.load_pem_x509_certificate(key)
+            leaf = x509.load_pem_x509_certificate(_pem(first))
             intermediates = [x509.load_pem_x509_certificate(_pem(c)) for c in chain[1:]]
-            verifier = PolicyBuilder().store(self._store).time(now).build_client_verifier()
+            moment = datetime.datetime.fromtimestamp(now, datetime.timezone.utc)
+            verifier = PolicyBuilder().store(self._store).time(moment).build_client_verifier()
             verifier.verify(leaf, intermediates)
         except Exception as exc:  # any failure to parse or verify: not a mesh peer
             raise PeerIdentityError(
@@ -117,12 +119,17 @@ class PeerVerifier:
                 presented="a certificate that does not verify",
             ) from exc
         spiffe_id = spiffe_id_of(leaf)
-        entry = (spiffe_id, leaf.not_valid_before_utc, leaf.not_valid_after_utc)
+        entry = (
+            spiffe_id,
+            spiffe_id.principal,
+            leaf.not_valid_before_utc.timestamp(),
+            leaf.not_valid_after_utc.timestamp(),
+        )
         with self._lock:
             self._cache[key] = entry
             while len(self._cache) > CACHE_SIZE:
                 self._cache.popitem(last=False)
-        return spiffe_id
+        return entry
 
     def principal(self, chain: Chain) -> str | None:
         """Istio's principal of a verified chain (``cluster.local/ns/default/sa/x``); None when
@@ -130,7 +137,7 @@ class PeerVerifier:
         if not chain:
             return None
         try:
-            return self.verify(chain).principal
+            return self._verified(chain)[1]
         except PeerIdentityError as exc:
             log.debug("inbound peer has no mesh identity: %s", exc)
             return None

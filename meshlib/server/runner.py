@@ -47,7 +47,11 @@ Where this touches uvicorn beyond its public ``Config`` / ``Server`` (pinned by
   so uvicorn's own ``shutdown`` closes it and drains the connections.
 - ``MeshH11Protocol`` (passed as ``Config(http=...)``) is uvicorn's h11 protocol whose
   ``connection_made`` wraps ``self.app``, the app uvicorn calls per request, with the
-  connection's scope extensions.
+  connection's scope extensions, and whose ``handle_events`` points the request cycle it has
+  just made (``self.cycle``, whose ``send`` writes to ``cycle.transport``) at the connection's
+  ``_ResponseWriter``: a response's head and first body message leave in one write (one TLS
+  record), each later body message in one write, and nothing is held past the event loop's
+  next iteration.
 - ``MeshServer.shutdown`` (``register=True``) revokes the registration, then runs uvicorn's.
 
 With ``register=True`` (``spec.store: etcd://...`` needed) the server registers itself in the
@@ -176,29 +180,123 @@ def _cipher_suite(context: ssl.SSLContext, name: str) -> int | None:
     return None
 
 
-def _with_extensions(app: ASGIApp, extensions: dict[str, dict[str, Any]]) -> ASGIApp:
+#: A body chunk this long is written on its own after the held head, not copied onto it.
+COALESCE_LIMIT = 64 * 1024
+
+
+class _ResponseWriter:
+    """The connection's transport as uvicorn's request cycle writes to it, holding what is
+    written from an ASGI response's start to the end of its first body message, and during each
+    body message, so that each goes out as one write: one TLS record and one ``send`` for a
+    response's head and body where uvicorn writes them one by one (head, body, and the chunked
+    terminator: two or three records and sends, and as many reads for the client).
+
+    Nothing waits on the app: the held bytes are written as soon as uvicorn has written the
+    body message, when the connection closes, and, for a head sent on its own, at the latest by
+    the event loop's next iteration (``call_soon``): a head sent before a slow or streamed body
+    (Server-Sent Events) goes out at once, and so does every chunk."""
+
+    __slots__ = ("_held", "_loop", "transport")
+
+    def __init__(self, transport: asyncio.BaseTransport, loop: asyncio.AbstractEventLoop) -> None:
+        self.transport: Any = transport
+        self._loop = loop
+        self._held: list[bytes] | None = None
+
+    def hold(self, *, until_next_iteration: bool = True) -> None:
+        """Hold writes until ``flush``; ``until_next_iteration``: flushed by the event loop's
+        next iteration at the latest (else the caller flushes)."""
+        if self._held is None:
+            self._held = []
+            if until_next_iteration:
+                self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write what is held, at once, and stop holding."""
+        held, self._held = self._held, None
+        if held:
+            self.transport.write(held[0] if len(held) == 1 else b"".join(held))
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is None:
+            self.transport.write(data)
+        elif len(data) > COALESCE_LIMIT:  # not worth a copy: the head, then the chunk
+            self.flush()
+            self.transport.write(data)
+        elif data:
+            held.append(data)
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def abort(self) -> None:
+        self._held = None
+        self.transport.abort()
+
+    def is_closing(self) -> bool:
+        return bool(self.transport.is_closing())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
+def _with_extensions(
+    app: ASGIApp, extensions: dict[str, dict[str, Any]], writer: _ResponseWriter | None = None
+) -> ASGIApp:
     async def with_connection(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in ("http", "websocket"):
+        kind = scope["type"]
+        if kind in ("http", "websocket"):
             merged = dict(scope.get("extensions") or {})
             merged.update({key: dict(value) for key, value in extensions.items()})
             scope["extensions"] = merged
-        await app(scope, receive, send)
+        if kind != "http" or writer is None:
+            await app(scope, receive, send)
+            return
+        cycle_send = send
+
+        async def send_whole(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                writer.hold()
+                await cycle_send(message)
+                return
+            writer.hold(until_next_iteration=False)  # a head held since the start stays
+            try:
+                await cycle_send(message)
+            finally:
+                writer.flush()
+
+        await app(scope, receive, send_whole)
 
     return with_connection
 
 
 class MeshH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol, adding the connection's scope extensions to every request.
+    """uvicorn's h11 protocol, adding the connection's scope extensions to every request and
+    writing each response's head with its first body message (``_ResponseWriter``).
 
     ``accepted`` is set by ``MeshServer`` before the connection is made; used with a plain
     ``uvicorn.Server`` (``Config(http=MeshH11Protocol)``) it still adds what the transport
     says (``server_cert`` is then None)."""
 
     accepted: _Accepted | None = None
+    _writer: _ResponseWriter | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self.app = _with_extensions(self.app, connection_extensions(transport, self.accepted))
+        self._writer = writer = _ResponseWriter(transport, self.loop)
+        self.app = _with_extensions(
+            self.app, connection_extensions(transport, self.accepted), writer
+        )
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        # the request cycle uvicorn has just made writes through the connection's writer
+        cycle = self.cycle
+        writer = self._writer
+        if cycle is not None and writer is not None and cycle.transport is writer.transport:
+            cycle.transport = writer  # type: ignore[assignment]
 
 
 # --------------------------------------------------------------------------- the listener
@@ -619,9 +717,10 @@ class WSGIAdapter:
 
     The request body streams in (``wsgi.input`` reads the ASGI messages as the app reads), the
     response streams out (each non-empty chunk is sent as it comes; headers go with the first
-    one, or at the end). ``start_response`` may be called again with ``exc_info`` until headers
-    are sent, then it re-raises. An exception from the app reaches uvicorn, which answers 500
-    or, after the headers went out, drops the connection. ``io_timeout`` bounds each wait of a
+    one, in the same call on the event loop so that they leave in one write, or at the end).
+    ``start_response`` may be called again with ``exc_info`` until headers are sent, then it
+    re-raises. An exception from the app reaches uvicorn, which answers 500 or, after the
+    headers went out, drops the connection. ``io_timeout`` bounds each wait of a
     WSGI thread on the event loop. Lifespan events are acknowledged (WSGI has none).
     """
 
@@ -657,14 +756,17 @@ class WSGIAdapter:
         async def receive_message() -> Message:
             return await receive()
 
-        async def send_message(message: Message) -> None:
-            await send(message)
+        async def send_messages(messages: tuple[Message, ...]) -> None:
+            for message in messages:
+                await send(message)
 
         def receive_sync() -> Message:
             return asyncio.run_coroutine_threadsafe(receive_message(), loop).result(timeout)
 
-        def send_sync(message: Message) -> None:
-            asyncio.run_coroutine_threadsafe(send_message(message), loop).result(timeout)
+        def send_sync(*messages: Message) -> None:
+            """Send ``messages`` in one call on the loop (a head with its first chunk: one
+            write)."""
+            asyncio.run_coroutine_threadsafe(send_messages(messages), loop).result(timeout)
 
         response = _Response(send_sync)
         environ = wsgi_environ(scope, _Input(receive_sync))
@@ -682,7 +784,7 @@ class WSGIAdapter:
 class _Response:
     """``start_response`` and ``write`` of one WSGI request."""
 
-    def __init__(self, send: Callable[[Message], object]) -> None:
+    def __init__(self, send: Callable[..., object]) -> None:
         self._send = send
         self._pending: tuple[int, list[tuple[bytes, bytes]]] | None = None
         self._sent = False
@@ -708,21 +810,23 @@ class _Response:
             raise RuntimeError("the WSGI app wrote before calling start_response")
         if not data:
             return
-        self._start()
-        self._send({"type": "http.response.body", "body": bytes(data), "more_body": True})
+        self._send(
+            *self._start(), {"type": "http.response.body", "body": bytes(data), "more_body": True}
+        )
 
     def finish(self) -> None:
         if self._pending is None:
             raise RuntimeError("the WSGI app returned without calling start_response")
-        self._start()
-        self._send({"type": "http.response.body", "body": b"", "more_body": False})
+        self._send(*self._start(), {"type": "http.response.body", "body": b"", "more_body": False})
 
-    def _start(self) -> None:
-        if not self._sent:
-            assert self._pending is not None
-            status, headers = self._pending
-            self._sent = True
-            self._send({"type": "http.response.start", "status": status, "headers": headers})
+    def _start(self) -> tuple[Message, ...]:
+        """The start message when it has not been sent yet (it goes with the first body)."""
+        if self._sent:
+            return ()
+        assert self._pending is not None
+        status, headers = self._pending
+        self._sent = True
+        return ({"type": "http.response.start", "status": status, "headers": headers},)
 
 
 class _Input(io.RawIOBase):

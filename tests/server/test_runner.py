@@ -27,7 +27,7 @@ import httpx
 import pytest
 import uvicorn
 from cryptography import x509
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.h11_impl import H11Protocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
 from meshlib import Mesh
@@ -545,6 +545,173 @@ def test_wsgi_streams_the_request_body_and_start_response_semantics(ca_dir: Path
     assert (empty.status_code, empty.content) == (204, b"")
 
 
+# --------------------------------------------------------------------------- one write per response
+
+
+async def two_sends_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """A response in two messages (head, then body), as most apps send one; ``/chunked``
+    streams two chunks without a length (``GATES`` hold each chunk until the test says)."""
+    if scope["type"] != "http":
+        return
+    if scope["path"] == "/chunked":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"first", "more_body": True})
+        await send({"type": "http.response.body", "body": b"second"})
+        return
+    if scope["path"] == "/stream":
+        gates = GATES[scope["query_string"].decode()]
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for gate, chunk in zip(gates, (b"event: one\n\n", b"event: two\n\n"), strict=True):
+            assert await asyncio.to_thread(gate.wait, WAIT), "the client did not get it in time"
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"5")]}
+    )
+    await send({"type": "http.response.body", "body": b"hello"})
+
+
+GATES: dict[str, tuple[threading.Event, threading.Event]] = {}
+
+
+def two_sends_wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+    start_response("200 OK", [("Content-Length", "5")])
+    return [b"hello"]
+
+
+class RecordCountingClient:
+    """HTTP/1.1 over TLS on a raw socket (``ssl.SSLObject`` on memory BIOs), counting the TLS
+    records each response arrives in: what the server wrote, one record per write."""
+
+    def __init__(self, port: int, context: ssl.SSLContext) -> None:
+        self.sock = socket.create_connection((HOST, port), timeout=WAIT)
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.tls = context.wrap_bio(self.incoming, self.outgoing)
+        self.raw = b""
+        self.records = 0
+        while True:
+            try:
+                self.tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._send_pending()
+                self._receive()
+        self._send_pending()
+
+    def _send_pending(self) -> None:
+        if pending := self.outgoing.read():
+            self.sock.sendall(pending)
+
+    def _receive(self) -> None:
+        """Read from the socket; feed the complete records to TLS, counting them."""
+        chunk = self.sock.recv(65536)
+        assert chunk, "the server closed the connection"
+        self.raw += chunk
+        while len(self.raw) >= 5:
+            end = 5 + int.from_bytes(self.raw[3:5], "big")
+            if len(self.raw) < end:
+                break
+            self.incoming.write(self.raw[:end])
+            self.raw = self.raw[end:]
+            self.records += 1
+
+    def request(self, path: str, complete: Callable[[bytes], bool]) -> tuple[bytes, int]:
+        """Send a GET; the response once ``complete`` says so, and how many records it took."""
+        self.tls.write(f"GET {path} HTTP/1.1\r\nhost: x\r\n\r\n".encode())
+        self._send_pending()
+        self.records = 0
+        data = b""
+        while not complete(data):
+            self._receive()
+            while True:
+                try:
+                    data += self.tls.read(65536)
+                except ssl.SSLWantReadError:
+                    break
+        return data, self.records
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_response_goes_out_in_one_tls_record(
+    ca_dir: Path, client_identity: WorkloadIdentity, loop: str
+) -> None:
+    """Head and body of a response sent in two ASGI messages leave in one write: one TLS record
+    (uvicorn alone writes two, and the client reads twice); a chunked response in one record
+    per body message, its terminator with the last (uvicorn alone: four)."""
+    pytest.importorskip(loop)
+    mesh = serve_mesh(ca_dir, policy("STRICT"))
+    with running(two_sends_app, mesh, loop=loop) as (_, port):
+        client = RecordCountingClient(port, client_identity.client_context())
+        try:
+            counts = []
+            for _ in range(3):  # the first after the handshake, then on a connection in use
+                response, records = client.request("/", lambda data: data.endswith(b"hello"))
+                assert response.startswith(b"HTTP/1.1 200 OK\r\n")
+                counts.append(records)
+            chunked, chunked_records = client.request(
+                "/chunked", lambda data: data.endswith(b"\r\n0\r\n\r\n")
+            )
+        finally:
+            client.close()
+    assert counts[1:] == [1, 1]
+    assert b"transfer-encoding: chunked" in chunked.lower()
+    assert chunked.endswith(b"5\r\nfirst\r\n6\r\nsecond\r\n0\r\n\r\n")
+    assert chunked_records == 2
+
+
+def test_a_wsgi_response_goes_out_in_one_tls_record(
+    ca_dir: Path, client_identity: WorkloadIdentity
+) -> None:
+    """The WSGI app's headers and first chunk reach the event loop together: one write."""
+    mesh = serve_mesh(ca_dir, policy("STRICT"))
+    with running(two_sends_wsgi, mesh, wsgi=True) as (_, port):
+        client = RecordCountingClient(port, client_identity.client_context())
+        try:
+            answers = [client.request("/", lambda data: data.endswith(b"hello")) for _ in range(3)]
+        finally:
+            client.close()
+    assert all(response.startswith(b"HTTP/1.1 200 OK\r\n") for response, _ in answers)
+    assert [records for _, records in answers[1:]] == [1, 1]
+
+
+def receive_until(sock: socket.socket, received: bytes, wanted: bytes) -> bytes:
+    """Read until ``wanted`` has arrived (the socket's timeout bounds each read)."""
+    while wanted not in received:
+        chunk = sock.recv(65536)
+        assert chunk, f"the server closed the connection before {wanted!r}: {received!r}"
+        received += chunk
+    return received
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_streamed_response_is_not_held_back(ca_dir: Path, loop: str) -> None:
+    """Server-Sent Events: the head reaches the client before the app sends the first event,
+    and each event before the app sends the next (the app waits for the client's word)."""
+    pytest.importorskip(loop)
+    key = f"{loop}-{time.monotonic_ns()}"
+    gates = GATES[key] = (threading.Event(), threading.Event())
+    mesh = serve_mesh(ca_dir)
+    with (
+        running(two_sends_app, mesh, loop=loop) as (_, port),
+        socket.create_connection((HOST, port), timeout=WAIT) as sock,
+    ):
+        sock.sendall(f"GET /stream?{key} HTTP/1.1\r\nhost: x\r\n\r\n".encode())
+        received = b""
+        for gate, wanted in zip(gates, (b"\r\n\r\n", b"event: one\n\n"), strict=True):
+            received = receive_until(sock, received, wanted)  # held: a socket timeout
+            gate.set()
+        received = receive_until(sock, received, b"0\r\n\r\n")
+    del GATES[key]
+    assert received.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"event: one\n\n" in received
+    assert b"event: two\n\n" in received
+
+
 # --------------------------------------------------------------------------- uvicorn, meshctl
 
 
@@ -567,6 +734,10 @@ def test_the_uvicorn_contract() -> None:
         loop.close()
     assert protocol.app is config.loaded_app, "H11Protocol.app: the app called per request"
     assert "self.app" in inspect.getsource(H11Protocol.handle_events)
+    # the response writer: each request's cycle writes through its ``transport`` attribute
+    assert "transport=self.transport" in inspect.getsource(H11Protocol.handle_events)
+    assert "self.cycle = RequestResponseCycle(" in inspect.getsource(H11Protocol.handle_events)
+    assert "self.transport.write(" in inspect.getsource(RequestResponseCycle.send)
     assert list(inspect.signature(uvicorn.Server.startup).parameters) == ["self", "sockets"]
     assert list(inspect.signature(uvicorn.Server.shutdown).parameters) == ["self", "sockets"]
     serve_source = inspect.getsource(uvicorn.Server._serve)
