@@ -48,6 +48,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from meshlib import errors
+from meshlib.clients.httpx.headers import with_entries
 from meshlib.clients.httpx.transport import AsyncMeshTransport, MeshInfo
 from meshlib.deadline import current
 
@@ -408,7 +409,10 @@ class MeshMiddleware:
         answer = response.extensions.get(_ANSWER)
         if answer is None:  # the mesh's own reply, or one through its TLS pools
             try:
-                body = await response.aread()
+                try:
+                    body = response.content  # the mesh's own replies are in memory
+                except httpx.ResponseNotRead:
+                    body = await response.aread()
             finally:
                 await response.aclose()
             local = _local_response(req, response.status_code, response.headers.raw, body)
@@ -427,10 +431,47 @@ class MeshMiddleware:
         await self._transport.aclose()
 
 
+_REF = type(httpx.URL("http://a/")._uri_reference)
+_LIKE = httpx.Headers()
+_new = object.__new__
+
+
+def _httpx_url(url: URL) -> httpx.URL:
+    """``url`` as an ``httpx.URL``, its parts taken from yarl's parse (not parsed again)."""
+    try:
+        host = url.raw_host or ""
+        ref = _REF(
+            url.scheme,
+            "",  # aiohttp takes credentials out of the URL before any middleware runs
+            host if host.islower() or not host.isascii() else host.lower(),
+            None if url.is_default_port() else url.explicit_port,
+            url.raw_path or "/",
+            url.raw_query_string or None,
+            None,
+        )
+    except (AttributeError, TypeError, ValueError):  # pragma: no cover - another httpx or yarl
+        return httpx.URL(str(url))
+    made: httpx.URL = _new(httpx.URL)
+    made._uri_reference = ref
+    return made
+
+
+def _httpx_headers(headers: Any) -> httpx.Headers:
+    """aiohttp's headers as ``httpx.Headers``, in httpx's own form (not normalised again)."""
+    items = []
+    try:
+        for name, value in headers.items():
+            raw = name.encode("ascii")
+            items.append((raw, raw.lower(), value.encode("utf-8")))
+    except UnicodeEncodeError:  # a name that is not ASCII: httpx's own checks decide
+        return httpx.Headers(list(headers.items()))
+    return with_entries(items, _LIKE)
+
+
 async def _httpx_request(req: aiohttp.ClientRequest, handler: Any) -> httpx.Request:
     """The pipeline's view of ``req``: its method, URL, headers, body and the caller's bound."""
-    url = httpx.URL(str(req.url))
-    headers = httpx.Headers(list(req.headers.items()))
+    url = _httpx_url(req.url)
+    headers = _httpx_headers(req.headers)
     body = req.body
     stream: Any
     if not body:
