@@ -546,3 +546,25 @@ async def test_each_attempt_is_a_client_span_whose_context_the_upstream_receives
     assert second.context is not None
     # the answering attempt's span is the parent the upstream was told of
     assert sent.split("-")[2] == f"{second.context.span_id:016x}"
+
+
+async def test_an_encoded_path_a_query_and_non_ascii_header_values_go_as_sent(
+    upstream: Upstream,
+) -> None:
+    docs = reviews_vs(
+        "  - match: [{uri: {exact: /a b/c}}]\n"  # the router sees the path decoded
+        "    route: [{destination: {host: reviews}}]\n"
+    )
+    mesh = Mesh.from_yaml(config(upstream.address, docs), seed=1)
+    async with (
+        mesh.aiohttp_session() as session,
+        session.get(
+            "http://reviews:9080/a%20b/c?x=%2F&y=1", headers={"x-name": "café"}
+        ) as response,
+    ):
+        seen = await response.json()
+    assert response.status == 200
+    assert mesh_info(response) is not None
+    assert seen["path"] in ("/a%20b/c", "/a b/c")
+    # sent as aiohttp sends it (UTF-8), read by the upstream as Latin-1
+    assert seen["headers"]["x-name"] == "café".encode().decode("latin-1")
