@@ -568,3 +568,28 @@ async def test_an_encoded_path_a_query_and_non_ascii_header_values_go_as_sent(
     assert seen["path"] in ("/a%20b/c", "/a b/c")
     # sent as aiohttp sends it (UTF-8), read by the upstream as Latin-1
     assert seen["headers"]["x-name"] == "café".encode().decode("latin-1")
+
+
+async def test_a_rewrite_and_request_header_operations_reach_the_upstream(
+    upstream: Upstream,
+) -> None:
+    docs = reviews_vs(
+        "  - match: [{uri: {prefix: /old/}}]\n"
+        "    rewrite: {uri: /new/}\n"
+        "    headers: {request: {set: {x-added: mesh}, remove: [x-secret]}}\n"
+        "    route: [{destination: {host: reviews}}]\n"
+    )
+    mesh = Mesh.from_yaml(config(upstream.address, docs), seed=1)
+    async with (
+        mesh.aiohttp_session() as session,
+        session.get(
+            "http://reviews:9080/old/page?q=a%26b", headers={"x-secret": "s", "x-kept": "k"}
+        ) as response,
+    ):
+        seen = await response.json()
+    assert response.status == 200
+    assert seen["path"] == "/new/page"
+    assert seen["headers"]["x-added"] == "mesh"
+    assert "x-secret" not in seen["headers"]
+    assert seen["headers"]["x-kept"] == "k"
+    assert str(response.url) == "http://reviews:9080/old/page?q=a%26b"  # the caller's URL
