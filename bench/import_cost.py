@@ -83,12 +83,17 @@ def probe(python: str, statement: str) -> dict[str, Any]:
 
 def clean_venv(where: Path) -> str:
     """A new venv at ``where`` with meshlib's core dependencies only; its python."""
-    subprocess.run([sys.executable, "-m", "venv", str(where)], check=True)
     python = str(where / "bin" / "python")
-    subprocess.run(
+    steps = (
+        [sys.executable, "-m", "venv", str(where)],
         [python, "-m", "pip", "install", "--quiet", "-c", str(ROOT / "constraints.txt"), str(ROOT)],
-        check=True,
     )
+    for step in steps:
+        if subprocess.run(step, check=False).returncode != 0:
+            raise SystemExit(
+                f"cannot build the clean venv ({' '.join(step[:4])} … failed); "
+                "--python PATH measures an interpreter you have"
+            )
     return python
 
 
