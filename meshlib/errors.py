@@ -7,13 +7,21 @@ MeshError
  │   └─ SpiffeIdError      (also ValueError)   a string that is not a valid SPIFFE ID
  ├─ PeerIdentityError                          a peer's certificate was refused (expected/presented)
  ├─ StoreError                                 the fleet's store (etcd) cannot be read or written
- └─ MeshRequestError       (also httpx.TransportError)  a call the mesh could not complete
+ └─ MeshRequestError                         a call the mesh could not complete
      ├─ NoRouteError                           no route matched (flag NR)
      ├─ NoHealthyUpstream                      no endpoint to send to (flags UH / NC)
      ├─ CircuitOpenError                       breaker open (flag UO)
-     ├─ UpstreamTLSError   (also httpx.ConnectError)  TLS origination failed (flag UF)
-     └─ DeadlineExceeded   (also httpx.TimeoutException)  route timeout spent (flag UT)
+     ├─ UpstreamTLSError                       TLS origination failed (flag UF)
+     └─ DeadlineExceeded                       route timeout spent (flag UT)
 ```
+
+This tree needs no HTTP client library. What a call raises is at once meshlib's and the client's
+own: each client adapter raises a subclass of the class above that also derives from its
+client's error (``meshlib.clients.httpx.errors``: ``MeshRequestError`` is also an
+``httpx.TransportError``, ``UpstreamTLSError`` an ``httpx.ConnectError``, ``DeadlineExceeded`` an
+``httpx.TimeoutException``; ``meshlib.clients.requests``: ``requests.exceptions.ConnectionError``,
+``DeadlineExceeded`` a ``requests.exceptions.Timeout``). So ``except meshlib.CircuitOpenError``
+and ``except httpx.TransportError`` both catch an open breaker through httpx.
 
 As under Envoy, the mesh answers some calls itself with a response rather than an exception: no
 route (404 ``NR``), no endpoint (503 ``UH``/``NC``), connection-pool overflow (503 ``UO``).
@@ -27,9 +35,7 @@ these, with the original kept as ``__cause__``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
-
-import httpx
+from typing import Any, Literal
 
 Severity = Literal["error", "warning"]
 
@@ -95,8 +101,9 @@ class StoreError(MeshError):
     an answer that is not etcd's, a write that lost a race (``meshlib.store``)."""
 
 
-class MeshRequestError(MeshError, httpx.TransportError):
-    """A request the mesh could not complete; says which route, destination and response flag."""
+class MeshRequestError(MeshError):
+    """A request the mesh could not complete; says which route, destination and response flag.
+    ``request`` is the request as the client holds it (None when not known)."""
 
     flag: str = ""
 
@@ -104,7 +111,7 @@ class MeshRequestError(MeshError, httpx.TransportError):
         self,
         message: str,
         *,
-        request: httpx.Request | None = None,
+        request: Any = None,
         route: str | None = None,
         destination: str | None = None,
         flag: str | None = None,
@@ -123,7 +130,20 @@ class MeshRequestError(MeshError, httpx.TransportError):
             if value
         ]
         text = f"{message} ({', '.join(details)})" if details else message
-        super().__init__(text, request=request)
+        super().__init__(text)
+        self._attach(request)
+
+    def _attach(self, request: Any) -> None:
+        """Keep the request (a client's subclass keeps it where its client's errors do)."""
+        self._request = request
+
+    @property
+    def request(self) -> Any:
+        return self._request
+
+    @request.setter
+    def request(self, request: Any) -> None:
+        self._request = request
 
 
 class NoRouteError(MeshRequestError):
@@ -145,7 +165,7 @@ class CircuitOpenError(MeshRequestError):
     flag = "UO"
 
 
-class UpstreamTLSError(MeshRequestError, httpx.ConnectError):
+class UpstreamTLSError(MeshRequestError):
     """The mesh could not originate TLS to the upstream: the handshake failed, the peer's
     certificate or SPIFFE ID was refused, or the destination's TLS settings cannot be used (flag
     UF, as Envoy reports a TLS failure: an upstream connection failure). No byte of the request
@@ -158,7 +178,7 @@ class UpstreamTLSError(MeshRequestError, httpx.ConnectError):
         self,
         message: str,
         *,
-        request: httpx.Request | None = None,
+        request: Any = None,
         route: str | None = None,
         destination: str | None = None,
     ) -> None:
@@ -166,7 +186,7 @@ class UpstreamTLSError(MeshRequestError, httpx.ConnectError):
         super().__init__(message, request=request, route=route, destination=destination)
 
 
-class DeadlineExceeded(MeshRequestError, httpx.TimeoutException):  # noqa: N818 - reads as a state
+class DeadlineExceeded(MeshRequestError):  # noqa: N818 - reads as a state
     """The route's overall timeout ran out across all attempts (Envoy: 504, flag UT)."""
 
     flag = "UT"

@@ -25,16 +25,7 @@ import httpx
 from meshlib.balancing import Balancer, LeastRequest
 from meshlib.clients.httpx.client import MeshAsyncClient, MeshClient
 from meshlib.clients.httpx.inner import async_transport_name, new_async_transport
-from meshlib.clients.httpx.transport import (
-    FREE_LEASE,
-    MESH_SUFFIX,
-    NO_TICKET,
-    AsyncMeshTransport,
-    Call,
-    FreeLease,
-    MeshTransport,
-    stamp_metadata,
-)
+from meshlib.clients.httpx.transport import AsyncMeshTransport, MeshTransport
 from meshlib.clock import SYSTEM_CLOCK, Clock, SystemClock
 from meshlib.config import model as m
 from meshlib.config.compile import compile_table, fqdn
@@ -45,6 +36,7 @@ from meshlib.discovery.file import FileRegistry
 from meshlib.discovery.static import StaticRegistry
 from meshlib.errors import ConfigError, Problem, StoreError
 from meshlib.mirror import Mirrors
+from meshlib.pipeline.info import FREE_LEASE, NO_TICKET, FreeLease
 from meshlib.policies.breaker import UNLIMITED, Breaker, BreakerSettings, Lease, PoolLimits
 from meshlib.policies.retry import Outcome, RetryBudget, RetryPolicy, policy_for
 from meshlib.routing import RetryDecision, RouteDecision, RouteRequest, RouteTable, Target
@@ -690,47 +682,6 @@ class Mesh:
         if chosen is None and isinstance(self._transport, httpx.AsyncBaseTransport):
             return self._transport
         return new_async_transport(chosen)
-
-    # ------------------------------------------------------------------ mirroring
-
-    def mirror(self, call: Call, transport: MeshTransport) -> None:
-        """Send copies of the request to the route's mirrors; never waits for them. Each must
-        be answered by the call's route deadline; at most ``mirrors.limit`` are outstanding."""
-        for request, cluster, endpoint in self._mirror_requests(call):
-            inner = transport.mirror_inner(call, cluster, endpoint, request)
-            if inner is not None:
-                self.mirrors.send(inner, request, call.deadline, cluster.name)
-
-    def amirror(self, call: Call, transport: AsyncMeshTransport) -> None:
-        for request, cluster, endpoint in self._mirror_requests(call):
-            inner = transport.mirror_inner(call, cluster, endpoint, request)
-            if inner is not None:
-                self.mirrors.asend(inner, request, call.deadline, cluster.name)
-
-    def _mirror_requests(self, call: Call) -> list[tuple[httpx.Request, Cluster, Endpoint | None]]:
-        """The copies to send, each with its destination's cluster and endpoint."""
-        mirrors = call.decision.mirrors
-        if not mirrors or not call.replayable:
-            return []
-        out = []
-        original = call.request
-        for target, percentage in mirrors:
-            if percentage < 100 and self.rng.random() * 100 >= percentage:
-                continue
-            cluster = self.cluster(target)
-            endpoint = cluster.choose(None, ())
-            url = original.url
-            if endpoint is not None:
-                url = url.copy_with(host=endpoint.host, port=endpoint.port)
-            headers = httpx.Headers(original.headers)
-            host = headers.get("host") or original.url.host
-            name, sep, port = host.partition(":")
-            headers["host"] = f"{name}-shadow{sep}{port}"
-            copy = httpx.Request(original.method, url, headers=headers, stream=original.stream)
-            if target.host.endswith(MESH_SUFFIX):  # a shadow says who sent it, as the call does
-                stamp_metadata(copy, self)
-            out.append((copy, cluster, endpoint))
-        return out
 
     def close(self) -> None:
         """Stop what the mesh runs in the background: mirror threads, the metrics scrape

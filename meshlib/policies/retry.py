@@ -49,10 +49,8 @@ from datetime import timezone
 from types import TracebackType
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
-import httpx
 import tenacity
 
-from meshlib.clients.httpx.headers import entries
 from meshlib.clock import Clock
 from meshlib.config import model as m
 from meshlib.errors import MeshError
@@ -88,8 +86,6 @@ _NO_RESPONSE: frozenset[ErrorKind] = frozenset(
 _RETRY_AFTER_STATUSES = frozenset({429, 503})
 _STOP_FLAGS: dict[StopReason, str] = {"retry-limit": "URX", "overflow": "UO"}
 _DELTA_SECONDS = re.compile(r"\d+(?:\.\d+)?")
-_REFUSED_STREAM_TEXT = re.compile(r"REFUSED_STREAM|error_code:\s*7\b")
-_H2_REFUSED_STREAM = 7
 
 T = TypeVar("T")
 
@@ -115,11 +111,11 @@ def _header(headers: HeaderLookup, name: str) -> str | None:
 def _screened(headers: HeaderLookup) -> tuple[str | None, bool]:
     """``grpc-status`` (or None) and whether ``x-envoy-ratelimited`` is present, in one pass.
 
-    ``httpx.Headers`` is read through its list of lowercased raw names
-    (``meshlib.clients.httpx.headers``): a miss through its public lookup raises and catches a
-    ``KeyError`` inside, three times the cost of the scan."""
-    raw = entries(headers)
-    if raw is None:
+    ``httpx.Headers`` is read through its list of lowercased raw names (its ``_list``, as
+    ``meshlib.clients.httpx.headers`` reads it): a miss through its public lookup raises and
+    catches a ``KeyError`` inside, three times the cost of the scan."""
+    raw = getattr(headers, "_list", None)
+    if not isinstance(raw, list):
         return _header(headers, "grpc-status"), "x-envoy-ratelimited" in headers
     grpc: str | None = None
     limited = False
@@ -185,56 +181,26 @@ class Outcome:
 
     @classmethod
     def of_error(cls, exc: BaseException, *, per_try_timeout: bool = False) -> Outcome:
-        """The outcome of an attempt that raised ``exc`` (see ``classify_error``)."""
-        kind = classify_error(exc, per_try_timeout=per_try_timeout)
-        sent = kind != "connect-failure" and not isinstance(exc, httpx.PoolTimeout)
-        return cls(error=kind, request_sent=sent)
+        """The outcome of an attempt that raised a built-in exception: a refused connection
+        (``"connect-failure"``, nothing sent), a timeout (``"per-try-timeout"`` when the per-try
+        deadline caused it, else ``"reset"``), a connection reset, abort or broken pipe
+        (``"reset"``); meshlib's own errors and anything else are ``"other"``. Each client
+        adapter classifies its client's own errors (``meshlib.clients.httpx.errors``)."""
+        kind = classify_builtin_error(exc, per_try_timeout=per_try_timeout)
+        return cls(error=kind, request_sent=kind != "connect-failure")
 
 
-def classify_error(exc: BaseException, *, per_try_timeout: bool = False) -> ErrorKind:
-    """Map an attempt's exception to the failure kinds Envoy's retry conditions speak of.
-
-    * ``httpx.ConnectError``/``ConnectTimeout`` (and a raw ``ConnectionRefusedError``) →
-      ``"connect-failure"``.
-    * An HTTP/2 stream reset with ``REFUSED_STREAM`` (error code 7; httpx raises
-      ``RemoteProtocolError`` carrying h2's ``StreamReset``) → ``"refused-stream"``.
-    * Other ``RemoteProtocolError``, ``ReadError``, ``WriteError``, ``CloseError`` and raw
-      connection resets → ``"reset"``: the upstream "does not respond at all".
-    * ``ReadTimeout``/``WriteTimeout``/``PoolTimeout`` (any httpx timeout but a connect
-      timeout) → ``"per-try-timeout"`` when the caller's per-try deadline caused it
-      (``per_try_timeout=True``), else ``"reset"`` (Envoy's ``5xx`` covers "disconnect/reset/read
-      timeout").
-    * meshlib's own errors (no route, no healthy upstream, circuit open, deadline exceeded) and
-      anything else → ``"other"``, never retried.
-    """
+def classify_builtin_error(exc: BaseException, *, per_try_timeout: bool = False) -> ErrorKind:
+    """``Outcome.of_error``'s kind of a built-in exception (see there)."""
     if isinstance(exc, MeshError):
         return "other"
-    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, ConnectionRefusedError)):
+    if isinstance(exc, ConnectionRefusedError):
         return "connect-failure"
-    if isinstance(exc, (httpx.TimeoutException, TimeoutError, asyncio.TimeoutError)):
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
         return "per-try-timeout" if per_try_timeout else "reset"
-    if isinstance(exc, httpx.RemoteProtocolError):
-        return "refused-stream" if _is_refused_stream(exc) else "reset"
-    if isinstance(exc, (httpx.NetworkError, ConnectionResetError, ConnectionAbortedError)):
-        return "reset"
-    if isinstance(exc, BrokenPipeError):
+    if isinstance(exc, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)):
         return "reset"
     return "other"
-
-
-def _is_refused_stream(exc: BaseException) -> bool:
-    """True when ``exc`` (or its cause) is an HTTP/2 stream reset with ``REFUSED_STREAM``."""
-    seen = 0
-    current: BaseException | None = exc
-    while current is not None and seen < 4:
-        for arg in current.args:
-            if getattr(arg, "error_code", None) == _H2_REFUSED_STREAM:
-                return True
-        if _REFUSED_STREAM_TEXT.search(str(current)):
-            return True
-        current = current.__cause__ or current.__context__
-        seen += 1
-    return False
 
 
 # --------------------------------------------------------------------------- the conditions
@@ -872,7 +838,6 @@ __all__ = [
     "StopReason",
     "attempt_timeout",
     "backoff_delay",
-    "classify_error",
     "policy_for",
     "retry_after",
     "wait_envoy_backoff",

@@ -33,9 +33,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import httpcore
 import httpx
 
-from meshlib.clients.httpx.transport import PEER_IDENTITY
+from meshlib.clients.httpx.errors import UpstreamTLSError
 from meshlib.config import model as m
-from meshlib.errors import PeerIdentityError, UpstreamTLSError
+from meshlib.errors import PeerIdentityError
+from meshlib.pipeline.info import PEER_IDENTITY
 from meshlib.security.verify import AcceptedPeers, explain_handshake_failure, peer_identity
 
 if TYPE_CHECKING:

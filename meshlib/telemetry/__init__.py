@@ -17,8 +17,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-import httpx
-
 if TYPE_CHECKING:
     from meshlib.discovery import Endpoint
     from meshlib.errors import ConfigError
@@ -26,6 +24,43 @@ if TYPE_CHECKING:
     from meshlib.telemetry.peer import PeerMetadata
 
 log = logging.getLogger("meshlib.telemetry")
+
+
+class URLView(Protocol):
+    """A request's URL as telemetry reads it, whatever the client (``httpx.URL`` is one):
+    the access log, metrics and the tracer read these, and nothing else."""
+
+    @property
+    def scheme(self) -> str: ...
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def port(self) -> int | None: ...  # None: the scheme's default
+
+    @property
+    def userinfo(self) -> bytes: ...
+
+    @property
+    def raw_path(self) -> bytes: ...  # path and query, as sent
+
+    @property
+    def netloc(self) -> bytes: ...  # host[:port], as sent
+
+    def __str__(self) -> str: ...  # the full URL
+
+
+class TraceCarrier(Protocol):
+    """An attempt's trace headers, as the attempt tracer reads and writes them."""
+
+    def trace_headers(self, names: frozenset[str]) -> dict[str, str]:
+        """The attempt's headers of ``names`` (lower case)."""
+        ...
+
+    def put_trace_headers(self, names: frozenset[str], pairs: list[tuple[str, str]]) -> None:
+        """Remove the attempt's headers of ``names`` and add ``pairs``."""
+        ...
 
 
 # --------------------------------------------------------------------------- events
@@ -36,7 +71,7 @@ class RequestInfo:
     """An outbound request as the mesh saw it (shared by the events of one request)."""
 
     method: str
-    url: httpx.URL
+    url: URLView
     decision: RouteDecision
     request_id: str | None
     started: float  # on the mesh clock
@@ -208,11 +243,12 @@ class MeshListener(Protocol):
 
 
 class AttemptTracer(Protocol):
-    """Traces outbound attempts: ``start`` may add headers to the attempt and returns a token
-    handed back to ``end``. A tracer with an ``on_event(event)`` method also gets every event
-    the hub emits (meshlib's own records faults and retries as span events)."""
+    """Traces outbound attempts: ``start`` may set trace headers on the attempt (``carrier``)
+    and returns a token handed back to ``end``. A tracer with an ``on_event(event)`` method
+    also gets every event the hub emits (meshlib's own records faults and retries as span
+    events)."""
 
-    def start(self, event: AttemptStarted, request: httpx.Request) -> Any: ...
+    def start(self, event: AttemptStarted, carrier: TraceCarrier) -> Any: ...
 
     def end(self, token: Any, event: AttemptEnded, flags: str) -> None: ...
 
@@ -280,12 +316,12 @@ class Telemetry:
 
     # ------------------------------------------------------------------ attempts
 
-    def attempt_started(self, event: AttemptStarted, request: httpx.Request) -> Any:
+    def attempt_started(self, event: AttemptStarted, carrier: TraceCarrier) -> Any:
         token = None
         tracer = self.tracer
         if tracer is not None:
             try:
-                token = tracer.start(event, request)
+                token = tracer.start(event, carrier)
             except Exception:
                 log.exception("attempt tracer failed to start a span")
         self.emit(event)
@@ -321,4 +357,6 @@ __all__ = [
     "RetryScheduled",
     "StoreHealthChanged",
     "Telemetry",
+    "TraceCarrier",
+    "URLView",
 ]

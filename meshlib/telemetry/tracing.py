@@ -42,7 +42,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import httpx
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
@@ -59,7 +58,6 @@ from opentelemetry.trace import (
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from meshlib.clients.httpx.headers import Entry, entries, with_entries
 from meshlib.clock import SYSTEM_CLOCK, Clock, SystemClock
 from meshlib.config import model as m
 from meshlib.config.load import ServiceInfo
@@ -72,7 +70,7 @@ if TYPE_CHECKING:
 
     from meshlib.discovery import Endpoint
     from meshlib.routing import RouteDecision
-    from meshlib.telemetry import AttemptEnded, AttemptStarted
+    from meshlib.telemetry import AttemptEnded, AttemptStarted, TraceCarrier, URLView
 
 log = logging.getLogger("meshlib.telemetry")
 
@@ -91,7 +89,6 @@ TRACE_HEADERS: tuple[str, ...] = (
 )
 #: The headers that name a span: an attempt's own replace the carried ones (baggage is not one).
 SPAN_HEADERS = frozenset(TRACE_HEADERS) - {"baggage"}
-_SPAN_HEADER_BYTES = frozenset(name.encode() for name in SPAN_HEADERS)
 
 DEFAULT_PROPAGATION: tuple[str, ...] = ("tracecontext", "baggage")
 PROPAGATORS: dict[str, type[TextMapPropagator]] = {
@@ -271,23 +268,13 @@ class MeshTracer:
 
     # ------------------------------------------------------------------ outbound attempts
 
-    def start(self, event: AttemptStarted, request: httpx.Request) -> AttemptSpan:
+    def start(self, event: AttemptStarted, carrier: TraceCarrier) -> AttemptSpan:
         """Start the CLIENT span of an attempt and write its trace headers on the attempt.
 
         The parent is the current span (the inbound request's SERVER span, or the app's own
         span inside it); with none, the trace headers already on the request (carried from the
         inbound request, or set by the app); with none either, the attempt starts a trace."""
-        kept: list[Entry] = []
-        carried: dict[str, str] = {}
-        found = entries(request.headers)
-        if found is None:  # pragma: no cover - another httpx layout: take the public way
-            found = [(key, key.lower(), value) for key, value in request.headers.raw]
-        for entry in found:  # one pass: span headers out, the rest kept
-            lower = entry[1]
-            if lower in _SPAN_HEADER_BYTES:
-                carried[lower.decode("latin-1")] = entry[2].decode("latin-1")
-            else:
-                kept.append(entry)
+        carried = carrier.trace_headers(SPAN_HEADERS)
         parent = otel_context.get_current()
         if carried and not trace.get_current_span(parent).get_span_context().is_valid:
             parent = extract(carried)
@@ -311,23 +298,25 @@ class MeshTracer:
                 info.method, parent, SpanKind.CLIENT, attributes=attributes, start_time=start_ns
             )
         own = span.get_span_context()
+        pairs: list[tuple[str, str]] = []
         if self._w3c and own.is_valid:  # TraceContextTextMapPropagator's output, made directly
-            value = f"00-{own.trace_id:032x}-{own.span_id:016x}-{own.trace_flags:02x}".encode()
-            kept.append((b"traceparent", b"traceparent", value))
+            pairs.append(
+                ("traceparent", f"00-{own.trace_id:032x}-{own.span_id:016x}-{own.trace_flags:02x}")
+            )
             if own.trace_state:
-                state = own.trace_state.to_header().encode("latin-1")
-                kept.append((b"tracestate", b"tracestate", state))
-        headers = with_entries(kept, request.headers)
+                pairs.append(("tracestate", own.trace_state.to_header()))
         if self._inject:
+            injected: dict[str, str] = {}
             current = None
             for propagator in self._inject:
                 if isinstance(propagator, W3CBaggagePropagator):
-                    propagator.inject(headers, parent)  # baggage lives in the context, not span
+                    propagator.inject(injected, parent)  # baggage lives in the context, not span
                     continue
                 if current is None:
                     current = trace.set_span_in_context(span, parent)
-                propagator.inject(headers, current)
-        request.headers = headers
+                propagator.inject(injected, current)
+            pairs.extend(injected.items())
+        carrier.put_trace_headers(SPAN_HEADERS, pairs)
         return AttemptSpan(span, start_ns)
 
     def end(self, token: Any, event: AttemptEnded, flags: str) -> None:
@@ -601,10 +590,12 @@ def _json_value(value: Any) -> Any:
     return value
 
 
-def _full_url(url: httpx.URL) -> str:
+def _full_url(url: URLView) -> str:
+    """The URL without its credentials (``user:password@``)."""
+    text = str(url)
     if url.userinfo:
-        url = url.copy_with(username=None, password=None)
-    return str(url)
+        text = text.replace(f"://{url.userinfo.decode('ascii', 'replace')}@", "://", 1)
+    return text
 
 
 # --------------------------------------------------------------------------- building one

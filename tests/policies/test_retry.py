@@ -12,6 +12,7 @@ import httpx
 import pytest
 import tenacity
 
+from meshlib.clients.httpx.errors import classify_error, outcome_of_error
 from meshlib.clock import Clock
 from meshlib.config.model import RetryBudget as RetryBudgetConfig
 from meshlib.errors import CircuitOpenError, DeadlineExceeded, NoHealthyUpstream
@@ -23,7 +24,6 @@ from meshlib.policies.retry import (
     RetryState,
     attempt_timeout,
     backoff_delay,
-    classify_error,
     policy_for,
     retry_after,
     wait_envoy_backoff,
@@ -310,10 +310,28 @@ def test_timeouts_of_a_per_try_deadline(exc: BaseException) -> None:
 
 
 def test_outcome_of_error_knows_what_was_not_sent() -> None:
-    assert Outcome.of_error(httpx.ConnectError("x")) == CONNECT
-    assert Outcome.of_error(httpx.PoolTimeout("x")) == RESET_UNSENT
-    assert Outcome.of_error(httpx.ReadError("x")) == RESET
-    assert Outcome.of_error(httpx.ReadTimeout("x"), per_try_timeout=True) == PER_TRY
+    assert outcome_of_error(httpx.ConnectError("x")) == CONNECT
+    assert outcome_of_error(httpx.PoolTimeout("x")) == RESET_UNSENT
+    assert outcome_of_error(httpx.ReadError("x")) == RESET
+    assert outcome_of_error(httpx.ReadTimeout("x"), per_try_timeout=True) == PER_TRY
+
+
+@pytest.mark.parametrize(
+    ("exc", "outcome"),
+    [
+        (ConnectionRefusedError(), Outcome(error="connect-failure", request_sent=False)),
+        (ConnectionResetError(), Outcome(error="reset")),
+        (BrokenPipeError(), Outcome(error="reset")),
+        (TimeoutError(), Outcome(error="reset")),
+        (CircuitOpenError("open"), Outcome(error="other")),
+        (ValueError("bug"), Outcome(error="other")),
+        (httpx.ConnectError("its adapter classifies it"), Outcome(error="other")),
+    ],
+)  # fmt: skip
+def test_outcome_of_a_builtin_error(exc: BaseException, outcome: Outcome) -> None:
+    assert Outcome.of_error(exc) == outcome
+    if isinstance(exc, TimeoutError):
+        assert Outcome.of_error(exc, per_try_timeout=True) == Outcome(error="per-try-timeout")
 
 
 def test_outcome_of_response_reads_retry_after_only_where_it_matters() -> None:
@@ -696,7 +714,9 @@ def test_tenacity_runs_the_granted_retries_and_returns_the_last_response() -> No
     upstream = Upstream(503, 503, 200)
     state = make_state(policy("5xx", attempts=2), clock, budget=budget)
     delay = first_try(state, upstream)
-    response = state.retrying(judge, discard=upstream.close)(upstream.send)
+    response = state.retrying(judge, judge_error=outcome_of_error, discard=upstream.close)(
+        upstream.send
+    )
     assert response.status_code == 200
     assert upstream.calls == 3
     assert upstream.closed == [503, 503]
@@ -711,7 +731,9 @@ def test_tenacity_stops_at_the_attempt_limit_without_retry_error() -> None:
     upstream = Upstream(503, 503, 503, 503)
     state = make_state(policy("5xx", attempts=2), clock)
     first_try(state, upstream)
-    response = state.retrying(judge, discard=upstream.close)(upstream.send)
+    response = state.retrying(judge, judge_error=outcome_of_error, discard=upstream.close)(
+        upstream.send
+    )
     assert response.status_code == 503
     assert upstream.calls == 3
     assert upstream.closed == [503, 503]  # the response returned is left open
@@ -724,7 +746,9 @@ def test_tenacity_stops_at_the_deadline_and_on_overflow() -> None:
     state = make_state(policy("5xx", attempts=3), clock, deadline=0.02, seed=4)
     delay = first_try(state, upstream)
     assert delay < 0.02
-    response = state.retrying(judge, discard=upstream.close)(upstream.send)
+    response = state.retrying(judge, judge_error=outcome_of_error, discard=upstream.close)(
+        upstream.send
+    )
     assert response.status_code == 503
     assert state.stopped_by == "deadline"
     assert clock.now() < 0.02
@@ -743,7 +767,7 @@ def test_tenacity_stops_at_the_deadline_and_on_overflow() -> None:
         budget.request_finished()
         return upstream.send()
 
-    assert state.retrying(judge)(send).status_code == 503
+    assert state.retrying(judge, judge_error=outcome_of_error)(send).status_code == 503
     assert (state.stopped_by, state.flag, upstream.calls) == ("overflow", "UO", 2)
     assert (budget.active_retries, budget.refused) == (0, 1)
 
@@ -754,7 +778,7 @@ def test_tenacity_reraises_the_last_exception_as_is() -> None:
     state = make_state(policy("5xx", attempts=2), clock)
     first_try(state, upstream)
     with pytest.raises(httpx.ConnectError, match="still down"):
-        state.retrying(judge, discard=upstream.close)(upstream.send)
+        state.retrying(judge, judge_error=outcome_of_error, discard=upstream.close)(upstream.send)
     assert upstream.calls == 3
 
 
@@ -764,17 +788,17 @@ def test_tenacity_never_retries_an_other_error() -> None:
     state = make_state(policy("5xx", "reset"), clock)
     first_try(state, upstream)
     with pytest.raises(ValueError, match="bug"):
-        state.retrying(judge)(upstream.send)
+        state.retrying(judge, judge_error=outcome_of_error)(upstream.send)
     assert upstream.calls == 2
 
 
 def test_tenacity_needs_a_granted_retry() -> None:
     state = make_state(policy("5xx"), FakeClock())
     with pytest.raises(ValueError, match="no retry granted"):
-        state.retrying(judge)
+        state.retrying(judge, judge_error=outcome_of_error)
     assert state.next_delay(status(200), 1) is None
     with pytest.raises(ValueError, match="no retry granted"):
-        state.async_retrying(judge)
+        state.async_retrying(judge, judge_error=outcome_of_error)
 
 
 async def test_async_tenacity_retries_with_async_discard() -> None:
@@ -782,9 +806,9 @@ async def test_async_tenacity_retries_with_async_discard() -> None:
     upstream = Upstream(503, httpx.ReadError("reset"), 503, 200)
     state = make_state(policy("5xx", attempts=3), clock)
     first_try(state, upstream)
-    response: httpx.Response = await state.async_retrying(judge, discard=upstream.aclose)(
-        upstream.asend
-    )
+    response: httpx.Response = await state.async_retrying(
+        judge, judge_error=outcome_of_error, discard=upstream.aclose
+    )(upstream.asend)
     assert response.status_code == 200
     assert upstream.calls == 4
     assert upstream.closed == [503, 503]
@@ -798,4 +822,6 @@ async def test_async_tenacity_reraises_without_retry_error() -> None:
     state = make_state(policy("5xx"), clock)
     first_try(state, upstream)
     with pytest.raises(httpx.ConnectError, match="b"):
-        await state.async_retrying(judge, discard=upstream.close)(upstream.asend)
+        await state.async_retrying(judge, judge_error=outcome_of_error, discard=upstream.close)(
+            upstream.asend
+        )
