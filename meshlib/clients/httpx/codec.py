@@ -218,12 +218,15 @@ class HttpxCodec:
         response.extensions["mesh"] = info
         return peer
 
-    def info(self, response: httpx.Response) -> MeshInfo | None:
-        found = response.extensions.get("mesh")
+    def info(self, response: httpx.Response | dict[str, Any]) -> MeshInfo | None:
+        """``response``: a response, or the extensions of one whose body is being read."""
+        extensions = response if isinstance(response, dict) else response.extensions
+        found = extensions.get("mesh")
         return found if isinstance(found, MeshInfo) else None
 
-    def set_info(self, response: httpx.Response, info: MeshInfo) -> None:
-        response.extensions["mesh"] = info
+    def set_info(self, response: httpx.Response | dict[str, Any], info: MeshInfo) -> None:
+        extensions = response if isinstance(response, dict) else response.extensions
+        extensions["mesh"] = info
 
     # ------------------------------------------------------------------ errors
 

@@ -98,16 +98,16 @@ class _Body(httpx.SyncByteStream):
         chunks = iter(self._stream)
         while True:
             if deadline is not None and deadline.at - deadline.now() <= 0:
-                raise call.body_expired(None, _Held(self._extensions))
+                raise call.body_expired(None, self._extensions)
             token = _enter_deadline(deadline)
             try:
                 chunk = next(chunks)
             except StopIteration:
                 return
             except httpx.TimeoutException as exc:
-                raise call.body_expired(exc, _Held(self._extensions)) from exc
+                raise call.body_expired(exc, self._extensions) from exc
             except httpx.TransportError as exc:
-                call.body_broken(exc, _Held(self._extensions))
+                call.body_broken(exc, self._extensions)
                 raise
             finally:
                 _leave_deadline(token)
@@ -141,16 +141,16 @@ class _AsyncBody(httpx.AsyncByteStream):
         chunks = self._stream.__aiter__()
         while True:
             if deadline is not None and deadline.at - deadline.now() <= 0:
-                raise call.body_expired(None, _Held(self._extensions))
+                raise call.body_expired(None, self._extensions)
             token = _enter_deadline(deadline)
             try:
                 chunk = await chunks.__anext__()
             except StopAsyncIteration:
                 return
             except httpx.TimeoutException as exc:
-                raise call.body_expired(exc, _Held(self._extensions)) from exc
+                raise call.body_expired(exc, self._extensions) from exc
             except httpx.TransportError as exc:
-                call.body_broken(exc, _Held(self._extensions))
+                call.body_broken(exc, self._extensions)
                 raise
             finally:
                 _leave_deadline(token)
@@ -584,13 +584,3 @@ def _mirror_origination(
 
 def _releaser(cluster: Cluster, endpoint: Endpoint | None, lease: Any, counted: int) -> Any:
     return lambda: cluster.end(endpoint, lease, counted)
-
-
-class _Held:
-    """What the core reads of a response whose body is being read: its extensions (the
-    ``MeshInfo`` to reflag), without a reference from the body back to the response."""
-
-    __slots__ = ("extensions",)
-
-    def __init__(self, extensions: dict[str, Any]) -> None:
-        self.extensions = extensions
