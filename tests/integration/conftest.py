@@ -94,6 +94,11 @@ class Caller:
             else:
                 self._aclient = mesh.async_client()
 
+    @property
+    def timeout_error(self) -> type[BaseException]:
+        """The client's own timeout family: a ``DeadlineExceeded`` through it is one too."""
+        return asyncio.TimeoutError if self.kind == "aiohttp" else httpx.TimeoutException
+
     def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         if self._client is not None:
             return self._client.request(method, url, **kwargs)
