@@ -47,6 +47,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -297,6 +298,14 @@ class Misbehaving:
         """Requests that arrived whole so far: on ``path``, or on every path."""
         counts = self.control("/_hits")
         return int(counts["total"] if path is None else counts["paths"].get(path, 0))
+
+    def hits_reaching(self, path: str, count: int, within: float = 3.0) -> int:
+        """``hits(path)`` once it reaches ``count``, or after ``within`` seconds: a try the
+        client gave up on may still wait in the upstream's socket, read later under load."""
+        ends = time.monotonic() + within
+        while (seen := self.hits(path)) < count and time.monotonic() < ends:
+            time.sleep(0.02)
+        return seen
 
     def active(self, path: str) -> int:
         """Requests on ``path`` whose answer is not over yet (their client still waiting)."""
