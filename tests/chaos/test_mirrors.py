@@ -70,12 +70,12 @@ def test_the_mirror_queue_is_bounded_and_counts_what_it_drops(
     base_path: str,
     misbehaving: Misbehaving,
 ) -> None:
-    """100 calls behind a mirror target that hangs (``timeout: 3s``, longer than the calls
+    """100 calls behind a mirror target that hangs (``timeout: 20s``, far longer than the calls
     take): at most 64 copies are outstanding (before, all but the few in flight were queued,
     without bound); the others are dropped, counted on ``mesh.mirrors`` and in
     ``meshlib_mirror_dropped_total``. The callers never wait for any of it. Closing the mesh
     drops what is still queued."""
-    mesh = chaos_mesh(mirrored("timeout: 3s"), telemetry=True)
+    mesh = chaos_mesh(mirrored("timeout: 20s"), telemetry=True)
     caller = connect(mesh)
     path = f"/ok{base_path}"
     for _ in range(100):
