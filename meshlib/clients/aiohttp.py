@@ -2,26 +2,37 @@
 
 ``mesh.aiohttp_middleware()`` returns a ``MeshMiddleware``; ``mesh.aiohttp_session()`` a stock
 ``aiohttp.ClientSession`` with it installed. Every request of the session goes through the
-mesh's pipeline (routing, faults, retries, timeouts, pool limits, breakers, outlier detection,
-mirrors, redirects and direct responses, telemetry, propagation) and aiohttp sends each attempt:
-the middleware calls aiohttp's own handler once per attempt, with the attempt's URL (the chosen
-endpoint) and headers, as aiohttp's documented retry middlewares do.
+mesh's core (``meshlib.pipeline.call``: routing, faults, retries, timeouts, pool limits,
+breakers, outlier detection, mirrors, redirects and direct responses, telemetry, propagation),
+which reads and edits aiohttp's own request and response objects through ``AiohttpCodec``;
+aiohttp sends each attempt: the middleware calls aiohttp's handler once per attempt, with the
+attempt's URL (the chosen endpoint) and headers, as aiohttp's documented retry middlewares do.
+No httpx object is made on the way, except for a destination the mesh originates TLS to (see
+below).
 
 What a caller sees:
 
 * an upstream's response is aiohttp's own ``ClientResponse``, its body streamed by aiohttp;
-  ``meshlib.clients.aiohttp.mesh_info(response)`` (also ``response.mesh``) is the ``MeshInfo``,
-  and ``x-mesh-response-flags`` is among its headers when the mesh set flags;
+  ``mesh_info(response)`` (also ``response.mesh``) is the ``MeshInfo``, and
+  ``x-mesh-response-flags`` is among its headers when the mesh set flags;
 * a reply of the mesh's own (no route 404 ``NR``, no endpoint 503 ``UH``/``NC``, pool overflow
   503 ``UO``, an injected abort ``FI``, a ``directResponse`` or ``redirect``) is a
   ``ClientResponse`` too, its body in memory (aiohttp follows a mesh redirect as any other,
   unless ``allow_redirects=False``);
-* a call the mesh cannot complete raises an exception that is at once aiohttp's and
-  meshlib's: ``CircuitOpenError`` is also ``aiohttp.ClientConnectionError``,
-  ``MeshRequestError`` too, and ``DeadlineExceeded`` is also ``aiohttp.ServerTimeoutError``
-  (so ``asyncio.TimeoutError``). The caller's own ``ClientTimeout.total`` ends the call as
-  aiohttp ends it (``asyncio.TimeoutError``); the mesh reads it (``ClientRequest.timeout`` on
-  aiohttp 3.15, else the session's) as the caller's bound, so no try starts after it.
+* a call the mesh cannot complete raises an exception that is at once aiohttp's and meshlib's:
+  ``CircuitOpenError`` is also ``aiohttp.ClientConnectionError``, ``MeshRequestError`` too,
+  and ``DeadlineExceeded`` is also ``aiohttp.ServerTimeoutError`` (so
+  ``asyncio.TimeoutError``). The caller's own ``ClientTimeout.total`` ends the call as aiohttp
+  ends it (``asyncio.TimeoutError``); the mesh reads it (``ClientRequest.timeout`` on aiohttp
+  3.15, else the session's) as the caller's bound, so no try starts after it.
+
+TLS the mesh originates (``ISTIO_MUTUAL`` with the workload identity, ``MUTUAL``, ``SIMPLE``)
+goes through the mesh's own TLS pools (httpx on httpcore, with meshlib's network backend, which
+checks the peer's certificate and SPIFFE ID before a byte of the request is sent): aiohttp's
+public API has no hook between its TLS handshake and the request's first byte, and a middleware
+cannot give a request an ``ssl`` context of its own. Such an answer is handed over as a
+``ClientResponse`` with its body read into memory. Mirrors' copies go through httpx's async
+transport too.
 
 What aiohttp's public API does not offer, and how this module does it (``docs/clients.md``):
 a middleware cannot make a ``ClientResponse`` of its own, nor change an upstream response's
@@ -31,7 +42,8 @@ response the mesh changed (flags, VirtualService header operations, the peer met
 removes) are replaced through ``_headers``/``_raw_headers``. These are in ``_local_response``
 and ``_replace_headers`` alone, tested against the aiohttp meshlib pins. A response's ``url``
 is the caller's; its ``request_info`` is the attempt as aiohttp sent it (``url``: the
-endpoint's address, ``real_url``: the caller's URL).
+endpoint's address, ``real_url``: the caller's URL). The end of a response's body is seen
+through its connection's ``add_callback``.
 """
 
 from __future__ import annotations
@@ -39,23 +51,38 @@ from __future__ import annotations
 import asyncio
 import http
 import inspect
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
-import httpx
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from meshlib import errors
-from meshlib.clients.httpx.headers import with_entries
-from meshlib.clients.httpx.transport import AsyncMeshTransport, MeshInfo
-from meshlib.deadline import current
+from meshlib.deadline import Deadline
+from meshlib.pipeline.call import Call, origination_for
+from meshlib.pipeline.call import raise_for_mesh as _raise_for_mesh
+from meshlib.pipeline.info import (
+    FLAGS_HEADER,
+    FREE_LEASE,
+    MESH_SUFFIX,
+    NO_TICKET,
+    MeshInfo,
+)
+from meshlib.policies.retry import ErrorKind, Outcome
+from meshlib.routing import RouteRequest
+from meshlib.telemetry.peer import PEER_KEYS, PEER_METADATA, stamp_of
 
 if TYPE_CHECKING:
-    from meshlib.mesh import Mesh
+    import httpx
+
+    from meshlib.config.model import HeaderOperations
+    from meshlib.discovery import Endpoint
+    from meshlib.mesh import Cluster, Mesh
+    from meshlib.security.outbound import Origination, Outbound, SecureTransports
 
 __all__ = [
+    "AiohttpCodec",
     "CircuitOpenError",
     "DeadlineExceeded",
     "MeshMiddleware",
@@ -68,10 +95,8 @@ __all__ = [
     "session",
 ]
 
-#: The request extension that carries aiohttp's request and handler through the pipeline.
-_SEND = "meshlib.aiohttp"
-#: The response extension of an attempt answered through aiohttp.
-_ANSWER = "meshlib.aiohttp.response"
+Handler = Callable[[aiohttp.ClientRequest], Any]
+AiohttpCall = Call[aiohttp.ClientRequest, aiohttp.ClientResponse]
 
 
 # --------------------------------------------------------------------------- errors
@@ -104,99 +129,44 @@ class DeadlineExceeded(  # noqa: N818 - reads as a state
     ``ClientError`` and an ``asyncio.TimeoutError``)."""
 
 
-#: meshlib's exception class → its aiohttp flavor (most derived first).
-_AIOHTTP_ERRORS: tuple[tuple[type[errors.MeshRequestError], type[errors.MeshRequestError]], ...] = (
-    (errors.DeadlineExceeded, DeadlineExceeded),
-    (errors.CircuitOpenError, CircuitOpenError),
-    (errors.UpstreamTLSError, UpstreamTLSError),
-    (errors.NoRouteError, NoRouteError),
-    (errors.NoHealthyUpstream, NoHealthyUpstream),
-    (errors.MeshRequestError, MeshRequestError),
-)
-_AIOHTTP_CLASSES = frozenset(dual for _, dual in _AIOHTTP_ERRORS)
-
-
-def aiohttp_error(exc: BaseException) -> BaseException:
-    """The exception an aiohttp caller gets for ``exc`` (what the pipeline raised)."""
-    if isinstance(exc, errors.MeshRequestError):
-        if type(exc) in _AIOHTTP_CLASSES:
-            return exc
-        for kind, dual in _AIOHTTP_ERRORS:
-            if isinstance(exc, kind):
-                # the same error (message, route, destination, flag, request), of the class
-                # that is aiohttp's too
-                error = dual.__new__(dual, *exc.args)
-                error.args = exc.args
-                error.__dict__.update(exc.__dict__)
-                return error
-    if isinstance(exc, httpx.TimeoutException):  # the caller's own timeout
-        return aiohttp.ServerTimeoutError(str(exc) or "timed out")
-    if isinstance(exc, httpx.TransportError):
-        return aiohttp.ClientConnectionError(str(exc) or type(exc).__name__)
-    return exc
-
-
-def httpx_error(exc: BaseException, request: httpx.Request) -> httpx.TransportError:
-    """The httpx exception the pipeline classifies, for an aiohttp or asyncio error."""
-    message = str(exc) or type(exc).__name__
-    error: httpx.TransportError
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        error = httpx.ConnectTimeout(message, request=request)
-    elif isinstance(exc, (aiohttp.ServerTimeoutError, asyncio.TimeoutError)):
-        error = httpx.ReadTimeout(message, request=request)
-    elif isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ServerFingerprintMismatch)):
-        error = httpx.ConnectError(message, request=request)
-    elif isinstance(
-        exc,
-        (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientResponseError),
-    ):
-        error = httpx.RemoteProtocolError(message, request=request)
-    elif isinstance(exc, (aiohttp.NonHttpUrlClientError, aiohttp.InvalidURL)):
-        error = httpx.UnsupportedProtocol(message, request=request)
-    elif isinstance(exc, aiohttp.ClientConnectionResetError):
-        error = httpx.WriteError(message, request=request)
-    elif isinstance(exc, (aiohttp.ClientConnectionError, OSError)):
-        error = httpx.ReadError(message, request=request)
-    else:
-        error = httpx.TransportError(message, request=request)
-    return error
-
-
-# --------------------------------------------------------------------------- MeshInfo
-
-
-def mesh_info(response: aiohttp.ClientResponse) -> MeshInfo | None:
-    """What the mesh did with the call that ``response`` answers (None: not a mesh call)."""
-    info = getattr(response, "mesh", None)
-    return info if isinstance(info, MeshInfo) else None
-
-
-_LOCAL_ERRORS: dict[str, type[MeshRequestError]] = {
-    "NR": NoRouteError,
-    "UH": NoHealthyUpstream,
-    "NC": NoHealthyUpstream,
-    "UO": CircuitOpenError,
+#: meshlib's class → its aiohttp flavor.
+FLAVORS: dict[type[errors.MeshRequestError], type[errors.MeshRequestError]] = {
+    errors.MeshRequestError: MeshRequestError,
+    errors.NoRouteError: NoRouteError,
+    errors.NoHealthyUpstream: NoHealthyUpstream,
+    errors.CircuitOpenError: CircuitOpenError,
+    errors.UpstreamTLSError: UpstreamTLSError,
+    errors.DeadlineExceeded: DeadlineExceeded,
 }
 
 
-def raise_for_mesh(response: aiohttp.ClientResponse) -> aiohttp.ClientResponse:
-    """As ``meshlib.raise_for_mesh`` for an aiohttp response: raise when the mesh answered the
-    call itself for want of a route (``NoRouteError``), an endpoint (``NoHealthyUpstream``) or
-    pool room (``CircuitOpenError``); the response otherwise."""
-    info = mesh_info(response)
-    if info is None or not info.local_reply:
-        return response
-    for flag in info.flags.split(","):
-        error = _LOCAL_ERRORS.get(flag)
-        if error is not None:
-            target = info.decision.destination
-            raise error(
-                f"the mesh answered {response.status} itself",
-                route=info.route,
-                destination=target.name if target is not None else info.decision.host,
-                flag=flag,
-            )
-    return response
+class _AttemptTimeout(aiohttp.ServerTimeoutError):
+    """An attempt the mesh's deadline cut (its per-try timeout, or the call's deadline)."""
+
+
+def classify(exc: BaseException) -> ErrorKind:
+    """Envoy's failure kind of an attempt that raised aiohttp's (or asyncio's) ``exc``."""
+    if isinstance(exc, errors.UpstreamTLSError):  # no TLS to the upstream: nothing was sent
+        return "connect-failure"
+    if isinstance(exc, errors.MeshError):
+        return "other"
+    if isinstance(
+        exc,
+        (
+            aiohttp.ClientConnectorError,
+            aiohttp.ConnectionTimeoutError,
+            aiohttp.ServerFingerprintMismatch,
+            ConnectionRefusedError,
+        ),
+    ):
+        return "connect-failure"
+    if isinstance(exc, (aiohttp.ServerTimeoutError, asyncio.TimeoutError)):
+        return "reset"  # a per-try timeout is told apart by the caller (``per_try_timeout``)
+    if isinstance(exc, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError)):
+        return "reset"
+    if isinstance(exc, aiohttp.ClientResponseError):  # not HTTP: the upstream broke the exchange
+        return "reset"
+    return "other"
 
 
 # --------------------------------------------------------------------------- responses
@@ -222,15 +192,19 @@ class _NoWriter:
 
 _IDLE = _Idle()
 _RESPONSE_ARGS = frozenset(inspect.signature(aiohttp.ClientResponse.__init__).parameters)
+_REASONS: dict[int, str] = {status.value: status.phrase for status in http.HTTPStatus}
 
 
 def _local_response(
     req: aiohttp.ClientRequest,
     status: int,
-    raw: list[tuple[bytes, bytes]],
+    raw: Sequence[tuple[bytes, bytes]],
     body: bytes,
+    *,
+    pending: bool = False,
 ) -> aiohttp.ClientResponse:
-    """A ``ClientResponse`` the mesh answers with itself, its body in memory."""
+    """A ``ClientResponse`` the mesh answers with itself, its body in memory. ``pending``: its
+    headers ``raw`` are set by ``AiohttpCodec.finish`` (with the flags), not now."""
     loop = asyncio.get_running_loop()
     kwargs: dict[str, Any] = {
         "writer": None,
@@ -244,14 +218,14 @@ def _local_response(
     if "stream_writer" in _RESPONSE_ARGS:
         kwargs["stream_writer"] = _NoWriter()
     response_class = getattr(req, "response_class", aiohttp.ClientResponse)
-    response = response_class(req.method, req.url, **kwargs)
+    response = response_class(req.method, req.original_url, **kwargs)
     response.status = status
-    try:
-        response.reason = http.HTTPStatus(status).phrase
-    except ValueError:
-        response.reason = ""
+    response.reason = _REASONS.get(status, "")
     response.version = aiohttp.HttpVersion11
-    _replace_headers(response, tuple(raw))
+    if pending:
+        response._mesh_raw = raw  # type: ignore[union-attr]
+    else:
+        _replace_headers(response, tuple(raw))
     content = aiohttp.StreamReader(_IDLE, 2**16, loop=loop)  # type: ignore[arg-type]
     if body:
         content.feed_data(body)
@@ -276,87 +250,584 @@ def _replace_headers(
         cache.pop("raw_headers", None)
 
 
-class _AttemptBody(httpx.AsyncByteStream):
-    """The pipeline's view of an attempt's body: aiohttp's own response reads it. Closed
-    (a response the pipeline discards, to retry), it releases aiohttp's response."""
-
-    __slots__ = ("response",)
-
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
-        self.response: aiohttp.ClientResponse | None = response
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        response = self.response
-        if response is None:
-            return
-        while True:
-            chunk = await response.content.readany()
-            if not chunk:
-                return
-            yield chunk
-
-    async def aclose(self) -> None:
-        response, self.response = self.response, None
-        if response is not None:
-            response.release()
+def mesh_info(response: aiohttp.ClientResponse) -> MeshInfo | None:
+    """What the mesh did with the call that ``response`` answers (None: not a mesh call)."""
+    info = getattr(response, "mesh", None)
+    return info if isinstance(info, MeshInfo) else None
 
 
-# --------------------------------------------------------------------------- the attempt
+# --------------------------------------------------------------------------- the codec
 
 
-class _Attempts(httpx.AsyncBaseTransport):
-    """The pipeline's inner transport: an attempt goes out through aiohttp's handler, with the
-    attempt's URL and headers. A request that did not come through the middleware (a mirror's
-    copy) goes through httpx's own async transport."""
+class _URL:
+    """A yarl URL as telemetry reads one (``meshlib.telemetry.URLView``)."""
 
-    def __init__(self) -> None:
-        self._other: httpx.AsyncBaseTransport | None = None
+    __slots__ = ("url",)
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        sending = request.extensions.get(_SEND)
-        if sending is None:
-            other = self._other
-            if other is None:
-                from meshlib.clients.httpx.httpcore import AsyncHTTPCoreTransport  # noqa: PLC0415
+    def __init__(self, url: URL) -> None:
+        self.url = url
 
-                other = self._other = AsyncHTTPCoreTransport()
-            return await other.handle_async_request(request)
-        req, handler, url, headers = sending
-        target = request.url
-        if target is not url:
-            req.url = _yarl(target)
-        if request.headers is not headers:
-            req.headers = CIMultiDict(
-                (name.decode("latin-1"), value.decode("utf-8", "surrogateescape"))
-                for name, value in request.headers.raw
+    @property
+    def scheme(self) -> str:
+        return self.url.scheme
+
+    @property
+    def host(self) -> str:
+        return self.url.host or ""
+
+    @property
+    def port(self) -> int | None:
+        return self.url.explicit_port if not self.url.is_default_port() else None
+
+    @property
+    def userinfo(self) -> bytes:
+        return b""  # aiohttp takes credentials out of the URL before any middleware runs
+
+    @property
+    def raw_path(self) -> bytes:
+        url = self.url
+        query = url.raw_query_string
+        return (url.raw_path + ("?" + query if query else "")).encode("ascii")
+
+    @property
+    def netloc(self) -> bytes:
+        return (self.url.raw_authority or "").encode("ascii")
+
+    def __str__(self) -> str:
+        return str(self.url)
+
+
+_new_view = object.__new__
+
+
+class AiohttpCodec:
+    """aiohttp's ``ClientRequest`` and ``ClientResponse`` for the core (``CODEC``)."""
+
+    __slots__ = ()
+
+    # ------------------------------------------------------------------ the request
+
+    def view(self, request: aiohttp.ClientRequest) -> RouteRequest:
+        url = request.url
+        raw = request.headers
+        headers = {name.lower(): value for name, value in raw.items()}
+        if len(headers) != len(raw):  # a repeated header: its values joined with ", "
+            headers = {}
+            for name, value in raw.items():
+                key = name.lower()
+                found = headers.get(key)
+                headers[key] = value if found is None else f"{found}, {value}"
+        view = _new_view(RouteRequest)
+        view.method = request.method
+        view.scheme = url.scheme
+        view.host = url.host or ""
+        view.port = url.port or (443 if url.scheme == "https" else 80)
+        view.path = url.path or "/"
+        view.query = url.raw_query_string
+        view.headers = headers
+        authority = headers.get("host")
+        if authority is None:
+            authority = url.raw_authority or view.host
+        view.authority = authority
+        view._params = None
+        return view
+
+    def save(self, request: aiohttp.ClientRequest) -> tuple[URL, CIMultiDict[str]]:
+        return request.url, request.headers
+
+    def restore(self, request: aiohttp.ClientRequest, saved: tuple[URL, Any]) -> None:
+        request.url, request.headers = saved
+
+    def carry(self, request: aiohttp.ClientRequest, carried: Mapping[str, str]) -> None:
+        """On a copy of the caller's headers (``restore`` puts the caller's own back)."""
+        headers = request.headers
+        missing = [name for name in carried if name not in headers]
+        if missing:
+            headers = request.headers = headers.copy()
+            for name in missing:
+                headers[name] = carried[name]
+
+    def url_of(self, request: aiohttp.ClientRequest) -> _URL:
+        return _URL(request.url)
+
+    def with_path(self, url: _URL, path: str) -> _URL:
+        old = url.url
+        new = old.with_path(path)  # encodes the decoded path the rewrite made
+        return _URL(
+            URL.build(
+                scheme=old.scheme,
+                authority=old.raw_authority,
+                path=new.raw_path,
+                query_string=old.raw_query_string,
+                encoded=True,
             )
-        deadline = current()
-        try:
-            if deadline is None:
-                answer = await handler(req)
-            else:
-                left = deadline.at - deadline.now()
-                if left <= 0:
-                    raise httpx.ConnectTimeout("the deadline passed", request=request)
-                answer = await _within(left, handler, req, request)
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-            raise httpx_error(exc, request) from exc
-        return httpx.Response(
-            answer.status,
-            headers=answer.raw_headers,
-            stream=_AttemptBody(answer),
-            extensions={_ANSWER: answer},
         )
 
+    def point(self, request: aiohttp.ClientRequest, url: _URL, endpoint: Endpoint | None) -> None:
+        target = url.url
+        if endpoint is not None:
+            target = URL.build(
+                scheme=target.scheme,
+                host=endpoint.host,
+                port=endpoint.port,
+                path=target.raw_path,
+                query_string=target.raw_query_string,
+                encoded=True,
+            )
+        request.url = target
+
+    def edit(
+        self,
+        request: aiohttp.ClientRequest,
+        *,
+        authority: str | None,
+        operations: list[HeaderOperations],
+        close: bool,
+        remove: str | None,
+    ) -> None:
+        headers = request.headers = request.headers.copy()
+        if authority:
+            headers["Host"] = authority
+        for operation in operations:
+            _apply(headers, operation)
+        if close:
+            headers["Connection"] = "close"
+        if remove is not None:
+            headers.popall(remove, None)
+
+    def stamp(
+        self, request: aiohttp.ClientRequest, entries: Sequence[tuple[bytes, bytes, bytes]]
+    ) -> None:
+        headers = request.headers = request.headers.copy()
+        for key in _PEER_NAMES:
+            if key in headers:
+                del headers[key]
+        headers.extend(_decoded(entries))
+
+    def request_headers(self, request: aiohttp.ClientRequest) -> Mapping[str, str]:
+        return request.headers  # case-insensitive: ``get`` with lowercase names works
+
+    def replayable(self, request: aiohttp.ClientRequest) -> bool:
+        body = request.body
+        return not body or isinstance(body, aiohttp.BytesPayload)
+
+    def caller_timeout(self, request: aiohttp.ClientRequest) -> float | None:
+        timeout = getattr(request, "timeout", None)  # aiohttp 3.15+; before, the session's
+        if timeout is None:
+            timeout = request.session.timeout
+        total = getattr(timeout, "total", None)
+        return float(total) if total else None
+
+    def caller_bounds_all(self, request: aiohttp.ClientRequest) -> bool:
+        return True  # aiohttp's ``total`` bounds every wait of the whole call
+
+    def bound(self, request: aiohttp.ClientRequest, timeout: float) -> Any:
+        return None  # the shell bounds each attempt by the deadline (``meshlib.deadline``)
+
+    def body_bound(self, bound: Any, timeout: float | None) -> None:
+        pass  # the shell bounds the body by the call's deadline
+
+    def trace_headers(
+        self, request: aiohttp.ClientRequest, names: frozenset[str]
+    ) -> dict[str, str]:
+        headers = request.headers
+        return {name: headers[name] for name in names if name in headers}
+
+    def put_trace_headers(
+        self, request: aiohttp.ClientRequest, names: frozenset[str], pairs: list[tuple[str, str]]
+    ) -> None:
+        headers = request.headers = request.headers.copy()
+        for name in names:
+            headers.popall(name, None)
+        for name, value in pairs:
+            headers.add(name, value)
+
+    # ------------------------------------------------------------------ the response
+
+    def status(self, response: aiohttp.ClientResponse) -> int:
+        return response.status
+
+    def response_headers(self, response: aiohttp.ClientResponse) -> Mapping[str, str]:
+        return response.headers
+
+    def reply(
+        self,
+        request: aiohttp.ClientRequest,
+        status: int,
+        headers: list[tuple[str, str]],
+        body: bytes,
+    ) -> aiohttp.ClientResponse:
+        raw = [(name.encode("latin-1"), value.encode("utf-8")) for name, value in headers]
+        if body or status not in (204, 304):
+            raw.append((b"content-length", str(len(body)).encode("ascii")))
+        return _local_response(request, status, raw, body, pending=True)
+
+    def location(
+        self, scheme: str, host: str, port: int | None, path: str, query: str | None
+    ) -> str:
+        built = URL.build(scheme=scheme, host=host, port=port, path=path, query_string=query or "")
+        return str(built)
+
+    def finish(
+        self,
+        response: aiohttp.ClientResponse,
+        operations: list[HeaderOperations],
+        flags: str,
+        info: MeshInfo,
+        local: bool,
+    ) -> str | None:
+        response.mesh = info  # type: ignore[attr-defined]
+        pending = getattr(response, "_mesh_raw", None)
+        if pending is not None:  # a local reply: its headers are set now, once
+            del response._mesh_raw  # type: ignore[attr-defined]
+            raw = pending
+        else:
+            raw = response.raw_headers
+        peer: str | None = None
+        taken = False
+        if not local:
+            for name, _ in raw:
+                if name.lower() in _UPSTREAM_TAKEN:
+                    taken = True
+                    break
+        if not taken and not flags and not operations:
+            if pending is not None:
+                _replace_headers(response, tuple(raw))
+            return None
+        kept: list[tuple[bytes, bytes]] = []
+        for name, value in raw:
+            key = name.lower()
+            if not local and key in _UPSTREAM_TAKEN:
+                if key == _PEER_METADATA_KEY:
+                    peer = value.decode("latin-1")
+                continue
+            kept.append((name, value))
+        if operations:
+            headers: CIMultiDict[str] = CIMultiDict(
+                (n.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
+                for n, v in kept
+            )
+            for operation in operations:
+                _apply(headers, operation)
+            kept = [
+                (n.encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape"))
+                for n, v in headers.items()
+            ]
+        if flags:
+            kept = [(n, v) for n, v in kept if n.lower() != _FLAGS_KEY]
+            kept.append((_FLAGS_KEY, flags.encode("ascii")))
+        _replace_headers(response, tuple(kept))
+        return peer
+
+    def info(self, response: Any) -> MeshInfo | None:
+        info = getattr(response, "mesh", None)
+        return info if isinstance(info, MeshInfo) else None
+
+    def set_info(self, response: Any, info: MeshInfo) -> None:
+        response.mesh = info
+
+    # ------------------------------------------------------------------ errors
+
+    def error(
+        self, kind: type[errors.MeshRequestError], message: str, **fields: Any
+    ) -> errors.MeshRequestError:
+        return FLAVORS.get(kind, kind)(message, **fields)
+
+    def caller_timeout_error(self, request: aiohttp.ClientRequest, message: str) -> Exception:
+        return aiohttp.ServerTimeoutError(message)
+
+    def is_read_timeout(self, exc: BaseException) -> bool:
+        return isinstance(exc, (aiohttp.ServerTimeoutError, asyncio.TimeoutError)) and not (
+            isinstance(exc, aiohttp.ConnectionTimeoutError)
+        )
+
+    def outcome_of_error(self, exc: BaseException, *, per_try_timeout: bool) -> Outcome:
+        kind = classify(exc)
+        if per_try_timeout and kind == "reset" and isinstance(exc, _AttemptTimeout):
+            kind = "per-try-timeout"
+        return Outcome(error=kind, request_sent=kind != "connect-failure")
+
+
+_PEER_NAMES = tuple(key.decode("latin-1") for key in PEER_KEYS)
+_DECODED: dict[int, tuple[Any, list[tuple[str, str]]]] = {}
+
+
+def _decoded(entries: Sequence[tuple[bytes, bytes, bytes]]) -> list[tuple[str, str]]:
+    """The metadata exchange headers as text, decoded once per stamp (the mesh keeps one)."""
+    found = _DECODED.get(id(entries))
+    if found is not None and found[0] is entries:
+        return found[1]
+    pairs = [(name.decode("latin-1"), value.decode("latin-1")) for name, _, value in entries]
+    if len(_DECODED) >= 64:
+        _DECODED.clear()
+    _DECODED[id(entries)] = (entries, pairs)
+    return pairs
+
+
+CODEC = AiohttpCodec()
+_PEER_METADATA_KEY = PEER_METADATA.encode()
+_FLAGS_KEY = FLAGS_HEADER.encode()
+_UPSTREAM_TAKEN = PEER_KEYS | {_FLAGS_KEY}
+
+
+def _apply(headers: CIMultiDict[str], ops: Any) -> None:
+    """Istio's header operations, in order: remove, set, add (``add`` appends ``,value``)."""
+    for name in ops.remove or ():
+        headers.popall(name, None)
+    for name, value in (ops.set or {}).items():
+        headers[name] = value
+    for name, value in (ops.add or {}).items():
+        found = headers.get(name)
+        headers[name] = value if found is None else f"{found},{value}"
+
+
+def raise_for_mesh(response: aiohttp.ClientResponse) -> aiohttp.ClientResponse:
+    """As ``meshlib.raise_for_mesh`` for an aiohttp response: raise when the mesh answered the
+    call itself for want of a route (``NoRouteError``), an endpoint (``NoHealthyUpstream``) or
+    pool room (``CircuitOpenError``); the response otherwise."""
+    _raise_for_mesh(mesh_info(response), response.status, None, CODEC)
+    return response
+
+
+# --------------------------------------------------------------------------- the shell
+
+
+class MeshMiddleware:
+    """The mesh as an aiohttp client middleware (``ClientMiddlewareType``)."""
+
+    def __init__(self, mesh: Mesh) -> None:
+        self.mesh = mesh
+        self._secure: SecureTransports | None = None  # the TLS destinations' pools (httpx)
+        self._plain: httpx.AsyncBaseTransport | None = None  # mirrors' copies (httpx)
+
+    async def __call__(
+        self, req: aiohttp.ClientRequest, handler: Handler
+    ) -> aiohttp.ClientResponse:
+        call: AiohttpCall = Call(self.mesh, req, CODEC)
+        try:
+            response = await self._handle(call, handler)
+        except BaseException as exc:
+            call.finished(None, exc)
+            raise
+        finally:
+            call.done()
+        if call.telemetry.listening and not call.body_pending:
+            call.finished(response, None)
+        return response
+
+    async def _handle(self, call: AiohttpCall, handler: Handler) -> aiohttp.ClientResponse:
+        mesh = self.mesh
+        if not call.decision.plain:
+            reply = call.local_reply()
+            if reply is not None:
+                return reply
+            action = call.draw_fault()
+            if action is not None:
+                if action.delay is not None:
+                    sleep, cut = call.delay_budget(action.delay)
+                    await mesh.clock.asleep(sleep)
+                    if cut:
+                        raise call.user_timeout()
+                if action.aborts:
+                    return call.abort_reply(action)
+            if call.decision.mirrors:
+                await self._mirror(call)
+        while True:
+            reply = call.prepare_attempt()
+            if reply is not None:
+                return reply
+            cluster = call.cluster
+            assert cluster is not None
+            ends = call.attempt_deadline()
+            waited = cluster.pool_limited
+            if waited:
+                try:
+                    lease = await cluster.aacquire(ends)
+                except errors.DeadlineExceeded:
+                    raise call.pool_timeout() from None
+                if lease is None:
+                    return call.overflow()
+            else:
+                lease = FREE_LEASE
+            try:
+                timeout = call.attempt_timeout(ends, waited)
+            except BaseException:
+                lease.release()
+                raise
+            ticket: Any
+            if cluster.breaker is None:
+                ticket = NO_TICKET
+            else:
+                try:
+                    ticket = cluster.breaker.permit()
+                except errors.CircuitOpenError as exc:
+                    lease.release()
+                    raise call.refused(exc) from exc
+            attempt = call.attempt_request(timeout)
+            endpoint = call.endpoint
+            counted = cluster.begin(endpoint) if cluster.counts else 0
+            token = call.attempt_started(attempt) if call.telemetry.active else None
+            bound = call.attempt_bound(ends)
+            if bound is not None and ends == call.user_deadline:
+                bound = None  # the caller's own ``total``: aiohttp ends the call at it itself
+            try:
+                if cluster.outbound is None:
+                    response = await _send(handler, attempt, bound)
+                else:
+                    response = await self._send_secure(call, cluster.outbound, handler, bound)
+            except (
+                aiohttp.ClientError,
+                OSError,
+                asyncio.TimeoutError,
+                errors.UpstreamTLSError,
+            ) as exc:
+                cluster.end(endpoint, lease, counted)
+                outcome = call.outcome_of_error(exc)
+                call.attempt_ended(token, outcome)
+                ticket.record(None, outcome.error)
+                call.record(outcome)
+                delay = call.retry_delay(outcome)
+                if delay is None:
+                    raise call.error(exc, outcome) from exc
+                call.retry_scheduled(delay)
+                await mesh.clock.asleep(delay)
+                continue
+            except BaseException:
+                cluster.end(endpoint, lease, counted)
+                ticket.abandon()
+                raise
+            delay = call.settle(response, ticket, token)
+            if delay is None:
+                response = call.finish(response)
+                held = lease is not FREE_LEASE or counted
+                if held or call.bound is not None or call.telemetry.listening:
+                    call.body_started()
+                    _follow_body(call, response, cluster, endpoint, lease, counted)
+                return response
+            response.release()
+            cluster.end(endpoint, lease, counted)
+            call.retry_scheduled(delay)
+            await mesh.clock.asleep(delay)
+
+    async def _send_secure(
+        self, call: AiohttpCall, outbound: Outbound, handler: Handler, bound: Deadline | None
+    ) -> aiohttp.ClientResponse:
+        """An attempt to a destination that may take TLS: through the mesh's TLS pools (httpx
+        on httpcore, the peer checked before a byte is sent), or aiohttp's handler."""
+        req = call.request
+        call.tls = None
+        try:
+            origination = origination_for(outbound, call.endpoint, call.view)
+        except errors.UpstreamTLSError as exc:
+            raise call.codec.error(errors.UpstreamTLSError, exc.reason) from exc.__cause__
+        if origination is None:
+            return await _send(handler, req, bound)
+        import httpx  # noqa: PLC0415 - TLS goes through httpx's transport alone
+
+        from meshlib.deadline import enter, leave  # noqa: PLC0415
+
+        secure = self._secure
+        if secure is None:
+            from meshlib.security.outbound import SecureTransports  # noqa: PLC0415
+
+            secure = self._secure = SecureTransports(outbound.identity)
+        transport = secure.async_(outbound.target.name, origination)
+        request = await _httpx_copy(req, req.url.with_scheme("https"))
+        scope = enter(bound)
+        try:
+            try:
+                answer = await transport.handle_async_request(request)
+                body = await answer.aread()
+            finally:
+                leave(scope)
+        except errors.UpstreamTLSError:
+            raise  # the peer refused, or no TLS: nothing was sent
+        except httpx.TimeoutException as exc:
+            if isinstance(exc, httpx.ConnectTimeout):
+                raise aiohttp.ConnectionTimeoutError(str(exc)) from exc
+            raise _AttemptTimeout(str(exc)) from exc
+        except httpx.ConnectError as exc:
+            raise aiohttp.ClientConnectionError(str(exc)) from exc
+        except httpx.TransportError as exc:
+            raise aiohttp.ServerDisconnectedError(str(exc)) from exc
+        stream = answer.extensions.get("network_stream")
+        peer = stream.get_extra_info("meshlib.peer_identity") if stream is not None else None
+        call.tls = (origination.mode, peer if isinstance(peer, str) else None)
+        await answer.aclose()
+        return _local_response(req, answer.status_code, answer.headers.raw, body)
+
+    async def _mirror(self, call: AiohttpCall) -> None:
+        """Send copies of the request to the route's mirrors (through httpx's async transport,
+        or the mesh's TLS pools); never waits for their answers."""
+        if not call.replayable:
+            return
+        mesh = self.mesh
+        req = call.request
+        for target, percentage in call.decision.mirrors:
+            if percentage < 100 and mesh.rng.random() * 100 >= percentage:
+                continue
+            cluster = mesh.cluster(target)
+            endpoint = cluster.choose(None, ())
+            url = req.url
+            if endpoint is not None:
+                url = url.with_host(endpoint.host).with_port(endpoint.port)
+            inner = self._mirror_transport(call, cluster, endpoint)
+            if inner is None:
+                continue
+            transport, secure = inner
+            if secure:
+                url = url.with_scheme("https")
+            copy = await _httpx_copy(req, url)
+            host = copy.headers.get("host") or req.url.host or ""
+            name, sep, port = host.partition(":")
+            copy.headers["host"] = f"{name}-shadow{sep}{port}"
+            if target.host.endswith(MESH_SUFFIX):  # a shadow says who sent it, as the call does
+                for key in PEER_KEYS:
+                    copy.headers.pop(key.decode(), None)
+                for header, _, value in stamp_of(mesh).entries:
+                    copy.headers[header.decode()] = value.decode()
+            mesh.mirrors.asend(transport, copy, call.deadline, cluster.name)
+
+    def _mirror_transport(
+        self, call: AiohttpCall, cluster: Cluster, endpoint: Endpoint | None
+    ) -> tuple[Any, bool] | None:
+        outbound = cluster.outbound
+        origination: Origination | None = None
+        if outbound is not None:
+            try:
+                origination = origination_for(outbound, endpoint, call.view)
+            except errors.UpstreamTLSError:
+                return None
+        if origination is None or outbound is None:
+            plain = self._plain
+            if plain is None:
+                from meshlib.clients.httpx.httpcore import AsyncHTTPCoreTransport  # noqa: PLC0415
+
+                plain = self._plain = AsyncHTTPCoreTransport()
+            return plain, False
+        secure = self._secure
+        if secure is None:
+            from meshlib.security.outbound import SecureTransports  # noqa: PLC0415
+
+            secure = self._secure = SecureTransports(outbound.identity)
+        return secure.async_(outbound.target.name, origination), True
+
     async def aclose(self) -> None:
-        if self._other is not None:
-            await self._other.aclose()
+        if self._plain is not None:
+            await self._plain.aclose()
+        if self._secure is not None:
+            await self._secure.aclose()
 
 
-async def _within(
-    left: float, handler: Any, req: aiohttp.ClientRequest, request: httpx.Request
+async def _send(
+    handler: Handler, req: aiohttp.ClientRequest, bound: Deadline | None
 ) -> aiohttp.ClientResponse:
-    """``handler(req)``, cancelled after ``left`` seconds (then httpx's ``ReadTimeout``)."""
+    """One attempt through aiohttp's handler, cut at ``bound`` (an ``_AttemptTimeout``)."""
+    if bound is None:
+        return await handler(req)  # type: ignore[no-any-return]
+    left = bound.at - bound.now()
+    if left <= 0:
+        raise _AttemptTimeout("the deadline passed before the try")
     task = asyncio.current_task()
     assert task is not None
     fired = False
@@ -373,143 +844,34 @@ async def _within(
         uncancel = getattr(task, "uncancel", None)  # Python 3.11+
         if not fired or (uncancel is not None and uncancel() > 0):
             raise  # someone else's cancellation
-        raise httpx.ReadTimeout("the deadline passed", request=request) from None
+        raise _AttemptTimeout("the deadline passed") from None
     finally:
         timer.cancel()
 
 
-def _yarl(url: httpx.URL) -> URL:
-    return URL(str(url), encoded=True)
+async def _httpx_copy(req: aiohttp.ClientRequest, url: URL) -> httpx.Request:
+    """An httpx request of ``req`` to ``url`` (TLS attempts and mirrors' copies)."""
+    import httpx  # noqa: PLC0415
 
-
-# --------------------------------------------------------------------------- the middleware
-
-
-class MeshMiddleware:
-    """The mesh as an aiohttp client middleware (``ClientMiddlewareType``)."""
-
-    def __init__(self, mesh: Mesh) -> None:
-        self.mesh = mesh
-        self._inner = _Attempts()
-        self._transport = AsyncMeshTransport(mesh, self._inner)
-
-    async def __call__(
-        self,
-        req: aiohttp.ClientRequest,
-        handler: Callable[[aiohttp.ClientRequest], Any],
-    ) -> aiohttp.ClientResponse:
-        url, headers = req.url, req.headers
-        request = await _httpx_request(req, handler)
-        try:
-            response = await self._transport.handle_async_request(request)
-        except (errors.MeshRequestError, httpx.TransportError) as exc:
-            raise aiohttp_error(exc) from exc
-        finally:  # the caller's request as it sent it (the attempts went to the endpoints)
-            req.url, req.headers = url, headers
-        answer = response.extensions.get(_ANSWER)
-        if answer is None:  # the mesh's own reply, or one through its TLS pools
-            try:
-                try:
-                    body = response.content  # the mesh's own replies are in memory
-                except httpx.ResponseNotRead:
-                    body = await response.aread()
-            finally:
-                await response.aclose()
-            local = _local_response(req, response.status_code, response.headers.raw, body)
-            local.mesh = response.extensions.get("mesh")  # type: ignore[attr-defined]
-            return local
-        raw = response.headers.raw
-        if len(raw) != len(answer.raw_headers) or raw != list(answer.raw_headers):
-            _replace_headers(answer, tuple(raw))
-        answer.mesh = response.extensions.get("mesh")
-        stream = response.stream
-        if not isinstance(stream, _AttemptBody):  # the pipeline waits for the body's end
-            _follow_body(answer, stream)
-        return answer  # type: ignore[no-any-return]
-
-    async def aclose(self) -> None:
-        await self._transport.aclose()
-
-
-_REF = type(httpx.URL("http://a/")._uri_reference)
-_LIKE = httpx.Headers()
-_new = object.__new__
-
-
-def _httpx_url(url: URL) -> httpx.URL:
-    """``url`` as an ``httpx.URL``, its parts taken from yarl's parse (not parsed again)."""
-    try:
-        host = url.raw_host or ""
-        ref = _REF(
-            url.scheme,
-            "",  # aiohttp takes credentials out of the URL before any middleware runs
-            host if host.islower() or not host.isascii() else host.lower(),
-            None if url.is_default_port() else url.explicit_port,
-            url.raw_path or "/",
-            url.raw_query_string or None,
-            None,
-        )
-    except (AttributeError, TypeError, ValueError):  # pragma: no cover - another httpx or yarl
-        return httpx.URL(str(url))
-    made: httpx.URL = _new(httpx.URL)
-    made._uri_reference = ref
-    return made
-
-
-def _httpx_headers(headers: Any) -> httpx.Headers:
-    """aiohttp's headers as ``httpx.Headers``, in httpx's own form (not normalised again)."""
-    items = []
-    try:
-        for name, value in headers.items():
-            raw = name.encode("ascii")
-            items.append((raw, raw.lower(), value.encode("utf-8")))
-    except UnicodeEncodeError:  # a name that is not ASCII: httpx's own checks decide
-        return httpx.Headers(list(headers.items()))
-    return with_entries(items, _LIKE)
-
-
-async def _httpx_request(req: aiohttp.ClientRequest, handler: Any) -> httpx.Request:
-    """The pipeline's view of ``req``: its method, URL, headers, body and the caller's bound."""
-    url = _httpx_url(req.url)
-    headers = _httpx_headers(req.headers)
     body = req.body
-    stream: Any
-    if not body:
-        stream = httpx.ByteStream(b"")
-    elif isinstance(body, aiohttp.BytesPayload):
-        stream = httpx.ByteStream(await body.as_bytes())
-    else:  # streamed: sent once, never retried nor mirrored
-        stream = _Unreplayable()
-    extensions: dict[str, Any] = {_SEND: (req, handler, url, headers)}
-    timeout = getattr(req, "timeout", None)  # aiohttp 3.15+; before, the session's
-    if timeout is None:
-        timeout = req.session.timeout
-    total = getattr(timeout, "total", None)
-    if total:
-        extensions["timeout"] = {"connect": total, "read": total, "write": total, "pool": total}
-    request = httpx.Request(req.method, url, headers=headers, stream=stream)
-    request.extensions = extensions
-    return request
+    content = await body.as_bytes() if isinstance(body, aiohttp.Payload) and body else b""
+    return httpx.Request(req.method, str(url), headers=list(req.headers.items()), content=content)
 
 
-class _Unreplayable(httpx.AsyncByteStream):
-    """A streamed request body: aiohttp sends it; the pipeline only knows it cannot replay it."""
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        return
-        yield b""  # pragma: no cover
-
-
-def _follow_body(answer: aiohttp.ClientResponse, body: Any) -> None:
-    """The pipeline holds the call open until the body ends (pool slot, in-flight count, the
-    record of the call): end it when aiohttp's response lets go of its connection (the whole
-    body read, or the response released or closed), and bound the body by the call's deadline."""
-    attempt = getattr(body, "_stream", None)
-    if isinstance(attempt, _AttemptBody):
-        attempt.response = None  # aiohttp's response is the caller's now
-    content = answer.content
-    call = getattr(body, "_call", None)
-    extensions = getattr(body, "_extensions", {})
+def _follow_body(
+    call: AiohttpCall,
+    response: aiohttp.ClientResponse,
+    cluster: Cluster,
+    endpoint: Endpoint | None,
+    lease: Any,
+    counted: int,
+) -> None:
+    """The call stays open until the body ends (pool slot, in-flight count, the record of the
+    call): end it when aiohttp's response lets go of its connection (the whole body read, or the
+    response released or closed), and bound the body by the route's deadline."""
+    call.body_pending = True
+    content = response.content
+    status = response.status
     timer: asyncio.TimerHandle | None = None
 
     def ended() -> None:
@@ -518,47 +880,33 @@ def _follow_body(answer: aiohttp.ClientResponse, body: Any) -> None:
             timer.cancel()
             timer = None
         error = content.exception()
-        live = getattr(body, "_call", None)
-        if live is not None and isinstance(error, aiohttp.ClientPayloadError):
-            live.body_broken(httpx.RemoteProtocolError(str(error)), extensions)
-            answer.mesh = extensions.get("mesh")  # type: ignore[attr-defined]
-        _close_now(body)
+        if isinstance(error, aiohttp.ClientPayloadError) and call.body_error is None:
+            call.body_broken(error, response)
+        try:
+            cluster.end(endpoint, lease, counted)
+        finally:
+            if call.telemetry.listening:
+                call.recorded(status, response.headers, call.body_error)
 
-    bound = getattr(call, "bound", None)
-    if bound is not None and call is not None and call.ends != call.user_deadline:
+    bound = call.bound
+    if bound is not None and call.ends != call.user_deadline:
         # the route's deadline (the caller's own ``ClientTimeout.total`` aiohttp enforces on
         # the body itself)
-        left = bound.at - bound.now()
-
         def expire() -> None:
             nonlocal timer
             timer = None
             if content.is_eof():
                 return
-            error = aiohttp_error(call.body_expired(None, extensions))
-            answer.mesh = extensions.get("mesh")  # type: ignore[attr-defined]
+            error = call.body_expired(None, response)
             content.set_exception(error)
-            answer.close()
+            response.close()
 
-        timer = asyncio.get_running_loop().call_later(max(left, 0.0), expire)
-    connection = answer.connection
+        timer = asyncio.get_running_loop().call_later(max(bound.at - bound.now(), 0.0), expire)
+    connection = response.connection
     if connection is None:  # the body is in already
         ended()
     else:
         connection.add_callback(ended)
-
-
-def _close_now(body: Any) -> None:
-    """Close the pipeline's body stream (its ``aclose`` does not wait on anything)."""
-    closing = body.aclose()
-    try:
-        closing.send(None)
-    except StopIteration:
-        return
-    closing.close()  # pragma: no cover - it waited: not one of the pipeline's streams
-
-
-# --------------------------------------------------------------------------- sessions
 
 
 def session(mesh: Mesh, **kwargs: Any) -> aiohttp.ClientSession:
