@@ -485,9 +485,10 @@ class AiohttpCodec:
             raw = response.raw_headers
         peer: str | None = None
         taken = False
-        if not local:
-            for name, _ in raw:
-                if name.lower() in _UPSTREAM_TAKEN:
+        if not local and pending is None:  # a lookup each, not a pass over the header list
+            received = response.headers
+            for name in _TAKEN_NAMES:
+                if name in received:
                     taken = True
                     break
         if not taken and not flags and not operations:
@@ -568,6 +569,7 @@ CODEC = AiohttpCodec()
 _PEER_METADATA_KEY = PEER_METADATA.encode()
 _FLAGS_KEY = FLAGS_HEADER.encode()
 _UPSTREAM_TAKEN = PEER_KEYS | {_FLAGS_KEY}
+_TAKEN_NAMES = tuple(key.decode("latin-1") for key in _UPSTREAM_TAKEN)
 
 
 def _apply(headers: CIMultiDict[str], ops: Any) -> None:
@@ -700,7 +702,10 @@ class MeshMiddleware:
             if delay is None:
                 response = call.finish(response)
                 held = lease is not FREE_LEASE or counted
-                if held or call.bound is not None or call.telemetry.listening:
+                # the body is followed when its end gives something back, is recorded, or has
+                # the route's deadline to keep (the caller's own ``total`` aiohttp keeps itself)
+                routed = call.bound is not None and call.ends != call.user_deadline
+                if held or routed or call.telemetry.listening:
                     call.body_started()
                     _follow_body(call, response, cluster, endpoint, lease, counted)
                 return response
