@@ -684,6 +684,11 @@ class MeshMiddleware:
                 errors.UpstreamTLSError,
             ) as exc:
                 cluster.end(endpoint, lease, counted)
+                if type(exc) is asyncio.TimeoutError:
+                    # aiohttp's own ``total`` (a bare TimeoutError; its socket timeouts are
+                    # ServerTimeoutError): the caller's timeout ran out, nothing to retry
+                    ticket.abandon()
+                    raise
                 outcome = call.outcome_of_error(exc)
                 call.attempt_ended(token, outcome)
                 ticket.record(None, outcome.error)
