@@ -27,7 +27,7 @@ from __future__ import annotations
 import ssl
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal
 
 import httpcore
@@ -81,6 +81,15 @@ class Origination:
     insecure_skip_verify: bool = False
     auto: bool = False  # chosen by auto mTLS, not by a DestinationRule
     source: str = ""  # where the setting comes from, for messages
+    #: the hash of the fields above, computed once: each call finds its pool by it
+    _hash: int = field(default=0, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        values = tuple(getattr(self, f.name) for f in fields(self) if f.compare)
+        object.__setattr__(self, "_hash", hash(values))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @property
     def mutual(self) -> bool:
