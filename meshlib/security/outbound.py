@@ -337,6 +337,9 @@ class _VerifiedStream(httpcore.NetworkStream):
     def __init__(self, stream: httpcore.NetworkStream, peer: str | None) -> None:
         self._stream = stream
         self._peer = peer
+        # each call's reads and writes go straight to the TLS stream, without a frame here
+        self.read = stream.read  # type: ignore[method-assign]
+        self.write = stream.write  # type: ignore[method-assign]
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         return self._stream.read(max_bytes, timeout)
@@ -440,6 +443,9 @@ class _AsyncVerifiedStream(httpcore.AsyncNetworkStream):
     def __init__(self, stream: httpcore.AsyncNetworkStream, peer: str | None) -> None:
         self._stream = stream
         self._peer = peer
+        # as _VerifiedStream: reads and writes go straight to the TLS stream
+        self.read = stream.read  # type: ignore[method-assign]
+        self.write = stream.write  # type: ignore[method-assign]
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         return await self._stream.read(max_bytes, timeout)

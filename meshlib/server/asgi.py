@@ -276,9 +276,15 @@ def chain_of_scope(scope: Mapping[str, Any]) -> tuple[str, ...]:
     extensions = scope.get("extensions")
     if not extensions or "tls" not in extensions:
         return ()
-    from meshlib.security.peer import chain_of_scope as read  # noqa: PLC0415
+    global _read_chain  # noqa: PLW0603 - loaded at the first TLS request, not per request
+    if _read_chain is None:
+        from meshlib.security.peer import chain_of_scope as read  # noqa: PLC0415 - cryptography
 
-    return read(scope)
+        _read_chain = read
+    return _read_chain(scope)
+
+
+_read_chain: Callable[[Mapping[str, Any]], tuple[str, ...]] | None = None
 
 
 def route_of(scope: Scope) -> str | None:

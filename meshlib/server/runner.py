@@ -48,10 +48,10 @@ Where this touches uvicorn beyond its public ``Config`` / ``Server`` (pinned by
 - ``MeshH11Protocol`` (passed as ``Config(http=...)``) is uvicorn's h11 protocol whose
   ``connection_made`` wraps ``self.app``, the app uvicorn calls per request, with the
   connection's scope extensions, and whose ``handle_events`` points the request cycle it has
-  just made (``self.cycle``, whose ``send`` writes to ``cycle.transport``) at the connection's
-  ``_ResponseWriter``: a response's head and first body message leave in one write (one TLS
-  record), each later body message in one write, and nothing is held past the event loop's
-  next iteration.
+  just made (``self.cycle``, whose ``send`` writes to ``cycle.transport`` and sets
+  ``response_complete`` before writing the end of the message) at the connection's
+  ``_ResponseWriter``: a response sent in one go leaves in one write (one TLS record), and
+  nothing is held past the event loop's next iteration.
 - ``MeshServer.shutdown`` (``register=True``) revokes the registration, then runs uvicorn's.
 
 With ``register=True`` (``spec.store: etcd://...`` needed) the server registers itself in the
@@ -185,89 +185,75 @@ COALESCE_LIMIT = 64 * 1024
 
 
 class _ResponseWriter:
-    """The connection's transport as uvicorn's request cycle writes to it, holding what is
-    written from an ASGI response's start to the end of its first body message, and during each
-    body message, so that each goes out as one write: one TLS record and one ``send`` for a
-    response's head and body where uvicorn writes them one by one (head, body, and the chunked
-    terminator: two or three records and sends, and as many reads for the client).
+    """The connection's transport as uvicorn's request cycle writes to it: what the cycle
+    writes before its response is complete (the head, body chunks) is held, and written at
+    once with the rest when the response completes (uvicorn writes the end of the message
+    after marking the response complete), so that a response leaves in one write: one TLS
+    record and one ``send`` where uvicorn writes the head, the body and the chunked terminator
+    one by one (two or three records and sends, and as many reads for the client).
 
-    Nothing waits on the app: the held bytes are written as soon as uvicorn has written the
-    body message, when the connection closes, and, for a head sent on its own, at the latest by
-    the event loop's next iteration (``call_soon``): a head sent before a slow or streamed body
-    (Server-Sent Events) goes out at once, and so does every chunk."""
+    Nothing waits on the app: held bytes are also written by the event loop's next iteration
+    (``call_soon``), so a head sent before a slow or streamed body (Server-Sent Events) and each
+    chunk of a stream go out as soon as the app yields, and when the connection closes."""
 
-    __slots__ = ("_held", "_loop", "transport")
+    __slots__ = ("cycle", "held", "loop", "transport")
 
     def __init__(self, transport: asyncio.BaseTransport, loop: asyncio.AbstractEventLoop) -> None:
         self.transport: Any = transport
-        self._loop = loop
-        self._held: list[bytes] | None = None
-
-    def hold(self, *, until_next_iteration: bool = True) -> None:
-        """Hold writes until ``flush``; ``until_next_iteration``: flushed by the event loop's
-        next iteration at the latest (else the caller flushes)."""
-        if self._held is None:
-            self._held = []
-            if until_next_iteration:
-                self._loop.call_soon(self.flush)
-
-    def flush(self) -> None:
-        """Write what is held, at once, and stop holding."""
-        held, self._held = self._held, None
-        if held:
-            self.transport.write(held[0] if len(held) == 1 else b"".join(held))
+        self.loop = loop
+        #: the request cycle writing now (its ``response_complete`` says when to write)
+        self.cycle: Any = None
+        #: what is held (None: nothing, and no flush scheduled)
+        self.held: list[bytes] | None = None
 
     def write(self, data: bytes) -> None:
-        held = self._held
+        held = self.held
         if held is None:
-            self.transport.write(data)
-        elif len(data) > COALESCE_LIMIT:  # not worth a copy: the head, then the chunk
-            self.flush()
+            if not data:
+                return
+            held = self.held = []
+            self.loop.call_soon(self.flush)
+        if len(data) > COALESCE_LIMIT:  # not worth a copy: what is held, then the chunk
+            self.held = []
+            if held:
+                self.transport.write(held[0] if len(held) == 1 else b"".join(held))
             self.transport.write(data)
         elif data:
             held.append(data)
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is held, at once."""
+        held = self.held
+        if held is not None:
+            self.held = None
+            if held:
+                self.transport.write(held[0] if len(held) == 1 else b"".join(held))
 
     def close(self) -> None:
         self.flush()
         self.transport.close()
 
     def abort(self) -> None:
-        self._held = None
+        self.held = None
         self.transport.abort()
 
     def is_closing(self) -> bool:
         return bool(self.transport.is_closing())
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.transport, name)
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.transport.get_extra_info(name, default)
 
 
-def _with_extensions(
-    app: ASGIApp, extensions: dict[str, dict[str, Any]], writer: _ResponseWriter | None = None
-) -> ASGIApp:
+def _with_extensions(app: ASGIApp, extensions: dict[str, dict[str, Any]]) -> ASGIApp:
     async def with_connection(scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind in ("http", "websocket"):
+        if scope["type"] in ("http", "websocket"):
             merged = dict(scope.get("extensions") or {})
             merged.update({key: dict(value) for key, value in extensions.items()})
             scope["extensions"] = merged
-        if kind != "http" or writer is None:
-            await app(scope, receive, send)
-            return
-        cycle_send = send
-
-        async def send_whole(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                writer.hold()
-                await cycle_send(message)
-                return
-            writer.hold(until_next_iteration=False)  # a head held since the start stays
-            try:
-                await cycle_send(message)
-            finally:
-                writer.flush()
-
-        await app(scope, receive, send_whole)
+        await app(scope, receive, send)
 
     return with_connection
 
@@ -285,10 +271,8 @@ class MeshH11Protocol(H11Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._writer = writer = _ResponseWriter(transport, self.loop)
-        self.app = _with_extensions(
-            self.app, connection_extensions(transport, self.accepted), writer
-        )
+        self._writer = _ResponseWriter(transport, self.loop)
+        self.app = _with_extensions(self.app, connection_extensions(transport, self.accepted))
 
     def handle_events(self) -> None:
         super().handle_events()
@@ -296,6 +280,8 @@ class MeshH11Protocol(H11Protocol):
         cycle = self.cycle
         writer = self._writer
         if cycle is not None and writer is not None and cycle.transport is writer.transport:
+            writer.flush()  # what the previous response left held, if anything
+            writer.cycle = cycle
             cycle.transport = writer  # type: ignore[assignment]
 
 
