@@ -33,6 +33,7 @@ from meshlib.mesh import Mesh
 
 if TYPE_CHECKING:
     import aiohttp
+    import requests
 
     from meshlib.clients.aiohttp import MeshMiddleware
 
@@ -92,6 +93,11 @@ def Client(**kwargs: Any) -> httpx.Client:  # noqa: N802 - reads as the class it
 def AsyncClient(**kwargs: Any) -> httpx.AsyncClient:  # noqa: N802 - reads as the class it returns
     """An ``httpx.AsyncClient`` whose transport is the default mesh (``Mesh.async_client``)."""
     return default_mesh().async_client(**kwargs)
+
+
+def requests_session() -> requests.Session:
+    """A ``requests.Session`` through the default mesh (``Mesh.requests_session``)."""
+    return default_mesh().requests_session()
 
 
 def aiohttp_middleware() -> MeshMiddleware:
@@ -169,5 +175,6 @@ __all__ = [
     "post",
     "put",
     "request",
+    "requests_session",
     "stream",
 ]

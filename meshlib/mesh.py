@@ -54,6 +54,7 @@ from meshlib.telemetry.setup import build as build_telemetry
 
 if TYPE_CHECKING:
     import aiohttp
+    import requests
 
     from meshlib.clients.aiohttp import MeshMiddleware
     from meshlib.config.watch import ConfigWatcher
@@ -651,6 +652,14 @@ class Mesh:
     def async_client(self, **kwargs: Any) -> httpx.AsyncClient:
         """An ``httpx.AsyncClient`` whose transport is this mesh (a ``MeshAsyncClient``)."""
         return MeshAsyncClient(transport=AsyncMeshTransport(self), **kwargs)
+
+    def requests_session(self) -> requests.Session:
+        """A ``requests.Session`` whose requests go through this mesh: a
+        ``meshlib.clients.requests.MeshAdapter`` mounted for ``http://`` and ``https://``
+        (the ``meshlib[requests]`` extra)."""
+        from meshlib.clients.requests import session  # noqa: PLC0415 - optional extra
+
+        return session(self)
 
     def aiohttp_middleware(self) -> MeshMiddleware:
         """This mesh as an aiohttp client middleware:

@@ -82,6 +82,8 @@ class Caller:
         self._loop: asyncio.AbstractEventLoop | None = None
         if kind == "sync":
             self._client = mesh.client()
+        elif kind == "requests":
+            self._client = RequestsCaller(mesh)  # type: ignore[assignment]
         elif kind == "aiohttp":
             self._loop = asyncio.new_event_loop()
             self._session = AiohttpCaller(mesh, self._loop)
@@ -97,7 +99,26 @@ class Caller:
     @property
     def timeout_error(self) -> type[BaseException]:
         """The client's own timeout family: a ``DeadlineExceeded`` through it is one too."""
-        return asyncio.TimeoutError if self.kind == "aiohttp" else httpx.TimeoutException
+        if self.kind == "aiohttp":
+            return asyncio.TimeoutError
+        if self.kind == "requests":
+            import requests
+
+            return requests.exceptions.Timeout
+        return httpx.TimeoutException
+
+    @property
+    def transport_error(self) -> type[BaseException]:
+        """The client's own family of failed calls: every mesh error through it is one too."""
+        if self.kind == "aiohttp":
+            import aiohttp
+
+            return aiohttp.ClientError
+        if self.kind == "requests":
+            import requests
+
+            return requests.exceptions.ConnectionError
+        return httpx.TransportError
 
     def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         if self._client is not None:
@@ -148,6 +169,50 @@ class Caller:
             assert closing is not None
             self._loop.run_until_complete(closing.aclose())
             self._loop.close()
+
+
+class RequestsCaller:
+    """``mesh.requests_session()`` called with httpx's arguments (``params``, ``headers``,
+    ``content``, ``json``, ``timeout``), each answer as an ``httpx.Response`` (body read,
+    ``MeshInfo`` in its extensions)."""
+
+    def __init__(self, mesh: Mesh) -> None:
+        self._session = mesh.requests_session()
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Any = None,
+        headers: Any = None,
+        content: bytes | None = None,
+        json: Any = None,
+        timeout: float | None = None,
+    ) -> httpx.Response:
+        from meshlib.clients.requests import mesh_info
+
+        answer = self._session.request(
+            method,
+            url,
+            params=params,
+            headers=headers,
+            data=content,
+            json=json,
+            timeout=timeout,
+            allow_redirects=False,
+        )
+        with answer:
+            return httpx.Response(
+                answer.status_code,
+                headers=list(answer.headers.items()),
+                content=answer.content,
+                request=httpx.Request(method, answer.url),
+                extensions={"mesh": mesh_info(answer)},
+            )
+
+    def close(self) -> None:
+        self._session.close()
 
 
 class AiohttpCaller:
@@ -220,7 +285,7 @@ def upstream_pair() -> Iterator[tuple[Upstream, Upstream]]:
         second.stop()
 
 
-@pytest.fixture(params=["sync", "async-httpx", "async-aiohttp", "aiohttp"])
+@pytest.fixture(params=["sync", "async-httpx", "async-aiohttp", "aiohttp", "requests"])
 def kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 

@@ -404,6 +404,7 @@ spec:
             caller.get(RATINGS + path)
         assert time.monotonic() - started < 0.5
         assert raised.value.flag == "UO"
+        assert isinstance(raised.value, caller.transport_error)  # the client's own error too
     assert (v1.hits(failing), v1.hits(healthy)) == (3, 0)
 
     clock.advance(0.9)  # not yet
@@ -428,3 +429,80 @@ spec:
     with pytest.raises(CircuitOpenError):
         caller.get(RATINGS + healthy)
     assert v1.hits(failing) == 7
+
+
+# --------------------------------------------------------------------------- local replies, edits
+
+
+EDIT_DOCS = """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{uri: {prefix: /direct}}]
+    directResponse: {status: 418, body: {string: teapot}}
+  - match: [{uri: {prefix: /old}}]
+    redirect: {uri: /new, redirectCode: 302}
+  - match: [{uri: {prefix: /api}}]
+    rewrite: {uri: /v1api}
+    headers:
+      request: {set: {x-added: "yes"}, remove: [x-secret]}
+      response: {set: {x-resp: done}}
+    route: [{destination: {host: reviews, subset: v1}}]
+  - route: [{destination: {host: reviews, subset: v1}}]
+    mirror: {host: reviews, subset: v2}
+    mirrorPercentage: {value: 100}
+"""
+
+
+def test_direct_response_redirect_rewrite_and_header_operations(
+    upstreams: dict[str, Upstream], connect: Connect, base_path: str
+) -> None:
+    config = mesh_yaml({"reviews": upstreams.values()}, include=[DR_ALL], docs=EDIT_DOCS)
+    caller = connect(Mesh.from_yaml(config, seed=1))
+    before = upstreams["v1"].hits()
+
+    direct = caller.get(REVIEWS + "/direct" + base_path)
+    assert (direct.status_code, direct.text) == (418, "teapot")
+    moved = caller.get(REVIEWS + "/old" + base_path)
+    assert moved.status_code == 302
+    assert moved.headers["location"] == "http://reviews:9080/new"
+    assert upstreams["v1"].hits() == before  # neither reached an upstream
+
+    response = caller.get(REVIEWS + "/api" + base_path, headers={"x-secret": "s"})
+    assert response.status_code == 200
+    seen = response.json()
+    assert seen["path"] == "/v1api" + base_path
+    assert seen["headers"]["x-added"] == "yes"
+    assert "x-secret" not in seen["headers"]
+    assert response.headers["x-resp"] == "done"
+    assert info(response).endpoint == upstreams["v1"].address
+
+
+def test_a_mirrored_copy_reaches_the_mirror_with_a_shadow_host(
+    upstreams: dict[str, Upstream], connect: Connect, base_path: str
+) -> None:
+    config = mesh_yaml({"reviews": upstreams.values()}, include=[DR_ALL], docs=EDIT_DOCS)
+    caller = connect(Mesh.from_yaml(config, seed=1))
+    response = caller.get(REVIEWS + base_path)
+    assert response.json()["version"] == "v1"
+    waited = time.monotonic() + 5
+    while upstreams["v2"].hits(base_path) < 1 and time.monotonic() < waited:
+        time.sleep(0.02)
+    assert upstreams["v2"].hits(base_path) == 1
+    assert upstreams["v1"].hits(base_path) == 1
+
+
+def test_the_callers_own_timeout_bounds_the_call_and_raises_the_clients_timeout(
+    upstreams: dict[str, Upstream], connect: Connect, base_path: str
+) -> None:
+    config = mesh_yaml({"reviews": upstreams.values()}, include=[DR_ALL])
+    caller = connect(Mesh.from_yaml(config, seed=1))
+    started = time.monotonic()
+    with pytest.raises(caller.timeout_error) as raised:
+        caller.get(REVIEWS + base_path, params={"delay": "2"}, timeout=0.3)
+    assert 0.25 <= time.monotonic() - started < 1.5
+    if caller.kind != "aiohttp":  # aiohttp's middleware raises its DeadlineExceeded (UT) here
+        assert not isinstance(raised.value, DeadlineExceeded)  # the caller's, not the route's

@@ -1,0 +1,748 @@
+"""The mesh in requests: ``MeshAdapter``, a transport adapter for ``session.mount(...)``.
+
+```python
+session = mesh.requests_session()            # a requests.Session, the mesh mounted on both schemes
+session.mount("http://", MeshAdapter(mesh))  # or mount it on a session of your own
+response = session.get("http://reviews:9080/reviews/0", timeout=3)
+response.mesh                                # the MeshInfo: decision, endpoint, attempts, flags
+```
+
+Every request of the session goes through the mesh's pipeline (``meshlib.pipeline.call``):
+routing, faults, retries, the route timeout and per-try timeouts, pool limits, breakers, outlier
+detection, mirrors, redirects and direct responses (a mesh redirect is followed by requests as
+any other), telemetry, context propagation, ``x-mesh-response-flags``. requests sends each
+attempt through ``HTTPAdapter.send`` (urllib3's pool), the adapter's own, with the attempt's
+URL and a timeout no longer than what the call has left.
+
+What a caller sees:
+
+* ``response.mesh`` is the ``MeshInfo`` (``meshlib.clients.requests.mesh_info(response)``
+  too); replies of the mesh's own (404 ``NR``, 503 ``UH``/``NC``/``UO``, an abort, a direct
+  response) are ``requests.Response`` objects built by ``HTTPAdapter.build_response``.
+* a call the mesh cannot complete raises an exception that is at once requests' and meshlib's:
+  ``MeshRequestError`` (and ``CircuitOpenError``, ``NoRouteError``, ``NoHealthyUpstream``) is
+  also ``requests.exceptions.ConnectionError``, ``UpstreamTLSError`` also
+  ``requests.exceptions.SSLError``, ``DeadlineExceeded`` also ``requests.exceptions.Timeout``.
+* the caller's ``timeout=`` (a number, or ``(connect, read)``) is the caller's bound on the whole
+  call, as httpx's read timeout is through the httpx transport: no try starts after it, each try
+  waits at most what is left, and running out raises ``requests.exceptions.ReadTimeout``.
+
+Where requests differs from the httpx transport (``docs/clients.md``): the call is recorded
+(metrics, access log), and its pool slot and in-flight count given back, when the response's
+head is in — requests reads the body after the adapter returns, and a body cut short is
+requests' own error, not recorded as ``UC``; the deadline bounds a body's reads through the
+socket timeout the try was sent with. TLS origination (DestinationRule ``tls``, auto mTLS) is
+not done through requests: such a call fails closed with ``UpstreamTLSError``.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, unquote, urlsplit
+
+import httpx
+import requests
+import requests.adapters
+import requests.exceptions
+import urllib3
+import urllib3.exceptions
+from requests.structures import CaseInsensitiveDict
+
+from meshlib import errors
+from meshlib.pipeline.call import Call, origination_for
+from meshlib.pipeline.info import FLAGS_HEADER, FREE_LEASE, MESH_SUFFIX, NO_TICKET, MeshInfo
+from meshlib.policies.retry import ErrorKind, Outcome
+from meshlib.routing import RouteRequest
+from meshlib.telemetry.peer import PEER_KEYS, PEER_METADATA, stamp_of
+
+if TYPE_CHECKING:
+    from meshlib.config.model import HeaderOperations
+    from meshlib.discovery import Endpoint
+    from meshlib.mesh import Mesh
+
+__all__ = [
+    "CircuitOpenError",
+    "DeadlineExceeded",
+    "MeshAdapter",
+    "MeshRequestError",
+    "NoHealthyUpstream",
+    "NoRouteError",
+    "UpstreamTLSError",
+    "mesh_info",
+    "raise_for_mesh",
+    "session",
+]
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class MeshRequestError(errors.MeshRequestError, requests.exceptions.ConnectionError):
+    """``meshlib.MeshRequestError`` that is also a ``requests.exceptions.ConnectionError``."""
+
+
+class NoRouteError(errors.NoRouteError, MeshRequestError):
+    """``meshlib.NoRouteError`` that is also a ``requests.exceptions.ConnectionError``."""
+
+
+class NoHealthyUpstream(errors.NoHealthyUpstream, MeshRequestError):  # noqa: N818 - Envoy's term
+    """``meshlib.NoHealthyUpstream`` that is also a ``requests.exceptions.ConnectionError``."""
+
+
+class CircuitOpenError(errors.CircuitOpenError, MeshRequestError):
+    """``meshlib.CircuitOpenError`` that is also a ``requests.exceptions.ConnectionError``."""
+
+
+class UpstreamTLSError(errors.UpstreamTLSError, MeshRequestError, requests.exceptions.SSLError):
+    """``meshlib.UpstreamTLSError`` that is also a ``requests.exceptions.SSLError``."""
+
+
+class DeadlineExceeded(  # noqa: N818 - reads as a state
+    errors.DeadlineExceeded, MeshRequestError, requests.exceptions.Timeout
+):
+    """``meshlib.DeadlineExceeded`` that is also a ``requests.exceptions.Timeout``."""
+
+
+FLAVORS: dict[type[errors.MeshRequestError], type[errors.MeshRequestError]] = {
+    errors.MeshRequestError: MeshRequestError,
+    errors.NoRouteError: NoRouteError,
+    errors.NoHealthyUpstream: NoHealthyUpstream,
+    errors.CircuitOpenError: CircuitOpenError,
+    errors.UpstreamTLSError: UpstreamTLSError,
+    errors.DeadlineExceeded: DeadlineExceeded,
+}
+
+#: requests' errors of an attempt that the mesh judges (retries, breaker, outlier detection).
+ATTEMPT_ERRORS = (
+    requests.exceptions.ConnectionError,
+    requests.exceptions.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+)
+
+
+def classify_error(exc: BaseException, *, per_try_timeout: bool = False) -> ErrorKind:
+    """requests' (and urllib3's) errors in Envoy's failure kinds: a connection that could not be
+    made (refused, connect timeout, DNS) → ``"connect-failure"``; a timeout once connected →
+    ``"per-try-timeout"`` when the per-try deadline caused it, else ``"reset"``; a connection
+    that ended before or in the response → ``"reset"``; meshlib's own errors and anything else
+    → ``"other"``."""
+    if isinstance(exc, errors.MeshError):
+        return "other"
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return "connect-failure"
+    if isinstance(exc, requests.exceptions.Timeout):
+        return "per-try-timeout" if per_try_timeout else "reset"
+    if isinstance(exc, requests.exceptions.ChunkedEncodingError):
+        return "reset"
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        reason = exc.args[0] if exc.args else None
+        if isinstance(reason, urllib3.exceptions.MaxRetryError):
+            reason = reason.reason
+        if isinstance(
+            reason,
+            (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError),
+        ):
+            return "connect-failure"
+        if isinstance(reason, urllib3.exceptions.SSLError):
+            return "connect-failure"
+        return "reset"
+    return Outcome.of_error(exc).error or "other"
+
+
+def outcome_of_error(exc: BaseException, *, per_try_timeout: bool = False) -> Outcome:
+    kind = classify_error(exc, per_try_timeout=per_try_timeout)
+    return Outcome(error=kind, request_sent=kind != "connect-failure")
+
+
+# --------------------------------------------------------------------------- URLs
+
+
+class URL:
+    """A request's URL as the mesh and telemetry read it (``meshlib.telemetry.URLView``): the
+    string requests prepared, split once."""
+
+    __slots__ = ("_parts", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._parts: Any = None
+
+    def _split(self) -> Any:
+        parts = self._parts
+        if parts is None:
+            parts = self._parts = urlsplit(self.text)
+        return parts
+
+    @property
+    def scheme(self) -> str:
+        return str(self._split().scheme)
+
+    @property
+    def host(self) -> str:
+        return self._split().hostname or ""
+
+    @property
+    def port(self) -> int | None:
+        parts = self._split()
+        port: int | None = parts.port
+        return None if port == _DEFAULT_PORTS.get(parts.scheme) else port
+
+    @property
+    def userinfo(self) -> bytes:
+        netloc: str = self._split().netloc
+        return netloc.rpartition("@")[0].encode("ascii", "replace") if "@" in netloc else b""
+
+    @property
+    def raw_path(self) -> bytes:
+        parts = self._split()
+        path = parts.path or "/"
+        return (f"{path}?{parts.query}" if parts.query else path).encode("ascii", "replace")
+
+    @property
+    def netloc(self) -> bytes:
+        netloc: str = self._split().netloc
+        return netloc.rpartition("@")[2].encode("ascii", "replace")
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        return f"URL({self.text!r})"
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+#: What a path keeps unquoted when a rewrite puts it back into a URL (RFC 3986 pchar and "/").
+_PATH_SAFE = "/:@!$&'()*+,;=~%"
+
+
+def _join(scheme: str, userinfo: str, host: str, port: int | None, path: str, query: str) -> str:
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    authority = f"{userinfo}@{host}" if userinfo else host
+    if port is not None and port != _DEFAULT_PORTS.get(scheme):
+        authority = f"{authority}:{port}"
+    return f"{scheme}://{authority}{path or '/'}{'?' + query if query else ''}"
+
+
+def _with_host(url: URL, host: str, port: int | None) -> str:
+    parts = url._split()
+    userinfo = parts.netloc.rpartition("@")[0] if "@" in parts.netloc else ""
+    return _join(parts.scheme, userinfo, host, port, parts.path, parts.query)
+
+
+# --------------------------------------------------------------------------- the codec
+
+
+class RequestsCodec:
+    """requests' ``PreparedRequest`` and ``Response`` for the core
+    (``meshlib.pipeline.codec.Codec``). Local replies are built by the adapter's own
+    ``HTTPAdapter.build_response``."""
+
+    __slots__ = ("adapter",)
+
+    def __init__(self, adapter: MeshAdapter) -> None:
+        self.adapter = adapter
+
+    # ------------------------------------------------------------------ the request
+
+    def view(self, request: requests.PreparedRequest) -> RouteRequest:
+        parts = urlsplit(request.url or "")
+        scheme = parts.scheme.lower()
+        host = (parts.hostname or "").lower()
+        port = parts.port
+        headers = {
+            _text(name).lower(): _text(value) for name, value in (request.headers or {}).items()
+        }
+        path = parts.path or "/"
+        if "%" in path:
+            path = unquote(path)
+        view = _new_view(RouteRequest)
+        view.method = (request.method or "GET").upper()
+        view.scheme = scheme
+        view.host = host
+        view.port = port if port is not None else _DEFAULT_PORTS.get(scheme, 80)
+        view.path = path
+        view.query = parts.query
+        view.headers = headers
+        authority = headers.get("host")
+        if authority is None:
+            written = (":" in host and f"[{host}]") or host
+            authority = (
+                written
+                if port is None or port == _DEFAULT_PORTS.get(scheme)
+                else f"{written}:{port}"
+            )
+        view.authority = authority
+        view._params = None
+        return view
+
+    def save(self, request: requests.PreparedRequest) -> tuple[str | None, Any]:
+        return request.url, request.headers
+
+    def restore(self, request: requests.PreparedRequest, saved: tuple[str | None, Any]) -> None:
+        request.url, request.headers = saved
+
+    def _own_headers(self, request: requests.PreparedRequest) -> CaseInsensitiveDict[str]:
+        """The request's headers, copied once per call before the first edit (``restore``
+        gives the caller back its own)."""
+        headers = request.headers
+        marker = getattr(request, _EDITED, None)
+        if marker is not headers:
+            headers = request.headers = CaseInsensitiveDict(headers)
+            setattr(request, _EDITED, headers)
+        return headers
+
+    def carry(self, request: requests.PreparedRequest, carried: Mapping[str, str]) -> None:
+        missing = [name for name in carried if name not in request.headers]
+        if missing:
+            headers = self._own_headers(request)
+            for name in missing:
+                headers[name] = carried[name]
+
+    def url_of(self, request: requests.PreparedRequest) -> URL:
+        return URL(request.url or "")
+
+    def with_path(self, url: URL, path: str) -> URL:
+        parts = url._split()
+        userinfo = parts.netloc.rpartition("@")[0] if "@" in parts.netloc else ""
+        text = _join(
+            parts.scheme,
+            userinfo,
+            parts.hostname or "",
+            parts.port,
+            quote(path, safe=_PATH_SAFE),
+            parts.query,
+        )
+        return URL(text)
+
+    def point(self, request: requests.PreparedRequest, url: URL, endpoint: Endpoint | None) -> None:
+        request.url = (
+            url.text if endpoint is None else _with_host(url, endpoint.host, endpoint.port)
+        )
+
+    def edit(
+        self,
+        request: requests.PreparedRequest,
+        *,
+        authority: str | None,
+        operations: list[HeaderOperations],
+        close: bool,
+        remove: str | None,
+    ) -> None:
+        headers = self._own_headers(request)
+        if authority:
+            headers["host"] = authority
+        for operation in operations:
+            _apply_header_ops(headers, operation)
+        if close:
+            headers["connection"] = "close"
+        if remove is not None:
+            headers.pop(remove, None)
+
+    def stamp(
+        self, request: requests.PreparedRequest, stamped: Sequence[tuple[bytes, bytes, bytes]]
+    ) -> None:
+        headers = self._own_headers(request)
+        for key in PEER_KEYS:
+            headers.pop(key.decode("latin-1"), None)
+        for name, _, value in stamped:
+            headers[name.decode("latin-1")] = value.decode("latin-1")
+
+    def request_headers(self, request: requests.PreparedRequest) -> Mapping[str, str]:
+        return request.headers
+
+    def replayable(self, request: requests.PreparedRequest) -> bool:
+        body = request.body
+        return body is None or isinstance(body, (bytes, str))
+
+    def caller_timeout(self, request: requests.PreparedRequest) -> float | None:
+        _, read = _timeouts(getattr(request, _TIMEOUT, None))
+        return read
+
+    def caller_bounds_all(self, request: requests.PreparedRequest) -> bool:
+        connect, read = _timeouts(getattr(request, _TIMEOUT, None))
+        return read is not None and connect is not None and connect <= read
+
+    def bound(self, request: requests.PreparedRequest, timeout: float) -> None:
+        connect, read = _timeouts(getattr(request, _TIMEOUT, None))
+        setattr(
+            request,
+            _ATTEMPT_TIMEOUT,
+            (
+                timeout if connect is None else min(connect, timeout),
+                timeout if read is None else min(read, timeout),
+            ),
+        )
+
+    def body_bound(self, bound: Any, timeout: float | None) -> None:
+        """requests reads the body with the socket timeout the try was sent with."""
+
+    def trace_headers(
+        self, request: requests.PreparedRequest, names: frozenset[str]
+    ) -> dict[str, str]:
+        return {
+            _text(name).lower(): _text(value)
+            for name, value in request.headers.items()
+            if _text(name).lower() in names
+        }
+
+    def put_trace_headers(
+        self, request: requests.PreparedRequest, names: frozenset[str], pairs: list[tuple[str, str]]
+    ) -> None:
+        headers = self._own_headers(request)
+        for name in names:
+            headers.pop(name, None)
+        for key, value in pairs:
+            headers[key] = value
+
+    # ------------------------------------------------------------------ the response
+
+    def status(self, response: requests.Response) -> int:
+        return response.status_code
+
+    def response_headers(self, response: requests.Response) -> Mapping[str, str]:
+        return response.headers
+
+    def reply(
+        self,
+        request: requests.PreparedRequest,
+        status: int,
+        headers: list[tuple[str, str]],
+        body: bytes,
+    ) -> requests.Response:
+        if body:
+            headers = [*headers, ("content-length", str(len(body)))]
+        try:
+            reason = HTTPStatus(status).phrase
+        except ValueError:
+            reason = ""
+        raw = urllib3.HTTPResponse(
+            body=io.BytesIO(body),
+            headers=urllib3.HTTPHeaderDict(headers),
+            status=status,
+            reason=reason,
+            preload_content=False,
+            decode_content=False,
+        )
+        return self.adapter.build_response(request, raw)
+
+    def location(
+        self, scheme: str, host: str, port: int | None, path: str, query: str | None
+    ) -> str:
+        return _join(scheme, "", host, port, quote(path, safe=_PATH_SAFE), query or "")
+
+    def finish(
+        self,
+        response: requests.Response,
+        operations: list[HeaderOperations],
+        flags: str,
+        info: MeshInfo,
+        local: bool,
+    ) -> str | None:
+        headers = response.headers
+        for operation in operations:
+            _apply_header_ops(headers, operation)
+        peer = None
+        if not local:
+            peer = headers.get(PEER_METADATA)
+            for key in _UPSTREAM_TAKEN:
+                headers.pop(key, None)
+        if flags:
+            headers[FLAGS_HEADER] = flags
+        response.mesh = info  # type: ignore[attr-defined]
+        return peer
+
+    def info(self, response: requests.Response) -> MeshInfo | None:
+        return mesh_info(response)
+
+    def set_info(self, response: requests.Response, info: MeshInfo) -> None:
+        response.mesh = info  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------------ errors
+
+    def error(
+        self, kind: type[errors.MeshRequestError], message: str, **fields: Any
+    ) -> errors.MeshRequestError:
+        return FLAVORS.get(kind, kind)(message, **fields)
+
+    def caller_timeout_error(self, request: requests.PreparedRequest, message: str) -> Exception:
+        return requests.exceptions.ReadTimeout(message, request=request)
+
+    def is_read_timeout(self, exc: BaseException) -> bool:
+        return isinstance(exc, requests.exceptions.Timeout) and not isinstance(
+            exc, requests.exceptions.ConnectTimeout
+        )
+
+    def outcome_of_error(self, exc: BaseException, *, per_try_timeout: bool) -> Outcome:
+        return outcome_of_error(exc, per_try_timeout=per_try_timeout)
+
+
+_new_view = object.__new__
+#: Attributes the adapter keeps on a ``PreparedRequest`` during a call: the caller's timeout,
+#: the try's, and the header dict the call made its own.
+_TIMEOUT = "_meshlib_timeout"
+_ATTEMPT_TIMEOUT = "_meshlib_attempt_timeout"
+_EDITED = "_meshlib_headers"
+_UPSTREAM_TAKEN = (*(key.decode() for key in PEER_KEYS), FLAGS_HEADER)
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
+def _timeouts(timeout: Any) -> tuple[float | None, float | None]:
+    """requests' ``timeout=`` as (connect, read) seconds."""
+    if timeout is None:
+        return None, None
+    if isinstance(timeout, tuple):
+        connect, read = timeout
+        return connect, read
+    if isinstance(timeout, urllib3.Timeout):
+        return timeout.connect_timeout, timeout.read_timeout  # type: ignore[return-value]
+    return float(timeout), float(timeout)
+
+
+def _apply_header_ops(headers: CaseInsensitiveDict[str], ops: Any) -> None:
+    for name in ops.remove or ():
+        headers.pop(name, None)
+    for name, value in (ops.set or {}).items():
+        headers[name] = _sendable(value)
+    for name, value in (ops.add or {}).items():
+        headers[name] = (
+            f"{headers[name]},{_sendable(value)}" if name in headers else _sendable(value)
+        )
+
+
+def _sendable(value: str) -> str:
+    """A configured value as Envoy sends it: the UTF-8 bytes of one that is not ASCII (http.client
+    writes a header value's characters as Latin-1)."""
+    return value if value.isascii() else value.encode("utf-8").decode("latin-1")
+
+
+def mesh_info(response: requests.Response) -> MeshInfo | None:
+    """The ``MeshInfo`` of a response that came through the mesh (``response.mesh``)."""
+    found = getattr(response, "mesh", None)
+    return found if isinstance(found, MeshInfo) else None
+
+
+def raise_for_mesh(response: requests.Response) -> requests.Response:
+    """As ``meshlib.raise_for_mesh``, for requests: raise the matching exception (also a
+    ``requests.exceptions.ConnectionError``) if the mesh answered the call itself."""
+    from meshlib.pipeline.call import raise_for_mesh as raise_for  # noqa: PLC0415
+
+    adapter = response.connection if isinstance(response.connection, MeshAdapter) else None
+    codec = (
+        adapter.codec if adapter is not None else RequestsCodec(MeshAdapter.__new__(MeshAdapter))
+    )
+    raise_for(mesh_info(response), response.status_code, response.request, codec)
+    return response
+
+
+# --------------------------------------------------------------------------- the adapter
+
+RequestsCall = Call[requests.PreparedRequest, requests.Response]
+
+
+class MeshAdapter(requests.adapters.HTTPAdapter):
+    """The mesh as a requests transport adapter: ``session.mount("http://", MeshAdapter(mesh))``.
+
+    Other arguments are ``HTTPAdapter``'s own (``pool_connections``, ``pool_maxsize``,
+    ``pool_block``); ``max_retries`` stays 0: the mesh retries."""
+
+    def __init__(self, mesh: Mesh, **kwargs: Any) -> None:
+        kwargs.setdefault("max_retries", 0)
+        super().__init__(**kwargs)
+        self.mesh = mesh
+        self.codec = RequestsCodec(self)
+        self._mirrors: httpx.BaseTransport | None = None
+
+    def _mirror_transport(self) -> httpx.BaseTransport:
+        """The httpx transport mirrored copies go through (made on first use)."""
+        if self._mirrors is None:
+            self._mirrors = self.mesh.sync_inner()
+        return self._mirrors
+
+    def close(self) -> None:
+        super().close()
+        if self._mirrors is not None:
+            self._mirrors.close()
+
+    def send(
+        self,
+        request: requests.PreparedRequest,
+        stream: bool = False,
+        timeout: Any = None,
+        verify: bool | str = True,
+        cert: Any = None,
+        proxies: Mapping[str, str] | None = None,
+    ) -> requests.Response:
+        setattr(request, _TIMEOUT, timeout)
+        call: RequestsCall = Call(self.mesh, request, self.codec)
+        try:
+            response = self._handle(call, stream, verify, cert, proxies)
+        except BaseException as exc:
+            call.finished(None, exc)
+            raise
+        finally:
+            call.done()
+            for name in (_TIMEOUT, _ATTEMPT_TIMEOUT, _EDITED):
+                request.__dict__.pop(name, None)
+        if call.telemetry.listening:
+            call.finished(response, None)
+        return response
+
+    def _handle(
+        self, call: RequestsCall, stream: bool, verify: Any, cert: Any, proxies: Any
+    ) -> requests.Response:
+        mesh = self.mesh
+        if not call.decision.plain:
+            reply = call.local_reply()
+            if reply is not None:
+                return reply
+            action = call.draw_fault()
+            if action is not None:
+                if action.delay is not None:
+                    sleep, cut = call.delay_budget(action.delay)
+                    mesh.clock.sleep(sleep)
+                    if cut:
+                        raise call.user_timeout()
+                if action.aborts:
+                    return call.abort_reply(action)
+            if call.decision.mirrors:
+                _send_mirrors(call, self._mirror_transport())
+        caller = getattr(call.request, _TIMEOUT, None)
+        while True:
+            reply = call.prepare_attempt()
+            if reply is not None:
+                return reply
+            cluster = call.cluster
+            assert cluster is not None
+            ends = call.attempt_deadline()
+            waited = cluster.pool_limited
+            if waited:
+                try:
+                    lease = cluster.acquire(ends)
+                except errors.DeadlineExceeded:
+                    raise call.pool_timeout() from None
+                if lease is None:
+                    return call.overflow()
+            else:
+                lease = FREE_LEASE
+            try:
+                timeout = call.attempt_timeout(ends, waited)
+                if cluster.outbound is not None:
+                    _refuse_tls(call, cluster.outbound)
+            except BaseException:
+                lease.release()
+                raise
+            ticket: Any
+            if cluster.breaker is None:
+                ticket = NO_TICKET
+            else:
+                try:
+                    ticket = cluster.breaker.permit()
+                except errors.CircuitOpenError as exc:
+                    lease.release()
+                    raise call.refused(exc) from exc
+            attempt = call.attempt_request(timeout)
+            endpoint = call.endpoint
+            counted = cluster.begin(endpoint) if cluster.counts else 0
+            token = call.attempt_started(attempt) if call.telemetry.active else None
+            sent_timeout = caller if timeout is None else getattr(attempt, _ATTEMPT_TIMEOUT)
+            try:
+                response = super().send(
+                    attempt,
+                    stream=stream,
+                    timeout=sent_timeout,
+                    verify=verify,
+                    cert=cert,
+                    proxies=proxies,
+                )
+            except ATTEMPT_ERRORS as exc:
+                cluster.end(endpoint, lease, counted)
+                outcome = call.outcome_of_error(exc)
+                call.attempt_ended(token, outcome)
+                ticket.record(None, outcome.error)
+                call.record(outcome)
+                delay = call.retry_delay(outcome)
+                if delay is None:
+                    raise call.error(exc, outcome) from exc
+                call.retry_scheduled(delay)
+                mesh.clock.sleep(delay)
+                continue
+            except BaseException:
+                cluster.end(endpoint, lease, counted)
+                ticket.abandon()
+                raise
+            # the call is over for the mesh once the head is in (requests reads the body later)
+            cluster.end(endpoint, lease, counted)
+            delay = call.settle(response, ticket, token)
+            if delay is None:
+                response.url = call.saved[0] or response.url
+                return call.finish(response)
+            response.close()
+            call.retry_scheduled(delay)
+            mesh.clock.sleep(delay)
+
+
+def _refuse_tls(call: RequestsCall, outbound: Any) -> None:
+    """TLS origination is not done through requests: a destination that takes it fails closed."""
+    try:
+        origination = origination_for(outbound, call.endpoint, call.view)
+    except errors.UpstreamTLSError as exc:
+        raise call.codec.error(errors.UpstreamTLSError, exc.reason, request=call.request) from exc
+    if origination is not None:
+        call.flags.append("UF")
+        raise call.codec.error(
+            errors.UpstreamTLSError,
+            f"{origination.source or 'tls'}: mode {origination.mode}: TLS origination is not "
+            "supported through requests (use the httpx or aiohttp client for this destination)",
+            request=call.request,
+            destination=call.decision.destination.name if call.decision.destination else None,
+        )
+
+
+def _send_mirrors(call: RequestsCall, transport: httpx.BaseTransport) -> None:
+    """Send copies of the request to the route's mirrors (through the mesh's httpx inner
+    transport, on the mirror threads); never waits for them."""
+    mirrors = call.decision.mirrors
+    if not mirrors or not call.replayable:
+        return
+    mesh = call.mesh
+    original = call.request
+    body = original.body
+    content = body.encode("utf-8") if isinstance(body, str) else body
+    for target, percentage in mirrors:
+        if percentage < 100 and mesh.rng.random() * 100 >= percentage:
+            continue
+        cluster = mesh.cluster(target)
+        if cluster.outbound is not None:
+            continue  # TLS: not originated through this adapter
+        endpoint = cluster.choose(None, ())
+        url = httpx.URL(original.url or "")
+        if endpoint is not None:
+            url = url.copy_with(host=endpoint.host, port=endpoint.port)
+        headers = httpx.Headers([(_text(k), _text(v)) for k, v in (original.headers or {}).items()])
+        host = headers.get("host") or call.view.authority
+        name, sep, port = host.partition(":")
+        headers["host"] = f"{name}-shadow{sep}{port}"
+        if target.host.endswith(MESH_SUFFIX):
+            for key in PEER_KEYS:
+                if key.decode() in headers:
+                    del headers[key.decode()]
+            for raw_name, _, value in stamp_of(mesh).entries:
+                headers[raw_name.decode()] = value.decode()
+        copy = httpx.Request(original.method or "GET", url, headers=headers, content=content)
+        mesh.mirrors.send(transport, copy, call.deadline, cluster.name)
+
+
+def session(mesh: Mesh) -> requests.Session:
+    """A ``requests.Session`` with the mesh mounted for ``http://`` and ``https://``."""
+    made = requests.Session()
+    adapter = MeshAdapter(mesh)
+    made.mount("http://", adapter)
+    made.mount("https://", adapter)
+    return made
