@@ -43,6 +43,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.reload
 	$(BIN)/python -m bench.memory
 	$(BIN)/python -m bench.fast_fail
+	$(BIN)/python -m bench.requests_adapter
 	$(BIN)/python -m bench.store
 	$(BIN)/python -m bench.dashboard
 	$(BIN)/python -m bench.import_cost --clean

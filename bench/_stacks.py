@@ -51,6 +51,13 @@ STACKS: dict[str, Stack] = {
         ),
         Stack("meshlib-traced", "meshlib traced", True, "Bookinfo rules, tracing on"),
         Stack("haproxy", "httpx via HAProxy", True, "bare httpx.Client through one HAProxy hop"),
+        Stack("requests", "requests", True, "bare requests.Session: the requests baseline"),
+        Stack(
+            "meshlib-requests",
+            "meshlib requests adapter",
+            True,
+            "mesh.requests_session(): Bookinfo rules, tracing off",
+        ),
         Stack("a-httpx", "httpx", False, "bare httpx.AsyncClient: the baseline"),
         Stack("a-httpx-aa", "httpx (A/A)", False, "a second bare httpx.AsyncClient"),
         Stack("aiohttp", "aiohttp", False, "bare aiohttp.ClientSession: the async ceiling"),
@@ -344,6 +351,28 @@ def build_sync(stack: str, where: Endpoints, request: Request, concurrency: int)
             return client.request(method, url, headers=HEADERS, content=body).status_code
 
         return Built(call, client.close)
+
+    if stack in ("requests", "meshlib-requests"):
+        import requests
+
+        if stack == "requests":
+            session = requests.Session()
+            session.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=concurrency))
+            url = where.base(stack) + PATH + request.query
+        else:
+            from meshlib import Mesh
+
+            mesh = Mesh.from_yaml(mesh_yaml(where.upstream, False), seed=1)
+            session = mesh.requests_session()
+            url = MESH_BASE + PATH + request.query
+            first = session.get(MESH_BASE + PATH, headers=HEADERS)
+            if first.status_code != 200 or getattr(first, "mesh", None) is None:
+                raise UnavailableError(f"the requests adapter answered {first.status_code}")
+
+        def call() -> int:
+            return session.request(method, url, headers=HEADERS, data=body).status_code
+
+        return Built(call, session.close)
 
     raise KeyError(stack)
 

@@ -70,6 +70,8 @@ SYNC_ALL = (
     "meshlib-stock",
     "meshlib-traced",
     "haproxy",
+    "requests",
+    "meshlib-requests",
 )
 SYNC_BODY = ("httpx", "httpx-aa", "hand", "meshlib", "meshlib-stock", "meshlib-traced", "haproxy")
 THREADS = ("httpx", "httpx-aa", "hand", "meshlib", "meshlib-stock", "meshlib-traced")
@@ -473,6 +475,36 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
             None if extra is None else extra - 20.0,
             aa_extra,
         )
+
+    # sync c=1 through requests: the adapter against bare requests, blocks paired by round
+    rows = result["workloads"].get("sync-c1", {}).get("stacks", {})
+    bare, adapted = rows.get("requests"), rows.get("meshlib-requests")
+    ratio = extra = None
+    if bare is not None and adapted is not None:
+        ratio = adapted["p50_us"] / bare["p50_us"]
+        extra = _measure.paired(adapted["block_cpu_us"], bare["block_cpu_us"], False)
+    aa = get("sync-c1", "httpx-aa", "ratio", "p50")
+    aa_extra = get("sync-c1", "httpx-aa", "added", "cpu_us")
+    add(
+        "sync c=1 median latency, meshlib's requests adapter / bare requests",
+        "≤ 1.05×",
+        ratio,
+        None if ratio is None else ratio <= 1.05,
+        f"{ratio:.3f}× (A/A of httpx {aa:.3f}×)" if ratio is not None and aa is not None else "–",
+        None if ratio is None else ratio - 1.05,
+        None if aa is None else aa - 1,
+    )
+    add(
+        "sync c=1 client CPU per call, meshlib's requests adapter − bare requests",
+        "≤ +20 µs",
+        extra,
+        None if extra is None else extra <= 20.0,
+        f"{extra:+.1f} µs (A/A of httpx {aa_extra:+.1f} µs)"
+        if extra is not None and aa_extra is not None
+        else "–",
+        None if extra is None else extra - 20.0,
+        aa_extra,
+    )
 
     # tracing: meshlib's added median against a bare OTel span + inject's
     sync = result["workloads"].get("sync-c1", {}).get("stacks", {})
