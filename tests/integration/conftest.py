@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -131,6 +132,13 @@ class Caller:
 
     def get(self, url: str, **kwargs: Any) -> httpx.Response:
         return self.request("GET", url, **kwargs)
+
+    def pause(self, seconds: float) -> None:
+        """Let ``seconds`` pass, the async client's event loop running (its mirror tasks)."""
+        if self._loop is not None:
+            self._loop.run_until_complete(asyncio.sleep(seconds))
+        else:
+            time.sleep(seconds)
 
     def post(self, url: str, **kwargs: Any) -> httpx.Response:
         return self.request("POST", url, **kwargs)
