@@ -593,3 +593,62 @@ async def test_a_rewrite_and_request_header_operations_reach_the_upstream(
     assert "x-secret" not in seen["headers"]
     assert seen["headers"]["x-kept"] == "k"
     assert str(response.url) == "http://reviews:9080/old/page?q=a%26b"  # the caller's URL
+
+
+# --------------------------------------------------------------------------- the codec, alone
+
+
+async def captured(url: str, **kwargs: Any) -> aiohttp.ClientRequest:
+    """The ``ClientRequest`` aiohttp makes for ``url`` (nothing is sent)."""
+    from meshlib.clients.aiohttp import _local_response
+
+    found: list[aiohttp.ClientRequest] = []
+
+    async def capture(req: aiohttp.ClientRequest, handler: Any) -> aiohttp.ClientResponse:
+        found.append(req)
+        return _local_response(req, 204, [], b"")
+
+    async with (
+        aiohttp.ClientSession(middlewares=(capture,)) as session,
+        session.get(url, **kwargs),
+    ):
+        pass
+    return found[0]
+
+
+async def test_the_routers_view_of_hostile_and_unusual_requests() -> None:
+    codec = mesh_aiohttp.CODEC
+    request = await captured("http://[::1]:8080/a%20b?x=%2F")
+    ipv6 = codec.view(request)
+    # the query as aiohttp will send it (yarl writes a "/" in a query as it is)
+    assert (ipv6.host, ipv6.port, ipv6.path) == ("::1", 8080, "/a b")
+    assert ipv6.query == request.url.raw_query_string == "x=/"
+    assert ipv6.authority == "[::1]:8080"
+    repeated = await captured("http://Reviews/p", headers=[("x-a", "1"), ("x-a", "2")])
+    view = codec.view(repeated)
+    assert view.host == "reviews"
+    assert view.port == 80
+    assert view.headers["x-a"] == "1, 2"  # joined as Envoy joins them
+    assert view.authority == repeated.headers["Host"] == "reviews"  # the Host aiohttp sends
+    idna = codec.view(await captured("http://bücher.example/"))
+    assert idna.host == "bücher.example"  # the router sees the host as written
+
+
+async def test_errors_are_classified_as_envoys_failure_kinds() -> None:
+    classify = mesh_aiohttp.classify
+    async with aiohttp.ClientSession() as bare:  # a real refusal: nothing listens on port 9
+        with pytest.raises(aiohttp.ClientConnectorError) as caught:
+            await bare.get("http://127.0.0.1:9/")
+    refused = caught.value
+    assert classify(refused) == "connect-failure"
+    assert classify(aiohttp.ConnectionTimeoutError("slow connect")) == "connect-failure"
+    assert classify(aiohttp.ServerDisconnectedError()) == "reset"
+    assert classify(aiohttp.ClientPayloadError("cut")) == "reset"
+    assert classify(ConnectionResetError()) == "reset"
+    assert classify(CircuitOpenError("open")) == "other"
+    assert classify(ValueError("a bug")) == "other"
+    timeout = mesh_aiohttp.CODEC.outcome_of_error(
+        mesh_aiohttp._AttemptTimeout("cut"), per_try_timeout=True
+    )
+    assert timeout.error == "per-try-timeout"
+    assert mesh_aiohttp.CODEC.outcome_of_error(refused, per_try_timeout=False).request_sent is False
