@@ -20,7 +20,9 @@ own: each client adapter raises a subclass of the class above that also derives 
 client's error (``meshlib.clients.httpx.errors``: ``MeshRequestError`` is also an
 ``httpx.TransportError``, ``UpstreamTLSError`` an ``httpx.ConnectError``, ``DeadlineExceeded`` an
 ``httpx.TimeoutException``; ``meshlib.clients.requests``: ``requests.exceptions.ConnectionError``,
-``DeadlineExceeded`` a ``requests.exceptions.Timeout``). So ``except meshlib.CircuitOpenError``
+``DeadlineExceeded`` a ``requests.exceptions.Timeout``; ``meshlib.clients.aiohttp``:
+``aiohttp.ClientConnectionError``, ``DeadlineExceeded`` an ``aiohttp.ServerTimeoutError``). So
+``except meshlib.CircuitOpenError``
 and ``except httpx.TransportError`` both catch an open breaker through httpx.
 
 As under Envoy, the mesh answers some calls itself with a response rather than an exception: no
