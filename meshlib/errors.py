@@ -22,8 +22,8 @@ client's error (``meshlib.clients.httpx.errors``: ``MeshRequestError`` is also a
 ``httpx.TimeoutException``; ``meshlib.clients.requests``: ``requests.exceptions.ConnectionError``,
 ``DeadlineExceeded`` a ``requests.exceptions.Timeout``; ``meshlib.clients.aiohttp``:
 ``aiohttp.ClientConnectionError``, ``DeadlineExceeded`` an ``aiohttp.ServerTimeoutError``). So
-``except meshlib.CircuitOpenError``
-and ``except httpx.TransportError`` both catch an open breaker through httpx.
+``except meshlib.CircuitOpenError`` and ``except httpx.TransportError`` both catch an open
+breaker through httpx.
 
 As under Envoy, the mesh answers some calls itself with a response rather than an exception: no
 route (404 ``NR``), no endpoint (503 ``UH``/``NC``), connection-pool overflow (503 ``UO``).
