@@ -85,10 +85,50 @@ __all__ = [
 ]
 
 
+#: meshlib's own modules and packages, loaded on first use as attributes too
+#: (``import meshlib; meshlib.context.wrap(fn)``) as ``import meshlib`` used to load them
+_SUBMODULES = frozenset(
+    {
+        "aiohttp_transport",
+        "balancing",
+        "bookinfo",
+        "cli",
+        "client",
+        "clients",
+        "clock",
+        "config",
+        "context",
+        "control",
+        "dashboard",
+        "deadline",
+        "discovery",
+        "errors",
+        "headers",
+        "httpcore_transport",
+        "inner",
+        "mesh",
+        "mirror",
+        "pipeline",
+        "policies",
+        "routing",
+        "security",
+        "server",
+        "store",
+        "telemetry",
+        "testing",
+        "transport",
+        "version",
+    }
+)
+
+
 def __getattr__(name: str) -> Any:
-    """A public name, its module loaded on first use (and the name kept here after)."""
+    """A public name, its module loaded on first use (and the name kept here after); or one of
+    meshlib's submodules, imported (which binds it here)."""
     where = _EXPORTS.get(name)
     if where is None:
+        if name in _SUBMODULES:
+            return import_module(f"meshlib.{name}")
         raise AttributeError(f"module 'meshlib' has no attribute {name!r}")
     value = getattr(import_module(where), name)
     globals()[name] = value

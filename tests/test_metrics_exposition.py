@@ -328,6 +328,18 @@ def test_an_apps_own_metrics_on_the_recorders_registry_follow_meshlibs() -> None
     assert 'shop_orders_total{kind="gift"} 2.0' in body.decode()
 
 
+def test_the_removed_meter_provider_says_what_replaces_it() -> None:
+    mesh = workload(traffic=False)
+    try:
+        recorder = metrics.recorder_of(mesh)
+        assert recorder is not None
+        with pytest.raises(AttributeError, match=r"removed: register .* on recorder\.registry"):
+            recorder.meter_provider  # noqa: B018
+        assert not hasattr(recorder, "meter_provider")
+    finally:
+        mesh.close()
+
+
 def test_a_label_value_utf8_cannot_encode_does_not_break_the_scrape() -> None:
     """A lone surrogate (a registry file's JSON may hold one) would fail every later scrape."""
     mesh = workload(traffic=False)

@@ -805,6 +805,17 @@ class MetricsRecorder:
             return None
         return f"http://{_url_host(self.host)}:{server.port}{self.path}"
 
+    @property
+    def meter_provider(self) -> Any:
+        """Removed (the scrape no longer goes through OpenTelemetry's SDK): a clear error saying
+        what replaces it, ``registry``."""
+        raise AttributeError(
+            "MetricsRecorder.meter_provider was removed: register an app's metrics on "
+            "recorder.registry (a prometheus_client CollectorRegistry); OpenTelemetry instruments "
+            "reach the same scrape through opentelemetry-exporter-prometheus: "
+            "MeterProvider(metric_readers=[PrometheusMetricReader(registry=recorder.registry)])"
+        )
+
     def close(self) -> None:
         """Stop the scrape server (idempotent). The tallies stay readable."""
         server, self._server = self._server, None
