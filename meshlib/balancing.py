@@ -614,6 +614,29 @@ class RingHash:
         return known
 
 
+def is_prime(x: int) -> bool:
+    """Envoy's primality test for a Maglev table size (so 1 counts as prime, as in Envoy)."""
+    if 0 < x < 4:
+        return True
+    if x % 2 == 0:
+        return False
+    factor = 3
+    while factor * factor <= x:
+        if x % factor == 0:
+            return False
+        factor += 2
+    return True
+
+
+def _check_table_size(table_size: int) -> None:
+    """Envoy's constructor refuses a table size that is not prime: with another size a
+    permutation may never reach a free slot (the table would never be complete)."""
+    if not isinstance(table_size, int) or table_size < 1 or not is_prime(table_size):
+        raise ValueError(
+            f"the Maglev table size must be a prime number (e.g. 65537), not {table_size!r}"
+        )
+
+
 def maglev_table(endpoints: Sequence[Endpoint], table_size: int) -> list[int]:
     """Envoy's Maglev lookup table: for each of ``table_size`` slots, the index in ``endpoints``
     of the endpoint that owns it.
@@ -623,6 +646,7 @@ def maglev_table(endpoints: Sequence[Endpoint], table_size: int) -> list[int]:
     ``skip = xxHash64(key, seed=1) % (size - 1) + 1``. Round after round, every endpoint whose
     weight allows it this round (one slot per round at the largest normalised weight, fewer in
     proportion below it) takes the next free slot of its permutation, until all are taken."""
+    _check_table_size(table_size)
     size = table_size
     order = sorted(range(len(endpoints)), key=lambda i: host_hash_key(endpoints[i]))
     weights = _weights(endpoints)
@@ -685,8 +709,7 @@ class Maglev:
     __slots__ = ("_lock", "_recent", "_rng", "_table", "_table_size")
 
     def __init__(self, rng: random.Random, table_size: int = DEFAULT_MAGLEV_TABLE_SIZE) -> None:
-        if table_size < 1:
-            raise ValueError("table_size must be at least 1")
+        _check_table_size(table_size)
         self._rng = rng
         self._table_size = table_size
         self._lock = threading.Lock()

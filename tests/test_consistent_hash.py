@@ -209,6 +209,25 @@ def test_envoy_maglev_retry_moves_the_key() -> None:
     assert picker.pick(hosts, 10, avoid=hosts) in hosts  # every host tried: any will do
 
 
+@pytest.mark.parametrize("size", [9, 4, 65536, 0, -7])
+def test_a_maglev_table_size_that_is_not_prime_is_refused(size: int) -> None:
+    # Envoy's MaglevTable constructor throws on it; with 9 the table would never fill up.
+    hosts = _hosts(90, 91, 92, 93, 94, 95)
+    message = rf"table size must be a prime number \(e\.g\. 65537\), not {size}"
+    with pytest.raises(ValueError, match=message):
+        Maglev(random.Random(1), size)
+    with pytest.raises(ValueError, match=message):
+        balancing.maglev_table(hosts, size)
+
+
+def test_maglev_table_sizes_envoy_takes() -> None:
+    naive = [n for n in range(1, 200) if n == 1 or all(n % d for d in range(2, n))]
+    assert [n for n in range(1, 200) if balancing.is_prime(n)] == naive  # 1 counts, as in Envoy
+    hosts = _hosts(90, 91)
+    assert len(balancing.maglev_table(hosts, 1)) == 1
+    assert sorted(Counter(balancing.maglev_table(hosts, 13)).values()) == [6, 7]
+
+
 # --------------------------------------------------------------------------- a naive second version
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from meshlib.balancing import is_prime
 from meshlib.config import model as m
 from meshlib.config.source import Path
 from meshlib.config.validation import common
@@ -276,20 +277,6 @@ def consistent_hash(lb: m.ConsistentHashLB, path: Path) -> list[Finding]:
                 )
             )
     return findings
-
-
-def is_prime(x: int) -> bool:
-    """Envoy's primality test for a Maglev table size (so 1 counts as prime, as in Envoy)."""
-    if 0 < x < 4:
-        return True
-    if x % 2 == 0:
-        return False
-    factor = 3
-    while factor * factor <= x:
-        if x % factor == 0:
-            return False
-        factor += 2
-    return True
 
 
 def locality_lb_setting(
