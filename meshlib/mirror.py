@@ -142,16 +142,25 @@ class Mirrors:
 
     # ------------------------------------------------------------------ internals
 
+    def drop(self, destination: str, why: str) -> None:
+        """Count a copy to ``destination`` that is not sent (``why``, for the debug log)."""
+        with self._lock:
+            self.dropped += 1
+        self._dropped(destination, why)
+
     def _admit(self, destination: str) -> bool:
         with self._lock:
             if not self._closed and self.outstanding < self.limit:
                 self.outstanding += 1
                 return True
             self.dropped += 1
-        log.debug("mirror to %s dropped: %d copies outstanding", destination, self.limit)
+        self._dropped(destination, f"{self.limit} copies outstanding")
+        return False
+
+    def _dropped(self, destination: str, why: str) -> None:
+        log.debug("mirror to %s dropped: %s", destination, why)
         if self._telemetry.listening:
             self._telemetry.emit(MirrorDropped(destination))
-        return False
 
     def _settle(self, answered: bool | None) -> None:
         with self._lock:

@@ -352,11 +352,12 @@ async def test_a_streamed_body_is_sent_once_and_never_retried(upstream: Upstream
 
     async with (
         mesh.aiohttp_session() as session,
-        session.put("http://reviews:9080/stream?fail=1", data=chunks()) as response,
+        session.put("http://reviews:9080/stream?fail=1&echo=1", data=chunks()) as response,
     ):
-        await response.read()
+        seen = await response.json()
     assert response.status == 503  # not replayable: the 503 is the answer
     assert upstream.hits("/stream") == 1
+    assert seen["body"] == "one,two"  # the upstream got the whole stream
 
 
 async def test_inbound_context_headers_are_carried(upstream: Upstream) -> None:
@@ -652,3 +653,208 @@ async def test_errors_are_classified_as_envoys_failure_kinds() -> None:
     )
     assert timeout.error == "per-try-timeout"
     assert mesh_aiohttp.CODEC.outcome_of_error(refused, per_try_timeout=False).request_sent is False
+
+
+# --------------------------------------------------------------------------- cookies, headers
+# and bodies on every path: aiohttp's handler, the mesh's TLS pools, mirrors' copies
+
+
+class TLSUpstream:
+    """An aiohttp server on 127.0.0.1 behind the ``reviews`` workload's certificate (a client
+    certificate required): records what each request brought, answers with ``set-cookie``."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, Any]] = []
+        self.runner: Any = None
+        self.port = 0
+
+    async def start(self, tmp_path: Any) -> Mesh:
+        from aiohttp import web
+
+        from meshlib.security.ca import CertificateAuthority
+        from tests.security.test_outbound_tls import REVIEWS, config, tls_rule, workload_context
+
+        async def handle(request: web.Request) -> web.Response:
+            self.seen.append(
+                {
+                    "raw": dict(request.raw_headers),
+                    "cookie": request.headers.get("cookie"),
+                    "body": await request.read(),
+                }
+            )
+            return web.Response(text="ok", headers={"set-cookie": "session=abc; Path=/"})
+
+        ca = CertificateAuthority.init(tmp_path / "ca")
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", handle)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(
+            self.runner, "127.0.0.1", 0, ssl_context=workload_context(ca.issue(REVIEWS))
+        )
+        await site.start()
+        self.port = self.runner.addresses[0][1]
+        rule = tls_rule(f"{{mode: ISTIO_MUTUAL, subjectAltNames: [{REVIEWS.uri}]}}")
+        return Mesh.from_yaml(config(ca, self.port, rules=rule))
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+async def test_set_cookie_the_mesh_adds_or_answers_reaches_the_session_cookie_jar(
+    upstream: Upstream,
+) -> None:
+    docs = reviews_vs(
+        "  - match: [{uri: {prefix: /direct}}]\n"
+        "    directResponse: {status: 200, body: {string: hi}}\n"
+        "    headers: {response: {add: {set-cookie: 'answered=1; Path=/'}}}\n"
+        "  - route: [{destination: {host: reviews}}]\n"
+        "    headers: {response: {add: {set-cookie: 'flavour=mint; Path=/'}}}\n"
+    )
+    mesh = Mesh.from_yaml(config(upstream.address, docs), seed=1)
+    async with mesh.aiohttp_session() as session:
+        async with session.get("http://reviews:9080/a") as routed:
+            await routed.read()
+        async with session.get("http://reviews:9080/direct") as direct:
+            await direct.read()
+        jar = {cookie.key: cookie.value for cookie in session.cookie_jar}
+        async with session.get("http://reviews:9080/b") as after:
+            seen = await after.json()
+    assert routed.cookies["flavour"].value == "mint"
+    assert direct.cookies["answered"].value == "1"
+    assert jar == {"flavour": "mint", "answered": "1"}
+    sent = sorted(seen["headers"]["cookie"].split("; "))
+    assert sent == ["answered=1", "flavour=mint"]
+
+
+async def test_a_set_cookie_the_mesh_removes_is_not_filed() -> None:
+    """A ``Set-Cookie`` a response header operation removes is in neither the response's
+    headers nor its cookies nor the session's jar; one it adds is in all three."""
+    from aiohttp import web
+
+    async def handle(request: web.Request) -> web.Response:
+        return web.Response(text="ok", headers={"set-cookie": "tracker=1; Path=/"})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    docs = reviews_vs(
+        "  - route: [{destination: {host: reviews}}]\n"
+        "    headers: {response: {remove: [set-cookie], add: {set-cookie: 'kept=1'}}}\n"
+    )
+    mesh = Mesh.from_yaml(config(f"127.0.0.1:{port}", docs), seed=1)
+    try:
+        async with mesh.aiohttp_session() as session:
+            async with session.get("http://reviews:9080/a") as response:
+                await response.read()
+            jar = [cookie.key for cookie in session.cookie_jar]
+    finally:
+        await runner.cleanup()
+    assert response.headers.getall("set-cookie") == ["kept=1"]
+    assert list(response.cookies) == ["kept"]
+    assert jar == ["kept"]
+
+
+async def test_istio_mutual_answers_cookies_and_bodies_and_headers_arrive_whole(
+    tmp_path: Any,
+) -> None:
+    """Through the mesh's TLS pools: the upstream's ``Set-Cookie`` reaches the session's jar
+    (and comes back on the next request), a non-ASCII header value arrives as aiohttp's UTF-8,
+    and bytes, file and streamed bodies arrive whole, framed once (a ``Content-Length``, never
+    with ``Transfer-Encoding``)."""
+    import io
+
+    server = TLSUpstream()
+    mesh = await server.start(tmp_path)
+
+    async def chunks() -> Any:
+        yield b"a" * 500
+        yield b"b" * 500
+
+    try:
+        async with mesh.aiohttp_session() as session:
+            async with session.get("http://reviews:9080/login") as response:
+                assert response.status == 200
+                assert response.cookies["session"].value == "abc"
+            assert [(c.key, c.value) for c in session.cookie_jar] == [("session", "abc")]
+            bodies = {
+                "bytes": b"x" * 1000,
+                "file": io.BytesIO(b"y" * 1000),
+                "stream": chunks(),
+            }
+            for name, data in bodies.items():
+                async with session.post(
+                    f"http://reviews:9080/{name}", data=data, headers={"x-user": "Jürgen"}
+                ) as response:
+                    assert response.status == 200, name
+                    info = mesh_info(response)
+                    assert info is not None
+                    assert info.tls == "ISTIO_MUTUAL"
+    finally:
+        await server.stop()
+    login, *posts = server.seen
+    assert login["cookie"] is None
+    expected = [b"x" * 1000, b"y" * 1000, b"a" * 500 + b"b" * 500]
+    assert [post["body"] for post in posts] == expected
+    for post in posts:
+        raw = post["raw"]
+        assert post["cookie"] == "session=abc"
+        assert raw[b"x-user"] == "Jürgen".encode()
+        assert raw[b"Content-Length"] == b"1000"
+        assert b"Transfer-Encoding" not in raw
+
+
+async def test_a_mirrored_call_with_a_non_ascii_header_is_sent_and_so_is_its_copy(
+    upstream: Upstream, mirror_upstream: Upstream
+) -> None:
+    docs = reviews_vs(
+        "  - route: [{destination: {host: reviews}}]\n"
+        "    mirror: {host: shadow}\n"
+        "    mirrorPercentage: {value: 100}\n"
+    )
+    mesh = Mesh.from_yaml(config(upstream.address, docs, mirror=mirror_upstream.address), seed=1)
+    upstream.control("/_reset")
+    mirror_upstream.control("/_reset")
+    async with mesh.aiohttp_session() as session:
+        async with session.post(
+            "http://reviews:9080/mirrored-utf8?echo=1", data=b"x", headers={"x-user": "Jürgen"}
+        ) as response:
+            seen = await response.json()
+        for _ in range(100):  # the copy is sent in the background
+            if mirror_upstream.hits("/mirrored-utf8"):
+                break
+            await asyncio.sleep(0.02)
+    assert response.status == 200
+    assert seen["body"] == "x"
+    assert seen["headers"]["x-user"] == "Jürgen".encode().decode("latin-1")
+    assert mirror_upstream.hits("/mirrored-utf8") == 1
+    assert mesh.mirrors.dropped == 0
+    mesh.close()
+
+
+async def test_a_mirror_copy_that_cannot_be_made_is_dropped_and_the_call_goes_on(
+    upstream: Upstream, mirror_upstream: Upstream
+) -> None:
+    docs = reviews_vs(
+        "  - route: [{destination: {host: reviews}}]\n"
+        "    mirror: {host: shadow}\n"
+        "    mirrorPercentage: {value: 100}\n"
+    )
+    mesh = Mesh.from_yaml(config(upstream.address, docs, mirror=mirror_upstream.address), seed=1)
+    upstream.control("/_reset")
+    mirror_upstream.control("/_reset")
+    async with mesh.aiohttp_session() as session:
+        # a lone surrogate: aiohttp writes what it can of it, no bytes of it can be copied
+        async with session.get(
+            "http://reviews:9080/uncopyable", headers={"x-odd": "a\ud800"}
+        ) as response:
+            await response.read()
+        await asyncio.sleep(0.1)
+    assert response.status == 200
+    assert upstream.hits("/uncopyable") == 1
+    assert mesh.mirrors.dropped == 1
+    assert mirror_upstream.hits("/uncopyable") == 0
+    mesh.close()

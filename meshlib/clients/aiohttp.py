@@ -39,11 +39,12 @@ a middleware cannot make a ``ClientResponse`` of its own, nor change an upstream
 headers. Local replies are built with ``ClientResponse``'s constructor (keyword arguments
 matched to the installed aiohttp's) and a ``StreamReader`` holding the body; the headers of a
 response the mesh changed (flags, VirtualService header operations, the peer metadata it
-removes) are replaced through ``_headers``/``_raw_headers``. These are in ``_local_response``
-and ``_replace_headers`` alone, tested against the aiohttp meshlib pins. A response's ``url``
-is the caller's; its ``request_info`` is the attempt as aiohttp sent it (``url``: the
-endpoint's address, ``real_url``: the caller's URL). The end of a response's body is seen
-through its connection's ``add_callback``.
+removes) are replaced through ``_headers``/``_raw_headers``, their ``Set-Cookie`` values through
+``_raw_cookie_headers`` (what aiohttp's cookie jar files). These are in ``_local_response``,
+``_replace_headers`` and ``_file_cookies`` alone, tested against the aiohttp meshlib pins.
+A response's ``url`` is the caller's; its ``request_info`` is the attempt as aiohttp sent it
+(``url``: the endpoint's address, ``real_url``: the caller's URL). The end of a response's body
+is seen through its connection's ``add_callback``.
 """
 
 from __future__ import annotations
@@ -248,6 +249,18 @@ def _replace_headers(
     if isinstance(cache, dict):  # ``headers`` and ``raw_headers`` are cached on first read
         cache.pop("headers", None)
         cache.pop("raw_headers", None)
+    _file_cookies(response, headers.getall("set-cookie", ()))
+
+
+def _file_cookies(response: aiohttp.ClientResponse, values: Sequence[str]) -> None:
+    """Have aiohttp take the ``Set-Cookie`` values of a response whose headers the mesh set as
+    it takes those its parser reads: the session's cookie jar files
+    ``ClientResponse._raw_cookie_headers`` (aiohttp 3.12.7+), and ``response.cookies`` parses
+    them on first read (``_cookies`` cleared). The public ``cookies`` setter is not used: it goes
+    through a ``SimpleCookie``, which keeps one cookie per name and parses more strictly than
+    aiohttp does."""
+    response._raw_cookie_headers = tuple(values) if values else None
+    response._cookies = None
 
 
 def mesh_info(response: aiohttp.ClientResponse) -> MeshInfo | None:
@@ -742,7 +755,12 @@ class MeshMiddleware:
 
             secure = self._secure = SecureTransports(outbound.identity)
         transport = secure.async_(outbound.target.name, origination)
-        request = await _httpx_copy(req, req.url.with_scheme("https"))
+        try:
+            request = await _httpx_copy(req, req.url.with_scheme("https"))
+        except UnicodeEncodeError as exc:
+            raise call.codec.error(
+                errors.MeshRequestError, f"a request header cannot be sent: {exc}"
+            ) from exc
         scope = enter(bound)
         try:
             try:
@@ -787,15 +805,19 @@ class MeshMiddleware:
             transport, secure = inner
             if secure:
                 url = url.with_scheme("https")
-            copy = await _httpx_copy(req, url)
-            host = copy.headers.get("host") or req.url.host or ""
-            name, sep, port = host.partition(":")
-            copy.headers["host"] = f"{name}-shadow{sep}{port}"
-            if target.host.endswith(MESH_SUFFIX):  # a shadow says who sent it, as the call does
-                for key in PEER_KEYS:
-                    copy.headers.pop(key.decode(), None)
-                for header, _, value in stamp_of(mesh).entries:
-                    copy.headers[header.decode()] = value.decode()
+            try:
+                copy = await _httpx_copy(req, url)
+                host = copy.headers.get("host") or req.url.host or ""
+                name, sep, port = host.partition(":")
+                copy.headers["host"] = f"{name}-shadow{sep}{port}"
+                if target.host.endswith(MESH_SUFFIX):  # a shadow says who sent it, as the call
+                    for key in PEER_KEYS:
+                        copy.headers.pop(key.decode(), None)
+                    for header, _, value in stamp_of(mesh).entries:
+                        copy.headers[header.decode()] = value.decode()
+            except Exception:  # a copy that cannot be made never fails the call
+                mesh.mirrors.drop(cluster.name, "the copy could not be made")
+                continue
             mesh.mirrors.asend(transport, copy, call.deadline, cluster.name)
 
     def _mirror_transport(
@@ -860,12 +882,24 @@ async def _send(
 
 
 async def _httpx_copy(req: aiohttp.ClientRequest, url: URL) -> httpx.Request:
-    """An httpx request of ``req`` to ``url`` (TLS attempts and mirrors' copies)."""
+    """An httpx request of ``req`` to ``url`` (TLS attempts and mirrors' copies): its headers
+    as the bytes aiohttp would write, its body read whole. aiohttp's framing of the body
+    (``Transfer-Encoding: chunked`` for a stream, its ``Content-Length``) is left out: httpx
+    frames the bytes itself, and both headers at once is a request no server may accept.
+    Raises ``UnicodeEncodeError`` for a header aiohttp could not write either."""
     import httpx  # noqa: PLC0415
 
     body = req.body
     content = await body.as_bytes() if isinstance(body, aiohttp.Payload) and body else b""
-    return httpx.Request(req.method, str(url), headers=list(req.headers.items()), content=content)
+    headers = [
+        (name.encode("utf-8", "surrogateescape"), value.encode("utf-8", "surrogateescape"))
+        for name, value in req.headers.items()
+        if name.lower() not in _FRAMING or (not content and name.lower() == "content-length")
+    ]
+    return httpx.Request(req.method, str(url), headers=headers, content=content)
+
+
+_FRAMING = frozenset({"content-length", "transfer-encoding"})
 
 
 def _follow_body(
