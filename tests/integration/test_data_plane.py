@@ -14,8 +14,9 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from meshlib import Mesh
+from meshlib import Mesh, context
 from meshlib.clients.httpx.transport import FLAGS_HEADER, MeshInfo
+from meshlib.context import RequestContext
 from meshlib.discovery import Endpoint
 from meshlib.errors import CircuitOpenError, DeadlineExceeded
 from meshlib.testing import FakeClock
@@ -506,3 +507,25 @@ def test_the_callers_own_timeout_bounds_the_call_and_raises_the_clients_timeout(
     assert 0.25 <= time.monotonic() - started < 1.5
     if caller.kind != "aiohttp":  # aiohttp's middleware raises its DeadlineExceeded (UT) here
         assert not isinstance(raised.value, DeadlineExceeded)  # the caller's, not the route's
+
+
+def test_the_inbound_requests_context_is_carried_and_routes_the_call(
+    upstreams: dict[str, Upstream], connect: Connect, base_path: str
+) -> None:
+    config = mesh_yaml(
+        {"reviews": upstreams.values()},
+        include=[DR_ALL, "virtual-service-reviews-test-v2.yaml"],
+    )
+    caller = connect(Mesh.from_yaml(config, seed=1))
+    inbound = RequestContext(headers={"end-user": "jason", "x-request-id": "req-7"})
+    with context.use(inbound):
+        carried = caller.get(REVIEWS + base_path)
+        own = caller.get(REVIEWS + base_path, headers={"end-user": "alice"})
+    assert carried.json()["version"] == "v2"  # routed on the carried end-user
+    seen = carried.json()["headers"]
+    assert (seen["end-user"], seen["x-request-id"]) == ("jason", "req-7")
+    assert own.json()["version"] == "v1"  # the caller's own header wins
+    assert own.json()["headers"]["x-request-id"] == "req-7"
+    plain = caller.get(REVIEWS + base_path)  # outside the inbound request: nothing carried
+    assert plain.json()["version"] == "v1"
+    assert "x-request-id" not in plain.json()["headers"]
