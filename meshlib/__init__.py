@@ -1,8 +1,11 @@
 """meshlib: an in-process service mesh for Python, speaking Istio's resource language.
 
-``import meshlib`` loads nothing but this module: each name below loads its module on first use
-(``meshlib.Mesh``, ``from meshlib import Mesh``), so a program pays only for what it uses —
-``serve`` and ``serve_wsgi`` load uvicorn, ``Mesh`` the config machinery, the errors httpx.
+``import meshlib`` loads nothing but this module (and ``meshlib.version``): each name below loads
+its module on first use (``meshlib.Mesh``, ``from meshlib import Mesh``), and so does each
+submodule read as an attribute (``meshlib.context.wrap(fn)``), so a program pays only for what it
+uses — ``serve`` and ``serve_wsgi`` load uvicorn, ``Mesh`` the config machinery and httpx, the
+errors no HTTP client library (each client adapter raises its own subclasses of them, see
+``meshlib.errors``).
 """
 
 from importlib import import_module

@@ -1,5 +1,5 @@
 """Every link between the project's own documents resolves: ``[text](file.md#anchor)`` in
-README.md and docs/ names a file of the repository and, with an anchor, a heading of that file
+README.md, CHANGELOG.md and docs/ names a file of the repository and, with an anchor, a heading of that file
 (the anchor GitHub makes of it); ``[text](#anchor)`` a heading of the same file.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCUMENTS = sorted([ROOT / "README.md", *(ROOT / "docs").rglob("*.md")])
+DOCUMENTS = sorted([ROOT / "README.md", ROOT / "CHANGELOG.md", *(ROOT / "docs").rglob("*.md")])
 
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _INLINE_CODE = re.compile(r"`[^`]*`")
