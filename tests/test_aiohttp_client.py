@@ -858,3 +858,58 @@ async def test_a_mirror_copy_that_cannot_be_made_is_dropped_and_the_call_goes_on
     assert mesh.mirrors.dropped == 1
     assert mirror_upstream.hits("/uncopyable") == 0
     mesh.close()
+
+
+async def test_a_closed_session_leaves_no_connection_of_the_mesh_open(
+    upstream: Upstream,
+) -> None:
+    """The pool of a session's mirror copies (as its TLS pools) closes with the session, even
+    while the caller still holds the closed session."""
+    state = {"open": 0, "requests": 0}
+
+    class Shadow(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+            self.buffer = b""
+            state["open"] += 1
+
+        def data_received(self, data: bytes) -> None:
+            self.buffer += data
+            while b"\r\n\r\n" in self.buffer:
+                _, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+                state["requests"] += 1
+                self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+
+        def connection_lost(self, exc: BaseException | None) -> None:
+            state["open"] -= 1
+
+    server = await asyncio.get_running_loop().create_server(Shadow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    docs = reviews_vs(
+        "  - route: [{destination: {host: reviews}}]\n"
+        "    mirror: {host: shadow}\n"
+        "    mirrorPercentage: {value: 100}\n"
+    )
+    mesh = Mesh.from_yaml(config(upstream.address, docs, mirror=f"127.0.0.1:{port}"), seed=1)
+    held = []
+    try:
+        for sent in range(1, 4):
+            async with mesh.aiohttp_session() as session:
+                async with session.get("http://reviews:9080/pooled") as response:
+                    await response.read()
+                for _ in range(200):  # the copy is sent in the background
+                    if state["requests"] == sent:
+                        break
+                    await asyncio.sleep(0.01)
+                assert state["open"] == 1
+            held.append(session)
+            for _ in range(200):
+                if state["open"] == 0:
+                    break
+                await asyncio.sleep(0.01)
+            assert state["open"] == 0, f"session {sent}: the mirror's connection is still open"
+    finally:
+        server.close()
+        await server.wait_closed()
+        mesh.close()
+    assert state["requests"] == 3

@@ -845,10 +845,17 @@ class MeshMiddleware:
         return secure.async_(outbound.target.name, origination), True
 
     async def aclose(self) -> None:
-        if self._plain is not None:
-            await self._plain.aclose()
-        if self._secure is not None:
-            await self._secure.aclose()
+        """Close the pools this middleware opened (the TLS destinations' and the mirrors'
+        copies'). A session from ``session()`` does it when it closes; a session built with
+        ``mesh.aiohttp_middleware()`` leaves it to its owner. The pools open again if needed."""
+        plain, self._plain = self._plain, None
+        secure, self._secure = self._secure, None
+        try:
+            if plain is not None:
+                await plain.aclose()
+        finally:
+            if secure is not None:
+                await secure.aclose()
 
 
 async def _send(
@@ -953,8 +960,29 @@ def _follow_body(
         connection.add_callback(ended)
 
 
+class _Connector(aiohttp.TCPConnector):
+    """aiohttp's default connector, which also closes the mesh middleware's own pools when the
+    session closes it (aiohttp tells a middleware nothing of its session's end)."""
+
+    def __init__(self, middleware: MeshMiddleware) -> None:
+        super().__init__()
+        self._middleware = middleware
+
+    async def close(self, *, abort_ssl: bool = False) -> None:
+        try:  # ``abort_ssl`` is aiohttp 3.13+'s
+            await super().close(**({"abort_ssl": True} if abort_ssl else {}))
+        finally:
+            await self._middleware.aclose()
+
+
 def session(mesh: Mesh, **kwargs: Any) -> aiohttp.ClientSession:
     """An ``aiohttp.ClientSession`` whose requests go through ``mesh`` (its middleware first,
-    before any the caller passes in ``middlewares``)."""
-    middlewares = (MeshMiddleware(mesh), *tuple(kwargs.pop("middlewares", ()) or ()))
+    before any the caller passes in ``middlewares``). Unless the caller gives a ``connector``,
+    the session's is aiohttp's default one, which also closes the middleware's own pools (TLS
+    destinations, mirrors) when the session closes. With a connector of the caller's, build the
+    session with ``mesh.aiohttp_middleware()`` and ``await middleware.aclose()`` after it."""
+    middleware = MeshMiddleware(mesh)
+    middlewares = (middleware, *tuple(kwargs.pop("middlewares", ()) or ()))
+    if kwargs.get("connector") is None:
+        kwargs["connector"] = _Connector(middleware)
     return aiohttp.ClientSession(middlewares=middlewares, **kwargs)
