@@ -1,6 +1,6 @@
 """Every link between the project's own documents resolves: ``[text](file.md#anchor)`` in
-README.md, CHANGELOG.md and docs/ names a file of the repository and, with an anchor, a heading of that file
-(the anchor GitHub makes of it); ``[text](#anchor)`` a heading of the same file.
+README.md, CHANGELOG.md and docs/ names a file of the repository and, with an anchor, a heading
+of that file (the anchor GitHub makes of it); ``[text](#anchor)`` a heading of the same file.
 """
 
 from __future__ import annotations
