@@ -896,6 +896,35 @@ def test_direct_response(
     assert upstreams.calls() == []
 
 
+def test_the_meshs_own_replies_to_head_carry_no_body(
+    connect: Connect, upstreams: Upstreams
+) -> None:
+    """Envoy's local replies (sendLocalReply) answer a HEAD request with the headers alone."""
+    upstreams.endpoint("reviews", "v1")
+    route = (
+        "  - match: [{uri: {exact: /direct}}]\n"
+        "    directResponse: {status: 418, body: {string: teapot}}\n"
+        "  - match: [{uri: {exact: /none}}]\n"  # a subset without endpoints: UH
+        "    route: [{destination: {host: reviews, subset: v2}}]\n"
+        "  - match: [{uri: {exact: /abort}}]\n"
+        "    fault: {abort: {httpStatus: 500, percentage: {value: 100}}}\n"
+        "    route: [{destination: {host: reviews, subset: v1}}]\n"
+    )
+    caller = connect(build(docs(dr("reviews", SUBSETS), vs("reviews", route)), upstreams))
+
+    for path, status, flag, text in [
+        ("/direct", 418, "", "teapot"),
+        ("/none", 503, "UH", "no healthy upstream"),
+        ("/abort", 500, "FI", "fault filter abort"),
+    ]:
+        got = caller.send("GET", f"http://reviews:9080{path}")
+        assert (got.status_code, flags(got), got.text) == (status, flag, text)
+        head = caller.send("HEAD", f"http://reviews:9080{path}")
+        assert (head.status_code, flags(head), head.content) == (status, flag, b"")
+        assert head.headers.get("content-type") == got.headers.get("content-type")
+    assert upstreams.calls() == []
+
+
 @pytest.mark.parametrize(
     ("redirect", "url", "status", "location"),
     [

@@ -191,8 +191,7 @@ class Call(Generic[Req, Resp]):
     def abort_reply(self, action: FaultAction) -> Resp:
         status, headers, body = abort_response_parts(action)
         self.flags.append("FI")
-        response = self.codec.reply(self.request, status, list(headers), body)
-        return self.finish(response)
+        return self.finish(self._local_response(status, list(headers), body))
 
     def delay_budget(self, delay: float) -> tuple[float, bool]:
         """How long the injected delay may sleep, and whether the caller's own timeout ends it."""
@@ -440,7 +439,14 @@ class Call(Generic[Req, Resp]):
         headers = [("content-type", "text/plain")] if body else []
         if flag == "UO":
             headers.append(("x-envoy-overloaded", "true"))
-        return self.finish(self.codec.reply(self.request, status, headers, body), local=True)
+        return self.finish(self._local_response(status, headers, body), local=True)
+
+    def _local_response(self, status: int, headers: list[tuple[str, str]], body: bytes) -> Resp:
+        """A response of the mesh's own; to a HEAD request its headers alone, as Envoy's local
+        replies (``sendLocalReply``: a direct response, a fault's abort, NR, UH, UO) send none."""
+        if body and self.view.method == "HEAD":
+            body = b""
+        return self.codec.reply(self.request, status, headers, body)
 
     def redirect(self) -> Resp:
         redirect = self.decision.redirect
