@@ -793,6 +793,12 @@ async def test_istio_mutual_answers_cookies_and_bodies_and_headers_arrive_whole(
                     info = mesh_info(response)
                     assert info is not None
                     assert info.tls == "ISTIO_MUTUAL"
+            assert len(server.runner.server.connections) == 1  # one pooled TLS connection
+        for _ in range(200):  # the session closed: so did the mesh's TLS pool
+            if not server.runner.server.connections:
+                break
+            await asyncio.sleep(0.01)
+        assert server.runner.server.connections == []
     finally:
         await server.stop()
     login, *posts = server.seen
