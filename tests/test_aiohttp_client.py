@@ -813,6 +813,22 @@ async def test_istio_mutual_answers_cookies_and_bodies_and_headers_arrive_whole(
         assert b"Transfer-Encoding" not in raw
 
 
+async def test_a_header_no_bytes_can_be_sent_for_is_a_clear_error_on_a_tls_destination(
+    tmp_path: Any,
+) -> None:
+    server = TLSUpstream()
+    mesh = await server.start(tmp_path)
+    try:
+        async with mesh.aiohttp_session() as session:
+            with pytest.raises(aiohttp.ClientConnectionError) as caught:
+                await session.get("http://reviews:9080/odd", headers={"x-odd": "a\ud800"})
+    finally:
+        await server.stop()
+    assert isinstance(caught.value, MeshRequestError)
+    assert "a request header cannot be sent" in str(caught.value)
+    assert server.seen == []
+
+
 async def test_a_mirrored_call_with_a_non_ascii_header_is_sent_and_so_is_its_copy(
     upstream: Upstream, mirror_upstream: Upstream
 ) -> None:
