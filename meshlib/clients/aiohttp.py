@@ -67,7 +67,6 @@ from meshlib.pipeline.info import (
     FLAGS_HEADER,
     FREE_LEASE,
     MESH_SUFFIX,
-    NO_TICKET,
     MeshInfo,
 )
 from meshlib.policies.retry import ErrorKind, Outcome
@@ -633,18 +632,14 @@ class MeshMiddleware:
     async def _handle(self, call: AiohttpCall, handler: Handler) -> aiohttp.ClientResponse:
         mesh = self.mesh
         if not call.decision.plain:
-            reply = call.local_reply()
-            if reply is not None:
-                return reply
-            action = call.draw_fault()
-            if action is not None:
-                if action.delay is not None:
-                    sleep, cut = call.delay_budget(action.delay)
-                    await mesh.clock.asleep(sleep)
-                    if cut:
-                        raise call.user_timeout()
-                if action.aborts:
-                    return call.abort_reply(action)
+            opened = call.opening()
+            if opened is not None:
+                if not isinstance(opened, float):
+                    return opened
+                await mesh.clock.asleep(opened)
+                reply = call.delayed()
+                if reply is not None:
+                    return reply
             if call.decision.mirrors:
                 await self._mirror(call)
         while True:
@@ -664,24 +659,7 @@ class MeshMiddleware:
                     return call.overflow()
             else:
                 lease = FREE_LEASE
-            try:
-                timeout = call.attempt_timeout(ends, waited)
-            except BaseException:
-                lease.release()
-                raise
-            ticket: Any
-            if cluster.breaker is None:
-                ticket = NO_TICKET
-            else:
-                try:
-                    ticket = cluster.breaker.permit()
-                except errors.CircuitOpenError as exc:
-                    lease.release()
-                    raise call.refused(exc) from exc
-            attempt = call.attempt_request(timeout)
-            endpoint = call.endpoint
-            counted = cluster.begin(endpoint) if cluster.counts else 0
-            token = call.attempt_started(attempt) if call.telemetry.active else None
+            attempt = call.open_attempt(ends, waited, lease)
             bound = call.attempt_bound(ends)
             if bound is not None and ends == call.user_deadline:
                 bound = None  # the caller's own ``total``: aiohttp ends the call at it itself
@@ -696,40 +674,28 @@ class MeshMiddleware:
                 asyncio.TimeoutError,
                 errors.UpstreamTLSError,
             ) as exc:
-                cluster.end(endpoint, lease, counted)
                 if type(exc) is asyncio.TimeoutError:
                     # aiohttp's own ``total`` (a bare TimeoutError; its socket timeouts are
                     # ServerTimeoutError): the caller's timeout ran out, nothing to retry
-                    ticket.abandon()
+                    call.attempt_abandoned()
                     raise
-                outcome = call.outcome_of_error(exc)
-                call.attempt_ended(token, outcome)
-                ticket.record(None, outcome.error)
-                call.record(outcome)
-                delay = call.retry_delay(outcome)
-                if delay is None:
-                    raise call.error(exc, outcome) from exc
-                call.retry_scheduled(delay)
-                await mesh.clock.asleep(delay)
+                await mesh.clock.asleep(call.attempt_failed(exc))
                 continue
             except BaseException:
-                cluster.end(endpoint, lease, counted)
-                ticket.abandon()
+                call.attempt_abandoned()
                 raise
-            delay = call.settle(response, ticket, token)
+            delay = call.attempt_answered(response)
             if delay is None:
                 response = call.finish(response)
-                held = lease is not FREE_LEASE or counted
                 # the body is followed when its end gives something back, is recorded, or has
                 # the route's deadline to keep (the caller's own ``total`` aiohttp keeps itself)
                 routed = call.bound is not None and call.ends != call.user_deadline
-                if held or routed or call.telemetry.listening:
+                if call.holds or routed or call.telemetry.listening:
                     call.body_started()
-                    _follow_body(call, response, cluster, endpoint, lease, counted)
+                    _follow_body(call, response)
                 return response
             response.release()
-            cluster.end(endpoint, lease, counted)
-            call.retry_scheduled(delay)
+            call.attempt_discarded(delay)
             await mesh.clock.asleep(delay)
 
     async def _send_secure(
@@ -909,14 +875,7 @@ async def _httpx_copy(req: aiohttp.ClientRequest, url: URL) -> httpx.Request:
 _FRAMING = frozenset({"content-length", "transfer-encoding"})
 
 
-def _follow_body(
-    call: AiohttpCall,
-    response: aiohttp.ClientResponse,
-    cluster: Cluster,
-    endpoint: Endpoint | None,
-    lease: Any,
-    counted: int,
-) -> None:
+def _follow_body(call: AiohttpCall, response: aiohttp.ClientResponse) -> None:
     """The call stays open until the body ends (pool slot, in-flight count, the record of the
     call): end it when aiohttp's response lets go of its connection (the whole body read, or the
     response released or closed), and bound the body by the route's deadline."""
@@ -934,7 +893,7 @@ def _follow_body(
         if isinstance(error, aiohttp.ClientPayloadError) and call.body_error is None:
             call.body_broken(error, response)
         try:
-            cluster.end(endpoint, lease, counted)
+            call.end_attempt()
         finally:
             if call.telemetry.listening:
                 call.recorded(status, response.headers, call.body_error)

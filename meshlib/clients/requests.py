@@ -53,7 +53,7 @@ from requests.structures import CaseInsensitiveDict
 
 from meshlib import errors
 from meshlib.pipeline.call import Call, origination_for
-from meshlib.pipeline.info import FLAGS_HEADER, FREE_LEASE, MESH_SUFFIX, NO_TICKET, MeshInfo
+from meshlib.pipeline.info import FLAGS_HEADER, FREE_LEASE, MESH_SUFFIX, MeshInfo
 from meshlib.policies.retry import ErrorKind, Outcome
 from meshlib.routing import RouteRequest
 from meshlib.telemetry.peer import PEER_KEYS, PEER_METADATA, stamp_of
@@ -599,18 +599,14 @@ class MeshAdapter(requests.adapters.HTTPAdapter):
     ) -> requests.Response:
         mesh = self.mesh
         if not call.decision.plain:
-            reply = call.local_reply()
-            if reply is not None:
-                return reply
-            action = call.draw_fault()
-            if action is not None:
-                if action.delay is not None:
-                    sleep, cut = call.delay_budget(action.delay)
-                    mesh.clock.sleep(sleep)
-                    if cut:
-                        raise call.user_timeout()
-                if action.aborts:
-                    return call.abort_reply(action)
+            opened = call.opening()
+            if opened is not None:
+                if not isinstance(opened, float):
+                    return opened
+                mesh.clock.sleep(opened)
+                reply = call.delayed()
+                if reply is not None:
+                    return reply
             if call.decision.mirrors:
                 _send_mirrors(call, self._mirror_transport())
         caller = getattr(call.request, _TIMEOUT, None)
@@ -631,26 +627,9 @@ class MeshAdapter(requests.adapters.HTTPAdapter):
                     return call.overflow()
             else:
                 lease = FREE_LEASE
-            try:
-                timeout = call.attempt_timeout(ends, waited)
-                if cluster.outbound is not None:
-                    _refuse_tls(call, cluster.outbound)
-            except BaseException:
-                lease.release()
-                raise
-            ticket: Any
-            if cluster.breaker is None:
-                ticket = NO_TICKET
-            else:
-                try:
-                    ticket = cluster.breaker.permit()
-                except errors.CircuitOpenError as exc:
-                    lease.release()
-                    raise call.refused(exc) from exc
-            attempt = call.attempt_request(timeout)
-            endpoint = call.endpoint
-            counted = cluster.begin(endpoint) if cluster.counts else 0
-            token = call.attempt_started(attempt) if call.telemetry.active else None
+            vet = _refuse_tls if cluster.outbound is not None else None
+            attempt = call.open_attempt(ends, waited, lease, vet)
+            timeout = call.try_timeout
             sent_timeout = caller if timeout is None else getattr(attempt, _ATTEMPT_TIMEOUT)
             try:
                 response = super().send(
@@ -662,34 +641,27 @@ class MeshAdapter(requests.adapters.HTTPAdapter):
                     proxies=proxies,
                 )
             except ATTEMPT_ERRORS as exc:
-                cluster.end(endpoint, lease, counted)
-                outcome = call.outcome_of_error(exc)
-                call.attempt_ended(token, outcome)
-                ticket.record(None, outcome.error)
-                call.record(outcome)
-                delay = call.retry_delay(outcome)
-                if delay is None:
-                    raise call.error(exc, outcome) from exc
-                call.retry_scheduled(delay)
-                mesh.clock.sleep(delay)
+                mesh.clock.sleep(call.attempt_failed(exc))
                 continue
             except BaseException:
-                cluster.end(endpoint, lease, counted)
-                ticket.abandon()
+                call.attempt_abandoned()
                 raise
             # the call is over for the mesh once the head is in (requests reads the body later)
-            cluster.end(endpoint, lease, counted)
-            delay = call.settle(response, ticket, token)
+            call.end_attempt()
+            delay = call.attempt_answered(response)
             if delay is None:
                 response.url = call.saved[0] or response.url
                 return call.finish(response)
             response.close()
-            call.retry_scheduled(delay)
+            call.attempt_discarded(delay)
             mesh.clock.sleep(delay)
 
 
-def _refuse_tls(call: RequestsCall, outbound: Any) -> None:
+def _refuse_tls(call: RequestsCall) -> None:
     """TLS origination is not done through requests: a destination that takes it fails closed."""
+    assert call.cluster is not None
+    outbound = call.cluster.outbound
+    assert outbound is not None
     try:
         origination = origination_for(outbound, call.endpoint, call.view)
     except errors.UpstreamTLSError as exc:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Generic
 
 from meshlib import context
@@ -51,6 +51,7 @@ from meshlib.errors import (
 from meshlib.pipeline.codec import Codec, Req, Resp
 from meshlib.pipeline.headers import number
 from meshlib.pipeline.info import (
+    FREE_LEASE,
     MESH_SUFFIX,
     NO_TICKET,
     TIMEOUT_OVERRIDE_HEADER,
@@ -108,6 +109,17 @@ class Call(Generic[Req, Resp]):
     #: how the body ended, when not whole: the caller's exception, and Envoy's details
     body_error: BaseException | None = None
     details: str = ""
+    #: what the attempt under way holds (``open_attempt``), given back by ``end_attempt``: its
+    #: pool lease, what ``Cluster.begin`` counted, its breaker ticket and its telemetry token
+    lease: Any = FREE_LEASE
+    counted: int = 0
+    ticket: Any = NO_TICKET
+    token: Any = None
+    holding: bool = False
+    #: the timeout handed to the client for the attempt under way (None: the caller's own)
+    try_timeout: float | None = None
+    #: an injected delay the caller's own timeout cuts short (``opening``)
+    fault_cut: bool = False
 
     def __init__(self, mesh: Mesh, request: Req, codec: Codec[Req, Resp]) -> None:
         self.mesh = mesh
@@ -187,6 +199,31 @@ class Call(Generic[Req, Resp]):
                 )
             )
         return action
+
+    def opening(self) -> Resp | float | None:
+        """Before the upstream (a call whose route is not plain): a reply the mesh gives
+        itself (a local reply, an injected abort), or the seconds an injected delay sleeps
+        (sleep them, then call ``delayed``), or None: go on to the attempts."""
+        reply = self.local_reply()
+        if reply is not None:
+            return reply
+        action = self.draw_fault()
+        if action is None:
+            return None
+        if action.delay is not None:
+            sleep, self.fault_cut = self.delay_budget(action.delay)
+            return float(sleep)
+        return self.abort_reply(action)  # drawn: it delays or aborts
+
+    def delayed(self) -> Resp | None:
+        """The injected delay has been slept: the caller's timeout error if it cut the delay
+        short (raised), the injected abort's reply, or None: go on to the attempts."""
+        if self.fault_cut:
+            raise self.user_timeout()
+        action = self.fault
+        if action is not None and action.aborts:
+            return self.abort_reply(action)
+        return None
 
     def abort_reply(self, action: FaultAction) -> Resp:
         status, headers, body = abort_response_parts(action)
@@ -325,6 +362,94 @@ class Call(Generic[Req, Resp]):
         if left <= 0:
             raise self.expired()
         return left
+
+    def open_attempt(
+        self,
+        ends: float | None,
+        waited: bool,
+        lease: Any,
+        vet: Callable[[Call[Req, Resp]], None] | None = None,
+    ) -> Req:
+        """Everything between the pool slot (``lease``, from ``Cluster.acquire`` for a try
+        that must end at ``ends``; ``waited``: the cluster's pool is limited) and the send:
+        the try's timeout, the breaker's permit, the request pointed at the endpoint,
+        ``Cluster.begin``, telemetry's attempt span. Returns the request to send. Raises
+        ``expired()`` (no time left) or ``refused()`` (the breaker), the lease given back;
+        ``vet(call)`` may refuse the try as well (an adapter's own limits) before the
+        breaker is asked. What the try holds is the call's until ``end_attempt``."""
+        try:
+            timeout = self.attempt_timeout(ends, waited)
+            if vet is not None:
+                vet(self)
+        except BaseException:
+            lease.release()
+            raise
+        cluster = self.cluster
+        assert cluster is not None
+        breaker = cluster.breaker
+        if breaker is None:
+            self.ticket = NO_TICKET
+        else:
+            try:
+                self.ticket = breaker.permit()
+            except CircuitOpenError as exc:
+                lease.release()
+                raise self.refused(exc) from exc
+        attempt = self.attempt_request(timeout)
+        self.try_timeout = timeout
+        self.lease = lease
+        self.counted = cluster.begin(self.endpoint) if cluster.counts else 0
+        self.holding = True
+        self.token = self.attempt_started(attempt) if self.telemetry.active else None
+        return attempt
+
+    def end_attempt(self) -> None:
+        """The try is over for the pool: give back its slot and what ``begin`` counted (once;
+        a body's close calls it when the try's response was the call's answer)."""
+        if self.holding:
+            self.holding = False
+            cluster = self.cluster
+            assert cluster is not None
+            cluster.end(self.endpoint, self.lease, self.counted)
+
+    @property
+    def holds(self) -> bool:
+        """Whether ending the try gives anything back (a limited pool's slot, a count)."""
+        return self.holding and (self.lease is not FREE_LEASE or bool(self.counted))
+
+    def attempt_failed(self, exc: BaseException) -> float:
+        """The client's send raised ``exc`` (its transport error): the try is ended and
+        recorded (telemetry, breaker, outlier detection). Returns the delay before the next
+        try (sleep it, then go on); raises ``error(exc, ...)`` from ``exc`` when there is
+        none."""
+        self.end_attempt()
+        outcome = self.outcome_of_error(exc)
+        self.attempt_ended(self.token, outcome)
+        self.ticket.record(None, outcome.error)
+        self.record(outcome)
+        delay = self.retry_delay(outcome)
+        if delay is None:
+            raise self.error(exc, outcome) from exc
+        self.retry_scheduled(delay)
+        return delay
+
+    def attempt_abandoned(self) -> None:
+        """The send ended in something that is not the upstream's doing (cancelled, the
+        caller's own total timeout): the try is given back, the breaker told nothing."""
+        self.end_attempt()
+        self.ticket.abandon()
+
+    def attempt_answered(self, response: Resp) -> float | None:
+        """The try's response head is in: ``settle`` it. Returns the delay before the next
+        try (close the response, call ``attempt_discarded``, sleep it), or None: this
+        response is the call's answer (``finish`` it)."""
+        return self.settle(response, self.ticket, self.token)
+
+    def attempt_discarded(self, delay: float) -> None:
+        """The try's response (closed by the adapter) is not the answer: the try is given back
+        and the retry after ``delay`` told to telemetry."""
+        self.end_attempt()
+        self.retry_scheduled(delay)
 
     def expired(self) -> Exception:
         """The error for a try due at or after the deadline: it is not made (Envoy answers

@@ -22,14 +22,13 @@ from meshlib.clients.httpx.codec import CODEC, as_https, header_map, view_of, wi
 from meshlib.deadline import enter as _enter_deadline
 from meshlib.deadline import leave as _leave_deadline
 from meshlib.discovery import Endpoint
-from meshlib.errors import CircuitOpenError, DeadlineExceeded, UpstreamTLSError
+from meshlib.errors import DeadlineExceeded, UpstreamTLSError
 from meshlib.pipeline import call as _call
 from meshlib.pipeline.call import Call, origination_for
 from meshlib.pipeline.info import (
     FLAGS_HEADER,
     FREE_LEASE,
     MESH_SUFFIX,
-    NO_TICKET,
     PEER_IDENTITY,
     TIMEOUT_OVERRIDE_HEADER,
     MeshInfo,
@@ -201,18 +200,14 @@ class MeshTransport(httpx.BaseTransport):
 
     def _handle(self, call: HttpxCall) -> httpx.Response:
         if not call.decision.plain:
-            reply = call.local_reply()
-            if reply is not None:
-                return reply
-            action = call.draw_fault()
-            if action is not None:
-                if action.delay is not None:
-                    sleep, cut = call.delay_budget(action.delay)
-                    self.mesh.clock.sleep(sleep)
-                    if cut:
-                        raise call.user_timeout()
-                if action.aborts:
-                    return call.abort_reply(action)
+            opened = call.opening()
+            if opened is not None:
+                if not isinstance(opened, float):
+                    return opened
+                self.mesh.clock.sleep(opened)
+                reply = call.delayed()
+                if reply is not None:
+                    return reply
             if call.decision.mirrors:
                 self._mirror(call)
         while True:
@@ -232,24 +227,7 @@ class MeshTransport(httpx.BaseTransport):
                     return call.overflow()
             else:
                 lease = FREE_LEASE
-            try:
-                timeout = call.attempt_timeout(ends, waited)
-            except BaseException:
-                lease.release()
-                raise
-            ticket: Any
-            if cluster.breaker is None:
-                ticket = NO_TICKET
-            else:
-                try:
-                    ticket = cluster.breaker.permit()
-                except CircuitOpenError as exc:
-                    lease.release()
-                    raise call.refused(exc) from exc
-            attempt = call.attempt_request(timeout)
-            endpoint = call.endpoint
-            counted = cluster.begin(endpoint) if cluster.counts else 0
-            token = call.attempt_started(attempt) if call.telemetry.active else None
+            attempt = call.open_attempt(ends, waited, lease)
             scope = _enter_deadline(call.attempt_bound(ends))
             try:
                 if cluster.outbound is None:
@@ -258,38 +236,26 @@ class MeshTransport(httpx.BaseTransport):
                     response = self._send_secure(call, cluster.outbound, attempt)
             except httpx.TransportError as exc:
                 _leave_deadline(scope)
-                cluster.end(endpoint, lease, counted)
-                outcome = call.outcome_of_error(exc)
-                call.attempt_ended(token, outcome)
-                ticket.record(None, outcome.error)
-                call.record(outcome)
-                delay = call.retry_delay(outcome)
-                if delay is None:
-                    raise call.error(exc, outcome) from exc
-                call.retry_scheduled(delay)
-                self.mesh.clock.sleep(delay)
+                self.mesh.clock.sleep(call.attempt_failed(exc))
                 continue
             except BaseException:
                 _leave_deadline(scope)
-                cluster.end(endpoint, lease, counted)
-                ticket.abandon()
+                call.attempt_abandoned()
                 raise
             _leave_deadline(scope)
-            delay = call.settle(response, ticket, token)
+            delay = call.attempt_answered(response)
             if delay is None:
                 response = call.finish(response)
-                held = lease is not FREE_LEASE or counted
+                held = call.holds
                 if response.is_closed:
                     if held:
-                        cluster.end(endpoint, lease, counted)
+                        call.end_attempt()
                 elif held or call.bound is not None or call.telemetry.listening:
                     call.body_started()
-                    release = _releaser(cluster, endpoint, lease, counted) if held else None
-                    response.stream = _Body(call, response, release)
+                    response.stream = _Body(call, response, call.end_attempt if held else None)
                 return response
             response.close()
-            cluster.end(endpoint, lease, counted)
-            call.retry_scheduled(delay)
+            call.attempt_discarded(delay)
             self.mesh.clock.sleep(delay)
 
     def _send_secure(
@@ -365,18 +331,14 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
 
     async def _handle(self, call: HttpxCall) -> httpx.Response:
         if not call.decision.plain:
-            reply = call.local_reply()
-            if reply is not None:
-                return reply
-            action = call.draw_fault()
-            if action is not None:
-                if action.delay is not None:
-                    sleep, cut = call.delay_budget(action.delay)
-                    await self.mesh.clock.asleep(sleep)
-                    if cut:
-                        raise call.user_timeout()
-                if action.aborts:
-                    return call.abort_reply(action)
+            opened = call.opening()
+            if opened is not None:
+                if not isinstance(opened, float):
+                    return opened
+                await self.mesh.clock.asleep(opened)
+                reply = call.delayed()
+                if reply is not None:
+                    return reply
             if call.decision.mirrors:
                 self._mirror(call)
         while True:
@@ -396,24 +358,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                     return call.overflow()
             else:
                 lease = FREE_LEASE
-            try:
-                timeout = call.attempt_timeout(ends, waited)
-            except BaseException:
-                lease.release()
-                raise
-            ticket: Any
-            if cluster.breaker is None:
-                ticket = NO_TICKET
-            else:
-                try:
-                    ticket = cluster.breaker.permit()
-                except CircuitOpenError as exc:
-                    lease.release()
-                    raise call.refused(exc) from exc
-            attempt = call.attempt_request(timeout)
-            endpoint = call.endpoint
-            counted = cluster.begin(endpoint) if cluster.counts else 0
-            token = call.attempt_started(attempt) if call.telemetry.active else None
+            attempt = call.open_attempt(ends, waited, lease)
             scope = _enter_deadline(call.attempt_bound(ends))
             try:
                 if cluster.outbound is None:
@@ -422,38 +367,26 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                     response = await self._send_secure(call, cluster.outbound, attempt)
             except httpx.TransportError as exc:
                 _leave_deadline(scope)
-                cluster.end(endpoint, lease, counted)
-                outcome = call.outcome_of_error(exc)
-                call.attempt_ended(token, outcome)
-                ticket.record(None, outcome.error)
-                call.record(outcome)
-                delay = call.retry_delay(outcome)
-                if delay is None:
-                    raise call.error(exc, outcome) from exc
-                call.retry_scheduled(delay)
-                await self.mesh.clock.asleep(delay)
+                await self.mesh.clock.asleep(call.attempt_failed(exc))
                 continue
             except BaseException:
                 _leave_deadline(scope)
-                cluster.end(endpoint, lease, counted)
-                ticket.abandon()
+                call.attempt_abandoned()
                 raise
             _leave_deadline(scope)
-            delay = call.settle(response, ticket, token)
+            delay = call.attempt_answered(response)
             if delay is None:
                 response = call.finish(response)
-                held = lease is not FREE_LEASE or counted
+                held = call.holds
                 if response.is_closed:
                     if held:
-                        cluster.end(endpoint, lease, counted)
+                        call.end_attempt()
                 elif held or call.bound is not None or call.telemetry.listening:
                     call.body_started()
-                    release = _releaser(cluster, endpoint, lease, counted) if held else None
-                    response.stream = _AsyncBody(call, response, release)
+                    response.stream = _AsyncBody(call, response, call.end_attempt if held else None)
                 return response
             await response.aclose()
-            cluster.end(endpoint, lease, counted)
-            call.retry_scheduled(delay)
+            call.attempt_discarded(delay)
             await self.mesh.clock.asleep(delay)
 
     async def _send_secure(
@@ -580,7 +513,3 @@ def _mirror_origination(
         return True, _originate(outbound, endpoint, call, request)
     except UpstreamTLSError:
         return False, None
-
-
-def _releaser(cluster: Cluster, endpoint: Endpoint | None, lease: Any, counted: int) -> Any:
-    return lambda: cluster.end(endpoint, lease, counted)
