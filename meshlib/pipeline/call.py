@@ -7,8 +7,18 @@ context → route → fault → retry ┬ breaker → pool → balance → attem
 
 A client adapter (``meshlib.clients``) drives a ``Call`` around its client's own send, and reads
 and edits its client's request and response objects only through its ``Codec``
-(``meshlib.pipeline.codec``): the core never sees an HTTP client's types. What a caller sees, as
-under Envoy:
+(``meshlib.pipeline.codec``): the core never sees an HTTP client's types. The adapter's loop does
+only the I/O — sleeping, waiting for a pool slot, sending, closing — and hands each result back::
+
+    opening() → reply | delay (sleep, delayed()) | None; then mirrors
+    loop: prepare_attempt() → reply | None; attempt_deadline(); Cluster.acquire → lease
+          open_attempt(ends, waited, lease) → request to send (timeout, breaker, begin, span)
+          send: client error → attempt_failed(exc) → delay to sleep (or raises the call's error)
+                anything else → attempt_abandoned(), re-raise
+                response → attempt_answered(response) → None: finish(response), body follows
+                           (end_attempt when it ends) | delay: close, attempt_discarded(delay)
+
+What a caller sees, as under Envoy:
 
 * local replies are responses: no route → 404 ``NR``; subset not defined → 503 ``NC``; no
   endpoint → 503 ``UH``; connection-pool overflow → 503 ``UO``; injected abort → its status ``FI``;
