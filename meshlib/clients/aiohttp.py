@@ -684,13 +684,13 @@ class MeshMiddleware:
             except BaseException:
                 call.attempt_abandoned()
                 raise
-            delay = call.attempt_answered(response)
+            delay = call.settle(response)
             if delay is None:
                 response = call.finish(response)
                 # the body is followed when its end gives something back, is recorded, or has
                 # the route's deadline to keep (the caller's own ``total`` aiohttp keeps itself)
                 routed = call.bound is not None and call.ends != call.user_deadline
-                if call.holds or routed or call.telemetry.listening:
+                if call.holding or routed or call.telemetry.listening:
                     call.body_started()
                     _follow_body(call, response)
                 return response

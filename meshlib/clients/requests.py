@@ -648,7 +648,7 @@ class MeshAdapter(requests.adapters.HTTPAdapter):
                 raise
             # the call is over for the mesh once the head is in (requests reads the body later)
             call.end_attempt()
-            delay = call.attempt_answered(response)
+            delay = call.settle(response)
             if delay is None:
                 response.url = call.saved[0] or response.url
                 return call.finish(response)

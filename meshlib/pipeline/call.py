@@ -15,7 +15,7 @@ only the I/O — sleeping, waiting for a pool slot, sending, closing — and han
           open_attempt(ends, waited, lease) → request to send (timeout, breaker, begin, span)
           send: client error → attempt_failed(exc) → delay to sleep (or raises the call's error)
                 anything else → attempt_abandoned(), re-raise
-                response → attempt_answered(response) → None: finish(response), body follows
+                response → settle(response) → None: finish(response), body follows
                            (end_attempt when it ends) | delay: close, attempt_discarded(delay)
 
 What a caller sees, as under Envoy:
@@ -120,7 +120,8 @@ class Call(Generic[Req, Resp]):
     body_error: BaseException | None = None
     details: str = ""
     #: what the attempt under way holds (``open_attempt``), given back by ``end_attempt``: its
-    #: pool lease, what ``Cluster.begin`` counted, its breaker ticket and its telemetry token
+    #: pool lease, what ``Cluster.begin`` counted (``holding``: either is to give back), its
+    #: breaker ticket and its telemetry token
     lease: Any = FREE_LEASE
     counted: int = 0
     ticket: Any = NO_TICKET
@@ -408,24 +409,20 @@ class Call(Generic[Req, Resp]):
         attempt = self.attempt_request(timeout)
         self.try_timeout = timeout
         self.lease = lease
-        self.counted = cluster.begin(self.endpoint) if cluster.counts else 0
-        self.holding = True
+        counted = self.counted = cluster.begin(self.endpoint) if cluster.counts else 0
+        self.holding = lease is not FREE_LEASE or counted != 0
         self.token = self.attempt_started(attempt) if self.telemetry.active else None
         return attempt
 
     def end_attempt(self) -> None:
         """The try is over for the pool: give back its slot and what ``begin`` counted (once;
-        a body's close calls it when the try's response was the call's answer)."""
+        a body's close calls it when the try's response was the call's answer). ``holding``
+        says whether there is anything to give back (a limited pool's slot, a count)."""
         if self.holding:
             self.holding = False
             cluster = self.cluster
             assert cluster is not None
             cluster.end(self.endpoint, self.lease, self.counted)
-
-    @property
-    def holds(self) -> bool:
-        """Whether ending the try gives anything back (a limited pool's slot, a count)."""
-        return self.holding and (self.lease is not FREE_LEASE or bool(self.counted))
 
     def attempt_failed(self, exc: BaseException) -> float:
         """The client's send raised ``exc`` (its transport error): the try is ended and
@@ -448,12 +445,6 @@ class Call(Generic[Req, Resp]):
         caller's own total timeout): the try is given back, the breaker told nothing."""
         self.end_attempt()
         self.ticket.abandon()
-
-    def attempt_answered(self, response: Resp) -> float | None:
-        """The try's response head is in: ``settle`` it. Returns the delay before the next
-        try (close the response, call ``attempt_discarded``, sleep it), or None: this
-        response is the call's answer (``finish`` it)."""
-        return self.settle(response, self.ticket, self.token)
 
     def attempt_discarded(self, delay: float) -> None:
         """The try's response (closed by the adapter) is not the answer: the try is given back
@@ -487,9 +478,10 @@ class Call(Generic[Req, Resp]):
             left = None if ends is None else max(ends - self.mesh.now(), 1e-3)
             self.codec.body_bound(timeouts, left)
 
-    def settle(self, response: Resp, ticket: Any, token: Any) -> float | None:
-        """An attempt's response: tell telemetry, the breaker and outlier detection. Returns the
-        delay before the next attempt, or None: this response is the call's answer."""
+    def settle(self, response: Resp) -> float | None:
+        """The try's response head is in: tell telemetry, the breaker and outlier detection.
+        Returns the delay before the next try (close the response, ``attempt_discarded``,
+        sleep it), or None: this response is the call's answer (``finish`` it)."""
         codec = self.codec
         status = codec.status(response)
         retry = self.decision.retry
@@ -502,8 +494,10 @@ class Call(Generic[Req, Resp]):
             )
         else:
             outcome = _STATUS_OUTCOMES.get(status) or _status_outcome(status)
+        token = self.token
         if token is not None:
             self.attempt_ended(token, outcome)
+        ticket = self.ticket
         if ticket is not NO_TICKET:
             ticket.record(status, None)
         cluster = self.cluster

@@ -243,10 +243,10 @@ class MeshTransport(httpx.BaseTransport):
                 call.attempt_abandoned()
                 raise
             _leave_deadline(scope)
-            delay = call.attempt_answered(response)
+            delay = call.settle(response)
             if delay is None:
                 response = call.finish(response)
-                held = call.holds
+                held = call.holding
                 if response.is_closed:
                     if held:
                         call.end_attempt()
@@ -374,10 +374,10 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                 call.attempt_abandoned()
                 raise
             _leave_deadline(scope)
-            delay = call.attempt_answered(response)
+            delay = call.settle(response)
             if delay is None:
                 response = call.finish(response)
-                held = call.holds
+                held = call.holding
                 if response.is_closed:
                     if held:
                         call.end_attempt()
