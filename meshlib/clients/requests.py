@@ -38,7 +38,7 @@ not done through requests: such a call fails closed with ``UpstreamTLSError``.
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit
@@ -160,40 +160,73 @@ def outcome_of_error(exc: BaseException, *, per_try_timeout: bool = False) -> Ou
 # --------------------------------------------------------------------------- URLs
 
 
+class _Parts:
+    """A URL's pieces as the mesh reads them, parsed once per URL text (``_parts``)."""
+
+    __slots__ = ("host", "netloc", "path", "port", "query", "scheme", "userinfo", "written_port")
+
+    def __init__(self, text: str) -> None:
+        parts = urlsplit(text)
+        self.scheme: str = parts.scheme.lower()
+        netloc: str = parts.netloc
+        self.userinfo: str = netloc.rpartition("@")[0] if "@" in netloc else ""
+        self.netloc: str = netloc.rpartition("@")[2]
+        self.host: str = (parts.hostname or "").lower()
+        self.written_port: int | None = parts.port  # raises ValueError for a port out of range
+        self.port: int | None = (
+            None if self.written_port == _DEFAULT_PORTS.get(self.scheme) else self.written_port
+        )
+        self.path: str = parts.path
+        self.query: str = parts.query
+
+
+#: Parsed URLs by text: a session calls the same few URLs over and over. Bounded: emptied when
+#: full (a dict's get and set are atomic, so threads need no lock).
+_PARSED: dict[str, _Parts] = {}
+_PARSED_MAX = 1024
+
+
+def _parts(text: str) -> _Parts:
+    found = _PARSED.get(text)
+    if found is None:
+        found = _Parts(text)
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.clear()
+        _PARSED[text] = found
+    return found
+
+
 class URL:
     """A request's URL as the mesh and telemetry read it (``meshlib.telemetry.URLView``): the
     string requests prepared, split once."""
 
-    __slots__ = ("_parts", "text")
+    __slots__ = ("_parsed", "text")
 
     def __init__(self, text: str) -> None:
         self.text = text
-        self._parts: Any = None
+        self._parsed: _Parts | None = None
 
-    def _split(self) -> Any:
-        parts = self._parts
-        if parts is None:
-            parts = self._parts = urlsplit(self.text)
-        return parts
+    def _split(self) -> _Parts:
+        parsed = self._parsed
+        if parsed is None:
+            parsed = self._parsed = _parts(self.text)
+        return parsed
 
     @property
     def scheme(self) -> str:
-        return str(self._split().scheme)
+        return self._split().scheme
 
     @property
     def host(self) -> str:
-        return self._split().hostname or ""
+        return self._split().host
 
     @property
     def port(self) -> int | None:
-        parts = self._split()
-        port: int | None = parts.port
-        return None if port == _DEFAULT_PORTS.get(parts.scheme) else port
+        return self._split().port
 
     @property
     def userinfo(self) -> bytes:
-        netloc: str = self._split().netloc
-        return netloc.rpartition("@")[0].encode("ascii", "replace") if "@" in netloc else b""
+        return self._split().userinfo.encode("ascii", "replace")
 
     @property
     def raw_path(self) -> bytes:
@@ -203,8 +236,7 @@ class URL:
 
     @property
     def netloc(self) -> bytes:
-        netloc: str = self._split().netloc
-        return netloc.rpartition("@")[2].encode("ascii", "replace")
+        return self._split().netloc.encode("ascii", "replace")
 
     def __str__(self) -> str:
         return self.text
@@ -229,8 +261,81 @@ def _join(scheme: str, userinfo: str, host: str, port: int | None, path: str, qu
 
 def _with_host(url: URL, host: str, port: int | None) -> str:
     parts = url._split()
-    userinfo = parts.netloc.rpartition("@")[0] if "@" in parts.netloc else ""
-    return _join(parts.scheme, userinfo, host, port, parts.path, parts.query)
+    return _join(parts.scheme, parts.userinfo, host, port, parts.path, parts.query)
+
+
+# --------------------------------------------------------------------------- headers
+
+
+class Headers(CaseInsensitiveDict[str]):
+    """requests' ``CaseInsensitiveDict``, with lookups that cost no exception when a name is
+    missing: the mesh's copy of a request's headers, and a response's headers.
+
+    Every method that touches the storage is defined here, on a plain dict of
+    ``lowercase name → (name as written, value)``, so nothing depends on how requests stores
+    its own."""
+
+    def __init__(self, data: Any = None, **kwargs: Any) -> None:
+        self._store: dict[str, tuple[str, Any]] = {}
+        if data is not None or kwargs:
+            self.update(data or {}, **kwargs)
+
+    @classmethod
+    def of(cls, headers: Mapping[Any, Any] | None) -> Headers:
+        """A copy of ``headers`` (a ``CaseInsensitiveDict``, a ``dict``, an ``HTTPHeaderDict``)."""
+        made = cls.__new__(cls)
+        if isinstance(headers, Headers):
+            made._store = dict(headers._store)
+            return made
+        # requests' own keeps the same pairs by the same keys (its ``_store``, unchanged since
+        # requests 1.x); copied as it is, or name by name for anything else
+        theirs = getattr(headers, "_store", None) if type(headers) is CaseInsensitiveDict else None
+        if isinstance(theirs, dict):
+            made._store = dict(theirs)
+            return made
+        made._store = store = {}
+        if headers:
+            for name in headers:
+                store[name.lower()] = (name, headers[name])
+        return made
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._store[key.lower()] = (key, value)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._store[key.lower()][1]
+
+    def __delitem__(self, key: str) -> None:
+        del self._store[key.lower()]
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name, _ in self._store.values())
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key.lower() in self._store
+
+    def get(self, key: str, default: Any = None) -> Any:
+        found = self._store.get(key.lower())
+        return default if found is None else found[1]
+
+    def pop(self, key: str, *default: Any) -> Any:
+        found = self._store.pop(key.lower(), None)
+        if found is not None:
+            return found[1]
+        if default:
+            return default[0]
+        raise KeyError(key)
+
+    def lower_items(self) -> Iterator[tuple[str, Any]]:
+        return ((lower, pair[1]) for lower, pair in self._store.items())
+
+    def copy(self) -> Headers:
+        made = type(self).__new__(type(self))
+        made._store = dict(self._store)
+        return made
 
 
 # --------------------------------------------------------------------------- the codec
@@ -241,21 +346,24 @@ class RequestsCodec:
     (``meshlib.pipeline.codec.Codec``). Local replies are built by the adapter's own
     ``HTTPAdapter.build_response``."""
 
-    __slots__ = ("adapter",)
+    __slots__ = ("_stamped", "adapter")
 
     def __init__(self, adapter: MeshAdapter) -> None:
         self.adapter = adapter
+        #: the last peer-metadata stamp, decoded (``stamp``): the mesh's stamp object and its text
+        self._stamped: tuple[Any, list[tuple[str, str]]] | None = None
 
     # ------------------------------------------------------------------ the request
 
     def view(self, request: requests.PreparedRequest) -> RouteRequest:
-        parts = urlsplit(request.url or "")
-        scheme = parts.scheme.lower()
-        host = (parts.hostname or "").lower()
-        port = parts.port
-        headers = {
-            _text(name).lower(): _text(value) for name, value in (request.headers or {}).items()
-        }
+        parts = _parts(request.url or "")
+        scheme = parts.scheme
+        host = parts.host
+        port = parts.written_port
+        headers = {}
+        for name, value in (request.headers or {}).items():
+            key = name if type(name) is str else _text(name)
+            headers[key.lower()] = value if type(value) is str else _text(value)
         path = parts.path or "/"
         if "%" in path:
             path = unquote(path)
@@ -270,11 +378,7 @@ class RequestsCodec:
         authority = headers.get("host")
         if authority is None:
             written = (":" in host and f"[{host}]") or host
-            authority = (
-                written
-                if port is None or port == _DEFAULT_PORTS.get(scheme)
-                else f"{written}:{port}"
-            )
+            authority = written if parts.port is None else f"{written}:{port}"
         view.authority = authority
         view._params = None
         return view
@@ -285,13 +389,13 @@ class RequestsCodec:
     def restore(self, request: requests.PreparedRequest, saved: tuple[str | None, Any]) -> None:
         request.url, request.headers = saved
 
-    def _own_headers(self, request: requests.PreparedRequest) -> CaseInsensitiveDict[str]:
+    def _own_headers(self, request: requests.PreparedRequest) -> Headers:
         """The request's headers, copied once per call before the first edit (``restore``
         gives the caller back its own)."""
         headers = request.headers
         marker = getattr(request, _EDITED, None)
         if marker is not headers:
-            headers = request.headers = CaseInsensitiveDict(headers)
+            headers = request.headers = Headers.of(headers)
             setattr(request, _EDITED, headers)
         return headers
 
@@ -307,12 +411,11 @@ class RequestsCodec:
 
     def with_path(self, url: URL, path: str) -> URL:
         parts = url._split()
-        userinfo = parts.netloc.rpartition("@")[0] if "@" in parts.netloc else ""
         text = _join(
             parts.scheme,
-            userinfo,
-            parts.hostname or "",
-            parts.port,
+            parts.userinfo,
+            parts.host,
+            parts.written_port,
             quote(path, safe=_PATH_SAFE),
             parts.query,
         )
@@ -346,10 +449,17 @@ class RequestsCodec:
         self, request: requests.PreparedRequest, stamped: Sequence[tuple[bytes, bytes, bytes]]
     ) -> None:
         headers = self._own_headers(request)
-        for key in PEER_KEYS:
-            headers.pop(key.decode("latin-1"), None)
-        for name, _, value in stamped:
-            headers[name.decode("latin-1")] = value.decode("latin-1")
+        store = headers._store
+        for key in _PEER_NAMES:
+            store.pop(key, None)
+        decoded = self._stamped
+        if decoded is None or decoded[0] is not stamped:
+            decoded = self._stamped = (
+                stamped,
+                [(name.decode("latin-1"), value.decode("latin-1")) for name, _, value in stamped],
+            )
+        for name, value in decoded[1]:
+            store[name.lower()] = (name, value)
 
     def request_headers(self, request: requests.PreparedRequest) -> Mapping[str, str]:
         return request.headers
@@ -487,6 +597,7 @@ _TIMEOUT = "_meshlib_timeout"
 _ATTEMPT_TIMEOUT = "_meshlib_attempt_timeout"
 _EDITED = "_meshlib_headers"
 _UPSTREAM_TAKEN = (*(key.decode() for key in PEER_KEYS), FLAGS_HEADER)
+_PEER_NAMES = tuple(key.decode("latin-1").lower() for key in PEER_KEYS)
 
 
 def _text(value: str | bytes) -> str:
@@ -505,7 +616,7 @@ def _timeouts(timeout: Any) -> tuple[float | None, float | None]:
     return float(timeout), float(timeout)
 
 
-def _apply_header_ops(headers: CaseInsensitiveDict[str], ops: Any) -> None:
+def _apply_header_ops(headers: MutableMapping[str, str], ops: Any) -> None:
     for name in ops.remove or ():
         headers.pop(name, None)
     for name, value in (ops.set or {}).items():
@@ -565,8 +676,61 @@ class MeshAdapter(requests.adapters.HTTPAdapter):
             self._mirrors = self.mesh.sync_inner()
         return self._mirrors
 
+    def init_poolmanager(
+        self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any
+    ) -> None:
+        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
+        #: urllib3's pool for each plain-text ``host, port`` the mesh sends to, at most
+        #: ``connections`` (``get_connection_with_tls_context``)
+        self._plain_pools: dict[tuple[str, int | None], Any] = {}
+        self._plain_pools_max = max(1, connections)
+
+    def get_connection_with_tls_context(
+        self,
+        request: requests.PreparedRequest,
+        verify: bool | str | None,
+        proxies: Mapping[str, str] | None = None,
+        cert: Any = None,
+    ) -> Any:
+        """requests' own, remembered per host and port for a plain-text request sent with no
+        proxy: a mesh sends every call to one of a few endpoints, and requests would look the
+        pool up anew on each (a pool key of some thirty fields: about 17 µs a call). At most
+        ``pool_connections`` are remembered, as urllib3 keeps at most that many; ``close()``
+        forgets them, and a pool closed meanwhile is looked up again."""
+        url = request.url or ""
+        if proxies or not url.startswith("http://"):
+            return super().get_connection_with_tls_context(request, verify, proxies, cert)
+        parts = _parts(url)
+        key = (parts.host, parts.written_port)
+        pools = self._plain_pools
+        pool = pools.get(key)
+        if pool is None or pool.pool is None:
+            pool = super().get_connection_with_tls_context(request, verify, proxies, cert)
+            if len(pools) >= self._plain_pools_max:
+                pools.clear()
+            pools[key] = pool
+        return pool
+
+    def request_url(
+        self, request: requests.PreparedRequest, proxies: Mapping[str, str] | None
+    ) -> str:
+        """requests' own: the path alone when no proxy is in play (without its proxy lookup)."""
+        if not proxies:
+            return request.path_url
+        return super().request_url(request, proxies)
+
+    def build_response(
+        self, req: requests.PreparedRequest, resp: urllib3.BaseHTTPResponse
+    ) -> requests.Response:
+        """requests' own response, its headers a ``Headers`` (a ``CaseInsensitiveDict`` whose
+        lookups of a missing name raise nothing: the mesh makes several per response)."""
+        response = super().build_response(req, resp)
+        response.headers = Headers.of(response.headers)
+        return response
+
     def close(self) -> None:
         super().close()
+        self._plain_pools.clear()
         if self._mirrors is not None:
             self._mirrors.close()
 
