@@ -3,7 +3,8 @@
 The data-plane scenarios against real upstream processes run through requests in
 tests/integration (the ``connect`` fixture's ``requests`` kind); these are the adapter's own
 promises: the session it mounts, its errors (requests' and meshlib's at once), replies the mesh
-makes itself, how requests' errors count for retries, and TLS it does not originate.
+makes itself, how requests' errors count for retries, and TLS it cannot originate (the TLS
+scenarios run through requests in tests/security/test_outbound_tls.py).
 """
 
 from __future__ import annotations
@@ -158,16 +159,18 @@ kind: DestinationRule
 metadata: {name: reviews}
 spec:
   host: reviews
-  trafficPolicy: {tls: {mode: SIMPLE}}
+  trafficPolicy: {tls: {mode: MUTUAL, credentialName: reviews-client}}
 """
 
 
-def test_tls_origination_fails_closed_through_requests() -> None:
+def test_tls_that_cannot_be_originated_is_requests_ssl_error_and_meshlibs() -> None:
     made = make_mesh(docs=TLS).requests_session()
     with made, pytest.raises(requests.exceptions.SSLError) as raised:
         made.get("http://reviews/known", timeout=2)
     assert isinstance(raised.value, meshlib.UpstreamTLSError)
-    assert "not supported through requests" in str(raised.value)
+    assert raised.value.flag == "UF"
+    assert "credentialName" in str(raised.value)
+    assert raised.value.request is not None
 
 
 @pytest.mark.parametrize(

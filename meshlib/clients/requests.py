@@ -27,17 +27,30 @@ What a caller sees:
   call, as httpx's read timeout is through the httpx transport: no try starts after it, each try
   waits at most what is left, and running out raises ``requests.exceptions.ReadTimeout``.
 
+TLS the mesh originates (DestinationRule ``tls``: SIMPLE, MUTUAL, ISTIO_MUTUAL; auto mTLS) goes
+through urllib3's public API: one ``HTTPSConnectionPool`` of the adapter's own per destination,
+origination (``meshlib.security.outbound.Origination``) and endpoint, made with the
+origination's context and SNI, whose connections' ``connect`` checks the peer as the httpx
+transport's do (its SPIFFE ID, or ``subjectAltNames``) before a byte of the request is sent. A
+connection is verified once and reused; under ISTIO_MUTUAL a rotated workload certificate gets
+a new pool (new connections), the old one closed. A failed handshake or a refused peer is
+``UpstreamTLSError`` (flag ``UF``, also ``requests.exceptions.SSLError``), never retried. An
+``https://`` URL is the app's own TLS, passed through as Envoy does: the handshake names the
+host the app called (SNI and the name checked, with the caller's ``verify``), not the
+endpoint's address.
+
 Where requests differs from the httpx transport (``docs/clients.md``): the call is recorded
 (metrics, access log), and its pool slot and in-flight count given back, when the response's
 head is in — requests reads the body after the adapter returns, and a body cut short is
 requests' own error, not recorded as ``UC``; the deadline bounds a body's reads through the
-socket timeout the try was sent with. TLS origination (DestinationRule ``tls``, auto mTLS) is
-not done through requests: such a call fails closed with ``UpstreamTLSError``.
+socket timeout the try was sent with.
 """
 
 from __future__ import annotations
 
 import io
+import ssl
+import threading
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
@@ -48,8 +61,11 @@ import requests
 import requests.adapters
 import requests.exceptions
 import urllib3
+import urllib3.connection
+import urllib3.connectionpool
 import urllib3.exceptions
 from requests.structures import CaseInsensitiveDict
+from requests.utils import select_proxy
 
 from meshlib import errors
 from meshlib.pipeline.call import Call, origination_for
@@ -62,6 +78,7 @@ if TYPE_CHECKING:
     from meshlib.config.model import HeaderOperations
     from meshlib.discovery import Endpoint
     from meshlib.mesh import Mesh
+    from meshlib.security.outbound import Origination, Outbound, SecureTransports
 
 __all__ = [
     "CircuitOpenError",
@@ -669,12 +686,35 @@ class MeshAdapter(requests.adapters.HTTPAdapter):
         self.mesh = mesh
         self.codec = RequestsCodec(self)
         self._mirrors: httpx.BaseTransport | None = None
+        self._mirrors_secure: SecureTransports | None = None
+        self._tls = _TLSPools(self)
+        #: what the attempt under way on this thread is sent through (see ``get_connection``)
+        self._sending = _Sending()
 
     def _mirror_transport(self) -> httpx.BaseTransport:
         """The httpx transport mirrored copies go through (made on first use)."""
         if self._mirrors is None:
             self._mirrors = self.mesh.sync_inner()
         return self._mirrors
+
+    def _mirror_secure(self, outbound: Outbound) -> SecureTransports:
+        """The mesh's httpx TLS pools mirrored copies to TLS destinations go through."""
+        if self._mirrors_secure is None:
+            from meshlib.security.outbound import SecureTransports  # noqa: PLC0415
+
+            self._mirrors_secure = SecureTransports(outbound.identity)
+        return self._mirrors_secure
+
+    def close(self) -> None:
+        super().close()
+        self._plain_pools.clear()
+        self._tls.close()
+        if self._mirrors is not None:
+            self._mirrors.close()
+        if self._mirrors_secure is not None:
+            self._mirrors_secure.close()
+
+    # ------------------------------------------------------------------ requests' hooks
 
     def init_poolmanager(
         self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any
@@ -692,11 +732,29 @@ class MeshAdapter(requests.adapters.HTTPAdapter):
         proxies: Mapping[str, str] | None = None,
         cert: Any = None,
     ) -> Any:
-        """requests' own, remembered per host and port for a plain-text request sent with no
-        proxy: a mesh sends every call to one of a few endpoints, and requests would look the
-        pool up anew on each (a pool key of some thirty fields: about 17 µs a call). At most
-        ``pool_connections`` are remembered, as urllib3 keeps at most that many; ``close()``
-        forgets them, and a pool closed meanwhile is looked up again."""
+        """The attempt's pool: the mesh's TLS pool when the mesh originates TLS; for the app's
+        own TLS (an ``https://`` URL sent to an endpoint's address), requests' pool with the
+        called host as SNI and as the name the certificate must carry. Otherwise requests' own,
+        remembered per host and port for a plain-text request sent with no proxy: a mesh sends
+        every call to one of a few endpoints, and requests would look the pool up anew on each
+        (a pool key of some thirty fields: about 17 µs a call). At most ``pool_connections``
+        are remembered, as urllib3 keeps at most that many; ``close()`` forgets them, and a
+        pool closed meanwhile is looked up again."""
+        sending = self._sending
+        secure = sending.pool
+        if secure is not None:
+            return secure
+        host = sending.tls_host
+        if host is not None and not select_proxy(request.url or "", proxies):
+            host_params, pool_kwargs = self.build_connection_pool_key_attributes(
+                request, True if verify is None else verify, cert
+            )
+            named: dict[str, Any] = {
+                **pool_kwargs,
+                "server_hostname": host,
+                "assert_hostname": host,
+            }
+            return self.poolmanager.connection_from_host(**host_params, pool_kwargs=named)
         url = request.url or ""
         if proxies or not url.startswith("http://"):
             return super().get_connection_with_tls_context(request, verify, proxies, cert)
@@ -711,11 +769,33 @@ class MeshAdapter(requests.adapters.HTTPAdapter):
             pools[key] = pool
         return pool
 
+    def get_connection(self, url: Any, proxies: Mapping[str, str] | None = None) -> Any:
+        """As ``get_connection_with_tls_context``, for requests before 2.32.2 (which calls
+        this one)."""
+        sending = self._sending
+        pool = sending.pool
+        if pool is not None:
+            return pool
+        text = _text(url)
+        host = sending.tls_host
+        if host is not None and not select_proxy(text, proxies):
+            kwargs = {"server_hostname": host, "assert_hostname": host}
+            return self.poolmanager.connection_from_url(text, pool_kwargs=kwargs)
+        return super().get_connection(url, proxies)
+
+    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        """The mesh's TLS pools take the destination's TLS settings, not the caller's
+        ``verify`` and ``cert``."""
+        if isinstance(conn, _MeshTLSPool):
+            return
+        super().cert_verify(conn, url, verify, cert)  # type: ignore[no-untyped-call]
+
     def request_url(
         self, request: requests.PreparedRequest, proxies: Mapping[str, str] | None
     ) -> str:
-        """requests' own: the path alone when no proxy is in play (without its proxy lookup)."""
-        if not proxies:
+        """requests' own: the path alone when no proxy is in play (without its proxy lookup),
+        or when the mesh originates TLS (it dials the endpoint itself: never a proxy)."""
+        if not proxies or self._sending.pool is not None:
             return request.path_url
         return super().request_url(request, proxies)
 
@@ -728,11 +808,7 @@ class MeshAdapter(requests.adapters.HTTPAdapter):
         response.headers = Headers.of(response.headers)
         return response
 
-    def close(self) -> None:
-        super().close()
-        self._plain_pools.clear()
-        if self._mirrors is not None:
-            self._mirrors.close()
+    # ------------------------------------------------------------------ a call
 
     def send(
         self,
@@ -772,8 +848,9 @@ class MeshAdapter(requests.adapters.HTTPAdapter):
                 if reply is not None:
                     return reply
             if call.decision.mirrors:
-                _send_mirrors(call, self._mirror_transport())
+                _send_mirrors(call, self)
         caller = getattr(call.request, _TIMEOUT, None)
+        sending = self._sending
         while True:
             reply = call.prepare_attempt()
             if reply is not None:
@@ -791,11 +868,15 @@ class MeshAdapter(requests.adapters.HTTPAdapter):
                     return call.overflow()
             else:
                 lease = FREE_LEASE
-            vet = _refuse_tls if cluster.outbound is not None else None
-            attempt = call.open_attempt(ends, waited, lease, vet)
+            attempt = call.open_attempt(ends, waited, lease)
             timeout = call.try_timeout
             sent_timeout = caller if timeout is None else getattr(attempt, _ATTEMPT_TIMEOUT)
+            origination = None
             try:
+                if cluster.outbound is not None:
+                    origination = self._originate(call, cluster.outbound)
+                if origination is None and call.view.scheme == "https" and call.endpoint:
+                    sending.tls_host = call.view.host  # the app's own TLS, to the host it named
                 response = super().send(
                     attempt,
                     stream=stream,
@@ -805,11 +886,17 @@ class MeshAdapter(requests.adapters.HTTPAdapter):
                     proxies=proxies,
                 )
             except ATTEMPT_ERRORS as exc:
-                mesh.clock.sleep(call.attempt_failed(exc))
+                sending.pool = sending.tls_host = None
+                failed = _tls_refusal(call, exc) if origination is not None else exc
+                mesh.clock.sleep(call.attempt_failed(failed))
                 continue
             except BaseException:
+                sending.pool = sending.tls_host = None
                 call.attempt_abandoned()
                 raise
+            sending.pool = sending.tls_host = None
+            if origination is not None:
+                call.tls = (origination.mode, _peer_of(response))
             # the call is over for the mesh once the head is in (requests reads the body later)
             call.end_attempt()
             delay = call.settle(response)
@@ -820,30 +907,198 @@ class MeshAdapter(requests.adapters.HTTPAdapter):
             call.attempt_discarded(delay)
             mesh.clock.sleep(delay)
 
+    def _originate(self, call: RequestsCall, outbound: Outbound) -> Origination | None:
+        """The TLS the attempt goes with (None: plain text); with TLS, the mesh's pool for it
+        is what ``get_connection`` hands requests. Raises ``UpstreamTLSError`` (flag ``UF``)
+        for TLS that cannot be originated."""
+        call.tls = None
+        try:
+            origination = origination_for(outbound, call.endpoint, call.view)
+            if origination is None:
+                return None
+            endpoint = call.endpoint
+            assert endpoint is not None
+            self._sending.pool = self._tls.pool(outbound, origination, endpoint)
+        except errors.UpstreamTLSError as exc:
+            raise self.codec.error(
+                errors.UpstreamTLSError, exc.reason, request=call.request
+            ) from exc
+        return origination
 
-def _refuse_tls(call: RequestsCall) -> None:
-    """TLS origination is not done through requests: a destination that takes it fails closed."""
-    assert call.cluster is not None
-    outbound = call.cluster.outbound
-    assert outbound is not None
-    try:
-        origination = origination_for(outbound, call.endpoint, call.view)
-    except errors.UpstreamTLSError as exc:
-        raise call.codec.error(errors.UpstreamTLSError, exc.reason, request=call.request) from exc
-    if origination is not None:
-        call.flags.append("UF")
-        raise call.codec.error(
-            errors.UpstreamTLSError,
-            f"{origination.source or 'tls'}: mode {origination.mode}: TLS origination is not "
-            "supported through requests (use the httpx or aiohttp client for this destination)",
-            request=call.request,
-            destination=call.decision.destination.name if call.decision.destination else None,
+
+# --------------------------------------------------------------------------- TLS origination
+
+
+class _Sending(threading.local):
+    """What the attempt under way on a thread is sent through (``HTTPAdapter.send`` asks the
+    adapter for its pool, with the URL alone in requests before 2.32.2)."""
+
+    #: the mesh's TLS pool for the attempt (the mesh originates TLS)
+    pool: _MeshTLSPool | None = None
+    #: the app's own TLS: the host the app called, as SNI and as the certificate's name
+    tls_host: str | None = None
+
+
+class _Refused(urllib3.exceptions.SSLError):
+    """A handshake that failed or a peer the mesh refused, raised by a mesh connection's
+    ``connect`` before a byte of the request is sent (urllib3 carries it to requests as the
+    reason of its ``SSLError``)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class _VerifiedConnection(urllib3.connection.HTTPSConnection):
+    """A urllib3 connection whose ``connect`` shakes hands with the origination's context and
+    then checks the peer as the mesh does (its SPIFFE ID under ISTIO_MUTUAL, its SANs against
+    ``subjectAltNames`` otherwise); on a refusal it closes and raises ``_Refused``."""
+
+    #: the origination's handshake (``meshlib.security.outbound``), set per pool
+    handshake: Any = None
+    #: the verified peer (SPIFFE ID or matched SAN) of this connection
+    mesh_peer: str | None = None
+
+    def connect(self) -> None:
+        from meshlib.errors import PeerIdentityError  # noqa: PLC0415
+        from meshlib.security.outbound import _refused  # noqa: PLC0415
+        from meshlib.security.verify import explain_handshake_failure  # noqa: PLC0415
+
+        handshake = self.handshake
+        try:
+            super().connect()
+        except ssl.SSLError as exc:
+            self.close()
+            raise _Refused(_refused(explain_handshake_failure(exc), handshake).reason) from exc
+        try:
+            self.mesh_peer = handshake.check(self.sock)
+        except PeerIdentityError as exc:
+            self.close()
+            raise _Refused(_refused(exc, handshake).reason) from exc
+
+
+class _MeshTLSPool(urllib3.HTTPSConnectionPool):
+    """urllib3's pool of connections to one endpoint with one origination's TLS."""
+
+
+class _TLSPools:
+    """The adapter's urllib3 pools for the TLS the mesh originates: one per destination,
+    origination and endpoint, made with the origination's context (the workload certificate in
+    force, for ISTIO_MUTUAL: a rotated certificate gets a new pool, so new connections, and the
+    old pool is closed). Connections are verified once and reused."""
+
+    #: pools kept at most (endpoints come and go); the oldest is closed beyond it
+    LIMIT = 512
+
+    def __init__(self, adapter: MeshAdapter) -> None:
+        self._adapter = adapter
+        self._pools: dict[tuple[str, Origination, str, int], tuple[Any, _MeshTLSPool]] = {}
+        self._contexts: dict[Origination, ssl.SSLContext] = {}
+        self._lock = threading.Lock()
+
+    def pool(
+        self, outbound: Outbound, origination: Origination, endpoint: Endpoint
+    ) -> _MeshTLSPool:
+        key = (outbound.target.name, origination, endpoint.host, endpoint.port)
+        certificate = None
+        if origination.mode == "ISTIO_MUTUAL":
+            certificate = self._certificate(outbound, origination)
+        found = self._pools.get(key)
+        if found is not None and found[0] is certificate:
+            return found[1]
+        with self._lock:
+            found = self._pools.get(key)
+            if found is not None and found[0] is certificate:
+                return found[1]
+            made = self._make(outbound, origination, endpoint, certificate)
+            self._pools[key] = (certificate, made)
+            stale = [found[1]] if found is not None else []
+            while len(self._pools) > self.LIMIT:
+                stale.append(self._pools.pop(next(iter(self._pools)))[1])
+        for old in stale:
+            old.close()  # idle connections now; those in use when their response is done
+        return made
+
+    @staticmethod
+    def _certificate(outbound: Outbound, origination: Origination) -> Any:
+        identity = outbound.identity()
+        if identity is None:
+            raise errors.UpstreamTLSError(
+                f"{origination.source or 'tls'}: mode ISTIO_MUTUAL needs this workload's "
+                "identity, and the Service document gives it none (spec.identity)"
+            )
+        return identity.certificate
+
+    def _context(self, origination: Origination, certificate: Any) -> ssl.SSLContext:
+        """The origination's context, of this adapter's own (urllib3 sets its ALPN and host
+        name checking on the context it is given)."""
+        if certificate is not None:
+            from meshlib.security import tls  # noqa: PLC0415
+
+            return tls.client_context(certificate)
+        context = self._contexts.get(origination)
+        if context is None:
+            from meshlib.security.outbound import _files_context  # noqa: PLC0415
+
+            context = self._contexts[origination] = _files_context(origination)
+        return context
+
+    def _make(
+        self, outbound: Outbound, origination: Origination, endpoint: Endpoint, certificate: Any
+    ) -> _MeshTLSPool:
+        from meshlib.security.outbound import _Handshake  # noqa: PLC0415
+
+        context = self._context(origination, certificate)
+        adapter = self._adapter
+        pool = _MeshTLSPool(
+            endpoint.host,
+            endpoint.port,
+            maxsize=getattr(adapter, "_pool_maxsize", requests.adapters.DEFAULT_POOLSIZE),
+            block=getattr(adapter, "_pool_block", requests.adapters.DEFAULT_POOLBLOCK),
+            ssl_context=context,
+            server_hostname=origination.sni,
+            # OpenSSL checks the SNI name when the context says so (SIMPLE without
+            # subjectAltNames); otherwise the handshake's check is the mesh's, not urllib3's
+            assert_hostname=None if context.check_hostname else False,
         )
+        pool.ConnectionCls = type(
+            "MeshTLSConnection",
+            (_VerifiedConnection,),
+            {"handshake": _Handshake(origination, outbound.identity)},
+        )
+        return pool
+
+    def close(self) -> None:
+        with self._lock:
+            pools, self._pools = [found[1] for found in self._pools.values()], {}
+        for pool in pools:
+            pool.close()
 
 
-def _send_mirrors(call: RequestsCall, transport: httpx.BaseTransport) -> None:
+def _tls_refusal(call: RequestsCall, exc: BaseException) -> BaseException:
+    """requests' error for a TLS attempt as the mesh's ``UpstreamTLSError`` when the handshake
+    failed or the peer was refused (``_Refused``); ``exc`` itself otherwise."""
+    reason: Any = exc.args[0] if exc.args else None
+    if isinstance(reason, urllib3.exceptions.MaxRetryError):
+        reason = reason.reason
+    if not isinstance(reason, _Refused):
+        return exc
+    error = call.codec.error(errors.UpstreamTLSError, reason.message, request=call.request)
+    error.__cause__ = exc
+    return error
+
+
+def _peer_of(response: requests.Response) -> str | None:
+    """The verified peer of the connection a response came on."""
+    connection = getattr(response.raw, "connection", None)
+    peer = getattr(connection, "mesh_peer", None)
+    return peer if isinstance(peer, str) else None
+
+
+def _send_mirrors(call: RequestsCall, adapter: MeshAdapter) -> None:
     """Send copies of the request to the route's mirrors (through the mesh's httpx inner
-    transport, on the mirror threads); never waits for them."""
+    transport, or its httpx TLS pools for a destination that takes TLS, on the mirror threads);
+    never waits for them."""
     mirrors = call.decision.mirrors
     if not mirrors or not call.replayable:
         return
@@ -855,12 +1110,22 @@ def _send_mirrors(call: RequestsCall, transport: httpx.BaseTransport) -> None:
         if percentage < 100 and mesh.rng.random() * 100 >= percentage:
             continue
         cluster = mesh.cluster(target)
-        if cluster.outbound is not None:
-            continue  # TLS: not originated through this adapter
         endpoint = cluster.choose(None, ())
         url = httpx.URL(original.url or "")
         if endpoint is not None:
             url = url.copy_with(host=endpoint.host, port=endpoint.port)
+        transport: httpx.BaseTransport | None = None
+        outbound = cluster.outbound
+        if outbound is not None:
+            try:
+                origination = origination_for(outbound, endpoint, call.view)
+            except errors.UpstreamTLSError:
+                continue  # TLS that cannot be originated for it: not sent
+            if origination is not None:
+                url = url.copy_with(scheme="https", port=url.port or 80)
+                transport = adapter._mirror_secure(outbound).sync(outbound.target.name, origination)
+        if transport is None:
+            transport = adapter._mirror_transport()
         headers = httpx.Headers([(_text(k), _text(v)) for k, v in (original.headers or {}).items()])
         host = headers.get("host") or call.view.authority
         name, sep, port = host.partition(":")

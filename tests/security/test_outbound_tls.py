@@ -3,12 +3,15 @@
 Each server is a small threaded HTTP/1.1 server on 127.0.0.1 over ``ssl``: it counts handshakes
 and the request bytes each connection received, and answers with what it saw (the client's
 SPIFFE ID, the SNI). Every failure case checks that the server received no byte of a request.
+The scenarios run through ``httpx.Client``, ``httpx.AsyncClient`` and a requests session
+(``send``).
 """
 
 from __future__ import annotations
 
 import json
 import queue
+import re
 import socket
 import ssl
 import threading
@@ -19,6 +22,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+import requests
+from cryptography import x509
 
 from meshlib import Mesh
 from meshlib.clients.httpx.transport import MeshInfo
@@ -29,7 +34,7 @@ from meshlib.security.identity import SpiffeId
 from meshlib.security.outbound import TLS_MODE_LABEL, decide, istio_sni
 from meshlib.security.verify import spiffe_id_of_der
 from meshlib.testing import FakeClock
-from tests.conftest import RunDocsExample, Send
+from tests.conftest import RunDocsExample
 from tests.security.tls_harness import dns, make_certificate, uri
 
 WAIT = 5.0
@@ -49,6 +54,8 @@ class Server:
         self.listener.settimeout(0.2)
         self.port: int = self.listener.getsockname()[1]
         self.handshakes = 0
+        #: the serial number of each client certificate presented, in handshake order
+        self.client_serials: list[int] = []
         self.requests = 0
         #: request bytes received, per connection, put when the connection ends
         self.received: queue.Queue[int] = queue.Queue()
@@ -77,6 +84,9 @@ class Server:
             if self.context is not None:
                 secure = self.context.wrap_socket(raw, server_side=True)
                 self.handshakes += 1
+                der = secure.getpeercert(True)
+                if der:
+                    self.client_serials.append(x509.load_der_x509_certificate(der).serial_number)
                 connection = secure
             buffer = b""
             while True:
@@ -145,6 +155,54 @@ def serve() -> Iterator[Callable[[ssl.SSLContext | None], Server]]:
     yield start
     for server in servers:
         server.close()
+
+
+class Sender:
+    """``send(mesh, method, url, **kw)`` through a stock ``httpx.Client``, ``AsyncClient`` or
+    ``mesh.requests_session()`` (``kind``); a requests answer comes back as an
+    ``httpx.Response`` (body read, ``MeshInfo`` in its extensions, its request the caller's
+    URL)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    @property
+    def connect_error(self) -> type[BaseException]:
+        """The client's own class of a TLS failure."""
+        return requests.exceptions.SSLError if self.kind == "requests" else httpx.ConnectError
+
+    def __call__(self, mesh: Mesh, method: str, url: str, **kwargs: object) -> httpx.Response:
+        import asyncio
+
+        from meshlib.clients.requests import mesh_info
+
+        if self.kind == "sync":
+            with mesh.client() as client:
+                return client.request(method, url, **kwargs)  # type: ignore[arg-type]
+        if self.kind == "requests":
+            with mesh.requests_session() as session:
+                answer = session.request(method, url, timeout=WAIT, **kwargs)  # type: ignore[arg-type]
+                return httpx.Response(
+                    answer.status_code,
+                    headers=list(answer.headers.items()),
+                    content=answer.content,
+                    request=httpx.Request(method, answer.url),
+                    extensions={"mesh": mesh_info(answer)},
+                )
+
+        async def go() -> httpx.Response:
+            async with mesh.async_client() as client:
+                return await client.request(method, url, **kwargs)  # type: ignore[arg-type]
+
+        return asyncio.run(go())
+
+
+Send = Sender
+
+
+@pytest.fixture(params=["sync", "async", "requests"])
+def send(request: pytest.FixtureRequest) -> Sender:
+    return Sender(str(request.param))
 
 
 def workload_context(certificate: WorkloadCertificate, *, strict: bool = True) -> ssl.SSLContext:
@@ -230,7 +288,7 @@ def refused(send: Send, mesh: Mesh, server: Server, *words: str) -> UpstreamTLSE
         send(mesh, "GET", "http://reviews:9080/reviews/0")
     error = caught.value
     assert isinstance(error, MeshRequestError)
-    assert isinstance(error, httpx.ConnectError)
+    assert isinstance(error, send.connect_error)
     assert error.flag == "UF"
     for word in words:
         assert word in str(error)
@@ -297,7 +355,11 @@ def test_istio_mutual_without_an_identity_is_a_clear_error(
     mesh = Mesh.from_yaml(config(None, server.port, rules=tls_rule("{mode: ISTIO_MUTUAL}")))
     with pytest.raises(UpstreamTLSError, match=r"needs this workload's identity.*spec\.identity"):
         send(mesh, "GET", "http://reviews:9080/")
-    assert server.connection_bytes() == 0
+    if send.kind == "requests":  # refused before a connection is made
+        assert server.received.empty()
+    else:
+        assert server.connection_bytes() == 0
+    assert server.requests == 0
 
 
 def test_tls_on_an_https_url_is_refused(
@@ -548,14 +610,48 @@ def test_one_handshake_for_many_requests_async(
     assert server.handshakes == 1
 
 
-def test_a_refused_peer_is_not_retried(
+def test_one_handshake_for_many_requests_through_requests(
     ca: CertificateAuthority, serve: Callable[..., Server]
+) -> None:
+    server = serve(workload_context(ca.issue(REVIEWS)))
+    mesh = Mesh.from_yaml(config(ca, server.port, rules=tls_rule("{mode: ISTIO_MUTUAL}")))
+    with mesh.requests_session() as session:
+        for _ in range(20):
+            assert session.get("http://reviews:9080/", timeout=WAIT).status_code == 200
+    assert server.requests == 20
+    assert server.handshakes == 1
+
+
+def test_a_rotated_certificate_gets_new_connections_through_requests(
+    ca: CertificateAuthority, serve: Callable[..., Server]
+) -> None:
+    server = serve(workload_context(ca.issue(REVIEWS)))
+    mesh = Mesh.from_yaml(config(ca, server.port, rules=tls_rule("{mode: ISTIO_MUTUAL}")))
+    identity = mesh.identity
+    assert identity is not None
+    with mesh.requests_session() as session:
+        for _ in range(3):
+            assert session.get("http://reviews:9080/", timeout=WAIT).json()["peer"] == PRODUCTPAGE
+        rotated = identity.rotate()
+        for _ in range(3):
+            assert session.get("http://reviews:9080/", timeout=WAIT).json()["peer"] == PRODUCTPAGE
+    assert server.requests == 6
+    first = identity.certificate  # after rotation: the new one
+    assert first.serial_number == rotated.serial_number
+    assert len(server.client_serials) == 2  # one handshake per certificate
+    assert server.client_serials[1] == rotated.serial_number
+    assert server.client_serials[0] != rotated.serial_number
+
+
+def test_a_refused_peer_is_not_retried(
+    ca: CertificateAuthority, serve: Callable[..., Server], send: Send
 ) -> None:
     server = serve(workload_context(ca.issue(SpiffeId("cluster.local", "default", "impostor"))))
     rule = tls_rule(f"{{mode: ISTIO_MUTUAL, subjectAltNames: [{REVIEWS.uri}]}}")
     mesh = Mesh.from_yaml(config(ca, server.port, rules=rule))
-    with mesh.client() as client, pytest.raises(UpstreamTLSError):
-        client.get("http://reviews:9080/")
+    with pytest.raises(UpstreamTLSError) as raised:
+        send(mesh, "GET", "http://reviews:9080/")
+    assert raised.value.flag == "UF"
     deadline = time.monotonic() + WAIT
     while server.handshakes < 1 and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -659,8 +755,9 @@ def test_outbound_metrics_keep_connection_security_policy_unknown(
     assert {found["connection_security_policy"] for found in labels} == {"unknown"}
 
 
+@pytest.mark.parametrize("client", ["httpx", "requests"])
 def test_a_mirrored_copy_goes_with_its_destinations_tls(
-    ca: CertificateAuthority, serve: Callable[..., Server]
+    ca: CertificateAuthority, serve: Callable[..., Server], client: str
 ) -> None:
     reviews = serve(None)
     ratings = serve(workload_context(ca.issue(SpiffeId("cluster.local", "default", "ratings"))))
@@ -690,9 +787,12 @@ spec:
       mirror: {{host: ratings}}
 """
     mesh = Mesh.from_yaml(text)
-    with mesh.client() as client:
-        response = client.get("http://reviews:9080/")
-        assert info(response).tls is None  # the call itself: plain text
+    opened = mesh.client() if client == "httpx" else mesh.requests_session()
+    with opened as caller:
+        response = caller.get("http://reviews:9080/", timeout=WAIT)
+        assert response.status_code == 200
+        assert response.headers.get("x-mesh-response-flags") is None
+        assert response.json()["peer"] is None  # the call itself: plain text
         deadline = time.monotonic() + WAIT
         while ratings.requests < 1 and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -700,3 +800,52 @@ spec:
     assert ratings.requests == 1
     assert ratings.handshakes == 1
     assert ratings.sni[-1] == "outbound_.9080_._.ratings.default.svc.cluster.local"
+
+
+# --------------------------------------------------------------------------- the app's own TLS
+
+
+def app_tls_mesh(ca: CertificateAuthority, port: int, bundle: Path) -> Mesh:
+    """A mesh with an identity whose ``reviews`` endpoint takes auto mTLS, its inner transports
+    trusting ``bundle`` (the app's own trust, for its own TLS)."""
+    trust = ssl.create_default_context(cafile=str(bundle))
+    return Mesh.from_yaml(
+        config(ca, port, labels=f", {TLS_MODE_LABEL}: istio"),
+        transport=httpx.HTTPTransport(verify=trust),
+        async_transport=httpx.AsyncHTTPTransport(verify=trust),
+    )
+
+
+def test_the_apps_own_tls_names_the_host_it_called(
+    ca: CertificateAuthority, tmp_path: Path, serve: Callable[..., Server], send: Send
+) -> None:
+    # Envoy passes an app's TLS through: the app's client checks the host it called, not the
+    # address the mesh chose
+    server = serve(workload_context(make_certificate([dns("reviews")], ca=ca), strict=False))
+    bundle = tmp_path / "root.pem"
+    bundle.write_bytes(ca.bundle_pem)
+    mesh = app_tls_mesh(ca, server.port, bundle)
+    options = {"verify": str(bundle)} if send.kind == "requests" else {}
+    response = send(mesh, "GET", "https://reviews:9080/reviews/0", **options)
+    assert response.status_code == 200
+    assert seen(response) == {"peer": None, "sni": "reviews"}  # no client certificate: not mTLS
+    assert info(response).tls is None  # not the mesh's TLS
+    assert info(response).endpoint == f"127.0.0.1:{server.port}"
+    assert str(response.request.url) == "https://reviews:9080/reviews/0"
+
+
+def test_the_apps_own_tls_refuses_a_certificate_for_another_host(
+    ca: CertificateAuthority, tmp_path: Path, serve: Callable[..., Server], send: Send
+) -> None:
+    server = serve(workload_context(make_certificate([dns("ratings")], ca=ca), strict=False))
+    bundle = tmp_path / "root.pem"
+    bundle.write_bytes(ca.bundle_pem)
+    mesh = app_tls_mesh(ca, server.port, bundle)
+    options = {"verify": str(bundle)} if send.kind == "requests" else {}
+    with pytest.raises(MeshRequestError) as raised:
+        send(mesh, "GET", "https://reviews:9080/reviews/0", **options)
+    assert raised.value.flag.split(",")[0] == "UF"  # a connection failure, as Envoy counts it
+    # the certificate was checked against the host called (httpx's words, urllib3's)
+    assert re.search(r"not valid for 'reviews'|hostname 'reviews' doesn't match", str(raised.value))
+    assert server.sni[-1] == "reviews"
+    assert server.requests == 0

@@ -63,7 +63,16 @@ class HttpxCodec:
         return url.copy_with(path=path)
 
     def point(self, request: httpx.Request, url: httpx.URL, endpoint: Endpoint | None) -> None:
-        request.url = with_endpoint(url, endpoint) if endpoint is not None else url
+        """The request sent to ``endpoint``'s address. An ``https://`` URL is the app's own
+        TLS, which the mesh passes through as Envoy does: the handshake names the host the app
+        called (SNI, and the name its certificate is checked against: httpx's
+        ``sni_hostname`` extension), not the endpoint's address."""
+        if endpoint is None:
+            request.url = url
+            return
+        request.url = with_endpoint(url, endpoint)
+        if url.scheme == "https" and "sni_hostname" not in request.extensions:
+            request.extensions = {**request.extensions, "sni_hostname": url.host}
 
     def edit(
         self,
