@@ -9,6 +9,7 @@ scenarios run through requests in tests/security/test_outbound_tls.py).
 
 from __future__ import annotations
 
+import gc
 import socket
 from collections.abc import Iterator
 
@@ -21,6 +22,9 @@ import meshlib
 from meshlib import Mesh, client, errors
 from meshlib.clients import requests as mesh_requests
 from meshlib.clients.requests import MeshAdapter, classify_error, mesh_info, raise_for_mesh
+from meshlib.telemetry import RequestFinished
+from tests.chaos.misbehaving import Misbehaving
+from tests.integration.upstream import Upstream
 
 SERVICE = """\
 apiVersion: meshlib.dev/v1
@@ -207,3 +211,141 @@ def test_a_read_timeout_of_a_per_try_deadline() -> None:
     assert classify_error(requests.exceptions.ReadTimeout("r"), per_try_timeout=True) == (
         "per-try-timeout"
     )
+
+
+# --------------------------------------------------------------------------- the call's end
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[Upstream]:
+    with Upstream.start("v1") as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def misbehaving() -> Iterator[Misbehaving]:
+    server = Misbehaving.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def upstream_mesh(address: str, docs: str = "") -> Mesh:
+    text = (
+        "apiVersion: meshlib.dev/v1\n"
+        "kind: Service\n"
+        "metadata: {name: productpage}\n"
+        "spec:\n"
+        "  telemetry: {tracing: {enabled: false}}\n"
+        "  registry:\n"
+        "    static:\n"
+        f"      reviews: [{{address: '{address}', labels: {{version: v1}}}}]\n"
+    )
+    return Mesh.from_yaml(text + ("---\n" + docs if docs else ""), seed=1)
+
+
+class Recorder:
+    """The ``RequestFinished`` events of a mesh."""
+
+    def __init__(self) -> None:
+        self.finished: list[RequestFinished] = []
+
+    def on_event(self, event: object) -> None:
+        if isinstance(event, RequestFinished):
+            self.finished.append(event)
+
+
+def test_the_call_is_recorded_when_its_body_ends(upstream: Upstream) -> None:
+    mesh = upstream_mesh(upstream.address)
+    recorder = Recorder()
+    mesh.add_listener(recorder)
+    url = "http://reviews:9080/big?size=1000000"
+    with mesh.requests_session() as made:
+        streamed = made.get(url, stream=True, timeout=5)
+        assert recorder.finished == []  # the body is still to come
+        assert len(streamed.content) >= 1_000_000
+        assert [event.status for event in recorder.finished] == [200]
+        assert recorder.finished[0].flags == ""
+        early = made.get(url, stream=True, timeout=5)
+        early.close()  # before a byte of the body: recorded then
+        assert len(recorder.finished) == 2
+        whole = made.get(url, timeout=5)  # requests reads the body before get returns
+        assert len(whole.content) >= 1_000_000
+        assert len(recorder.finished) == 3
+        dropped = made.get(url, stream=True, timeout=5)
+        assert len(recorder.finished) == 3
+        del dropped
+        gc.collect()  # a response let go of unread: recorded when it is collected
+        assert len(recorder.finished) == 4
+        line = made.get(url, stream=True, timeout=5)
+        for _ in line.iter_content(1000):
+            break
+        line.close()
+        assert len(recorder.finished) == 5
+
+
+FLAGS = "x-mesh-response-flags"
+
+POOL_OF_ONE = """\
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  trafficPolicy:
+    connectionPool: {http: {http2MaxRequests: 1, http1MaxPendingRequests: 1}}
+"""
+
+
+def test_a_pool_slot_is_held_until_the_body_ends_and_given_back_once(upstream: Upstream) -> None:
+    mesh = upstream_mesh(upstream.address, POOL_OF_ONE)
+    target = mesh.explain("GET", "http://reviews:9080/").destination
+    assert target is not None
+    pool = mesh.cluster(target).pool
+    url = "http://reviews:9080/pool?size=1000000"
+
+    def overflows() -> bool:
+        """Whether a call now finds the one slot taken (503 ``UO``)."""
+        answer = made.get("http://reviews:9080/pool", timeout=5)
+        return answer.status_code == 503 and answer.headers[FLAGS] == "UO"
+
+    with mesh.requests_session() as made:
+        for _ in range(2):
+            assert made.get(url, timeout=5).status_code == 200  # read whole
+        assert pool.active == 0
+        held = made.get(url, stream=True, timeout=5)
+        assert pool.active == 1  # the body is unread: the slot is the response's
+        assert overflows()
+        held.close()
+        held.close()  # once: a second close gives nothing back twice
+        assert pool.active == 0
+        assert not overflows()
+        dropped = made.get(url, stream=True, timeout=5)
+        assert pool.active == 1
+        del dropped
+        gc.collect()
+        assert pool.active == 0
+        half = made.get(url, stream=True, timeout=5)
+        assert half.raw.read(1000)
+        assert pool.active == 1
+        half.close()
+        assert pool.active == 0
+        streamed = made.get(url, stream=True, timeout=5)
+        assert sum(len(chunk) for chunk in streamed.iter_content(65536)) >= 1_000_000
+        assert pool.active == 0  # read to its end: given back before any close
+        streamed.close()
+        assert pool.active == 0
+        assert made.get(url, timeout=5).status_code == 200
+
+
+def test_a_body_cut_by_the_upstream_gives_its_slot_back(misbehaving: Misbehaving) -> None:
+    mesh = upstream_mesh(misbehaving.address, POOL_OF_ONE)
+    target = mesh.explain("GET", "http://reviews:9080/").destination
+    assert target is not None
+    pool = mesh.cluster(target).pool
+    with mesh.requests_session() as made:
+        with pytest.raises(requests.exceptions.ChunkedEncodingError):
+            made.get("http://reviews:9080/reset-body/requests?size=1000&sent=10", timeout=5)
+        assert pool.active == 0
+        assert made.get("http://reviews:9080/ok/requests", timeout=5).status_code == 200

@@ -39,18 +39,25 @@ a new pool (new connections), the old one closed. A failed handshake or a refuse
 host the app called (SNI and the name checked, with the caller's ``verify``), not the
 endpoint's address.
 
-Where requests differs from the httpx transport (``docs/clients.md``): the call is recorded
-(metrics, access log), and its pool slot and in-flight count given back, when the response's
-head is in — requests reads the body after the adapter returns, and a body cut short is
-requests' own error, not recorded as ``UC``; the deadline bounds a body's reads through the
-socket timeout the try was sent with.
+The call ends with its body, as through the httpx transport: requests reads the body after the
+adapter returns, through ``response.raw``, which the adapter wraps (``_Body``). The body read
+to its end, closed, or let go of (garbage-collected) gives back the pool slot and in-flight
+count and records the call (metrics, access log), once; a body cut short is recorded ``UC``;
+the call's deadline bounds each read of the body (``DeadlineExceeded``, ``UT``). A response
+head is read within the try's deadline too: the pools' connections (``_Watched``) have it
+watched, so an upstream that trickles it cannot stretch it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import heapq
 import io
+import socket
 import ssl
 import threading
+import time
+import weakref
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
@@ -689,7 +696,7 @@ class MeshAdapter(requests.adapters.HTTPAdapter):
         self._mirrors_secure: SecureTransports | None = None
         self._tls = _TLSPools(self)
         #: what the attempt under way on this thread is sent through (see ``get_connection``)
-        self._sending = _Sending()
+        self._sending = _SENDING
 
     def _mirror_transport(self) -> httpx.BaseTransport:
         """The httpx transport mirrored copies go through (made on first use)."""
@@ -719,7 +726,10 @@ class MeshAdapter(requests.adapters.HTTPAdapter):
     def init_poolmanager(
         self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any
     ) -> None:
+        """requests' pool manager, its pools' connections reading a response head within the
+        try's deadline (``_Watched``)."""
         super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
         #: urllib3's pool for each plain-text ``host, port`` the mesh sends to, at most
         #: ``connections`` (``get_connection_with_tls_context``)
         self._plain_pools: dict[tuple[str, int | None], Any] = {}
@@ -830,7 +840,7 @@ class MeshAdapter(requests.adapters.HTTPAdapter):
             call.done()
             for name in (_TIMEOUT, _ATTEMPT_TIMEOUT, _EDITED):
                 request.__dict__.pop(name, None)
-        if call.telemetry.listening:
+        if call.telemetry.listening and not call.body_pending:
             call.finished(response, None)
         return response
 
@@ -872,6 +882,8 @@ class MeshAdapter(requests.adapters.HTTPAdapter):
             timeout = call.try_timeout
             sent_timeout = caller if timeout is None else getattr(attempt, _ATTEMPT_TIMEOUT)
             origination = None
+            if ends is not None:
+                sending.head_by = time.monotonic() + (ends - mesh.now())
             try:
                 if cluster.outbound is not None:
                     origination = self._originate(call, cluster.outbound)
@@ -886,23 +898,31 @@ class MeshAdapter(requests.adapters.HTTPAdapter):
                     proxies=proxies,
                 )
             except ATTEMPT_ERRORS as exc:
-                sending.pool = sending.tls_host = None
+                sending.pool = sending.tls_host = sending.head_by = None
                 failed = _tls_refusal(call, exc) if origination is not None else exc
                 mesh.clock.sleep(call.attempt_failed(failed))
                 continue
             except BaseException:
-                sending.pool = sending.tls_host = None
+                sending.pool = sending.tls_host = sending.head_by = None
                 call.attempt_abandoned()
                 raise
-            sending.pool = sending.tls_host = None
+            sending.pool = sending.tls_host = sending.head_by = None
             if origination is not None:
                 call.tls = (origination.mode, _peer_of(response))
-            # the call is over for the mesh once the head is in (requests reads the body later)
-            call.end_attempt()
             delay = call.settle(response)
             if delay is None:
                 response.url = call.saved[0] or response.url
-                return call.finish(response)
+                response = call.finish(response)
+                held = call.holding
+                raw = response.raw
+                if raw is None or raw.closed:
+                    if held:
+                        call.end_attempt()
+                elif held or call.ends is not None or call.telemetry.listening:
+                    # the call ends with its body, which requests reads after this returns
+                    call.body_started()
+                    response.raw = _Body(call, response, call.end_attempt if held else None)
+                return response
             response.close()
             call.attempt_discarded(delay)
             mesh.clock.sleep(delay)
@@ -926,17 +946,330 @@ class MeshAdapter(requests.adapters.HTTPAdapter):
         return origination
 
 
+# --------------------------------------------------------------------------- the body
+
+
+class _Body:
+    """An upstream's response body as requests reads it (``response.raw``), through the mesh:
+    urllib3's ``HTTPResponse``, wrapped. Everything but the reads is urllib3's own.
+
+    Each read is bounded by the call's deadline: it waits at most what is left (the socket's
+    timeout, set before each read; a read takes at most one ``recv`` of the socket, so an
+    upstream that trickles bytes cannot stretch it), and none begins after it; one the deadline
+    ends raises ``DeadlineExceeded`` (``UT``), or requests' ``ReadTimeout`` when it was the
+    caller's ``timeout=``. A connection that breaks in the middle is recorded as the call's
+    failure (``UC``), the caller getting requests' error for it (``ChunkedEncodingError``
+    through ``stream``, which requests reads ``response.content`` with). The body's end — read
+    to its end, closed, released, broken, or the response garbage-collected — gives back the
+    attempt's pool slot and in-flight count and records the call (metrics, access log), once.
+    """
+
+    def __init__(self, call: RequestsCall, response: requests.Response, release: Any) -> None:
+        raw = response.raw
+        self._raw = raw
+        self._call = call
+        self._response = weakref.ref(response)
+        ends = call.ends
+        self._bound = call.attempt_bound(ends) if ends is not None else None
+        if self._bound is None and call.try_timeout is not None:
+            # a per-try timeout bounds a try until its response begins, not the body (Envoy)
+            self._settimeout(None)
+        call.body_pending = True
+        self._done = weakref.finalize(
+            self, _body_ended, call, release, response.status_code, response.headers
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "_raw":
+            raise AttributeError(name)
+        return getattr(self._raw, name)
+
+    def _settimeout(self, timeout: float | None) -> None:
+        connection = getattr(self._raw, "connection", None)
+        sock = getattr(connection, "sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):  # closed meanwhile: the read says how
+                sock.settimeout(timeout)
+
+    # ------------------------------------------------------------------ reads
+
+    def stream(
+        self, amt: int | None = 2**16, decode_content: bool | None = None
+    ) -> Iterator[bytes]:
+        """urllib3's ``stream``, each read bounded; errors are requests' own (as
+        ``Response.iter_content`` would make them), so the call records what the caller gets."""
+        if amt == 0:
+            return
+        while True:
+            try:
+                data = self._read(amt, decode_content)
+            except urllib3.exceptions.ProtocolError as exc:
+                raise self._broken(requests.exceptions.ChunkedEncodingError(exc)) from exc
+            except urllib3.exceptions.SSLError as exc:
+                raise self._broken(requests.exceptions.SSLError(exc)) from exc
+            except urllib3.exceptions.DecodeError as exc:
+                self._end()
+                raise requests.exceptions.ContentDecodingError(exc) from exc
+            if not data:
+                return
+            yield data
+
+    def read(
+        self, amt: int | None = None, decode_content: bool | None = None, **kwargs: Any
+    ) -> bytes:
+        """urllib3's ``read``, each wait bounded (urllib3's errors, as it raises them)."""
+        if kwargs:  # cache_content: urllib3's own read
+            data: bytes = self._guard(self._raw.read, amt, decode_content, **kwargs)
+            if self._raw.closed:
+                self._end()
+            return data
+        chunks = []
+        wanted = amt
+        while wanted is None or wanted > 0:
+            try:
+                data = self._read(wanted, decode_content)
+            except (urllib3.exceptions.ProtocolError, urllib3.exceptions.SSLError) as exc:
+                raise self._broken(exc) from None
+            if not data:
+                break
+            chunks.append(data)
+            if wanted is not None:
+                wanted -= len(data)
+        return b"".join(chunks)
+
+    def read1(self, amt: int | None = None, decode_content: bool | None = None) -> bytes:
+        try:
+            return self._read(amt, decode_content)
+        except (urllib3.exceptions.ProtocolError, urllib3.exceptions.SSLError) as exc:
+            raise self._broken(exc) from None
+
+    def __iter__(self) -> Iterator[bytes]:
+        """Lines, as urllib3's ``HTTPResponse`` gives them."""
+        buffer = b""
+        for chunk in self.stream(decode_content=True):
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                yield line + b"\n"
+        if buffer:
+            yield buffer
+
+    def _read(self, amt: int | None, decode_content: bool | None) -> bytes:
+        """One read of at most one ``recv`` (urllib3's ``read1``, 2.3 and later), bounded by
+        the deadline; b"" at the end of the body, which ends the call."""
+        raw = self._raw
+        reader = getattr(raw, "read1", None)
+        if reader is None:  # an older urllib3: its read, each recv bounded alone
+            reader = raw.read
+        data: bytes = self._guard(reader, amt, decode_content)
+        if not data and amt != 0:
+            self._end()
+        return data
+
+    def _guard(self, read: Any, *args: Any, **kwargs: Any) -> Any:
+        bound = self._bound
+        if bound is None:
+            return read(*args, **kwargs)
+        call = self._call
+        left = bound.at - bound.now()
+        if left <= 0:
+            raise self._expired(None)
+        self._settimeout(left)
+        try:
+            return read(*args, **kwargs)
+        except urllib3.exceptions.ReadTimeoutError as exc:
+            raise self._expired(exc) from exc
+        except (urllib3.exceptions.ProtocolError, urllib3.exceptions.SSLError) as exc:
+            if call.timed_out() or call.user_timed_out():
+                raise self._expired(exc) from exc
+            raise
+
+    # ------------------------------------------------------------------ endings
+
+    def _expired(self, found: BaseException | None) -> Exception:
+        """The deadline ended a read: the call's error for it (recorded), the body closed."""
+        error = self._call.body_expired(found, self._response())
+        self._raw.close()
+        self._end()
+        return error
+
+    def _broken(self, error: Exception) -> Exception:
+        """The connection broke in the middle of the body: recorded (``UC``) with ``error``, the
+        exception the caller gets."""
+        self._call.body_broken(error, self._response())
+        self._end()
+        return error
+
+    def _end(self) -> None:
+        self._done()
+
+    def close(self) -> None:
+        try:
+            self._raw.close()
+        finally:
+            self._done()
+
+    def release_conn(self) -> None:
+        try:
+            self._raw.release_conn()
+        finally:
+            self._done()
+
+    def drain_conn(self) -> None:
+        try:
+            self._raw.drain_conn()
+        finally:
+            self._done()
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._raw.closed)
+
+
+def _body_ended(call: RequestsCall, release: Any, status: int, headers: Mapping[str, str]) -> None:
+    """A body ended (``_Body``): give back what its attempt held, and record the call."""
+    try:
+        if release is not None:
+            release()
+    finally:
+        if call.telemetry.listening:
+            call.recorded(status, headers, call.body_error)
+
+
+# --------------------------------------------------------------------------- the head's deadline
+
+
+class _Watch:
+    """One armed deadline of the ``_Watchdog``: the socket to shut when it passes."""
+
+    __slots__ = ("at", "fired", "sock")
+
+    def __init__(self, at: float, sock: Any) -> None:
+        self.at = at
+        self.sock = sock
+        self.fired = False
+
+    def __lt__(self, other: _Watch) -> bool:
+        return self.at < other.at
+
+
+class _Watchdog:
+    """Shuts the socket of a response head that is still being read when its try's deadline
+    passes. http.client reads a status line and headers a line at a time, each line as many
+    ``recv`` calls as it takes, so a socket timeout bounds each ``recv`` and not the head: an
+    upstream that trickles its head one byte at a time would stretch it without end. Shutting
+    the socket ends the read at once; the connection is not reused. One thread for the
+    process, started on first use, asleep until the earliest deadline armed."""
+
+    def __init__(self) -> None:
+        self._heap: list[_Watch] = []
+        self._cond = threading.Condition(threading.Lock())
+        self._wakes: float | None = None  # when the thread wakes next (None: not before a call)
+        self._thread: threading.Thread | None = None
+
+    def arm(self, at: float, sock: Any) -> _Watch:
+        """Watch ``sock`` until ``at`` (``time.monotonic``)."""
+        watch = _Watch(at, sock)
+        with self._cond:
+            heapq.heappush(self._heap, watch)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="meshlib-requests-watchdog", daemon=True
+                )
+                self._thread.start()
+            elif self._wakes is None or at < self._wakes:
+                self._cond.notify()
+        return watch
+
+    def disarm(self, watch: _Watch) -> bool:
+        """Stop watching; whether the deadline had passed (the socket was shut)."""
+        with self._cond:
+            watch.sock = None
+            return watch.fired
+
+    def _run(self) -> None:
+        heap = self._heap
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                while heap and (heap[0].sock is None or heap[0].at <= now):
+                    watch = heapq.heappop(heap)
+                    sock = watch.sock
+                    if sock is not None:
+                        watch.fired = True
+                        watch.sock = None
+                        with contextlib.suppress(OSError):
+                            # the plain socket's shutdown, under an SSLSocket too: it wakes a
+                            # blocked read without touching the TLS object another thread uses
+                            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+                if heap:
+                    self._wakes = heap[0].at
+                    self._cond.wait(self._wakes - now)
+                else:
+                    self._wakes = None
+                    self._cond.wait()
+
+
+_WATCHDOG = _Watchdog()
+
+
+class _Watched(urllib3.connection.HTTPConnection):
+    """A urllib3 connection whose response head is read within the try's deadline (the
+    adapter's ``_sending.head_by``, ``time.monotonic``): when it passes, the read ends as a
+    read timeout (urllib3's ``ReadTimeoutError``, requests' ``ReadTimeout``)."""
+
+    def getresponse(self) -> Any:
+        by = _SENDING.head_by
+        sock = self.sock
+        if by is None or sock is None:
+            return super().getresponse()
+        watch = _WATCHDOG.arm(by, sock)
+        try:
+            response = super().getresponse()
+        except BaseException as exc:
+            if _WATCHDOG.disarm(watch):
+                raise TimeoutError("read timed out: the try's deadline passed") from exc
+            raise
+        if _WATCHDOG.disarm(watch):
+            self.close()
+            raise TimeoutError("read timed out: the try's deadline passed")
+        return response
+
+
+class _WatchedHTTPConnection(_Watched):
+    """Plain text: ``_Watched``."""
+
+
+class _WatchedHTTPSConnection(_Watched, urllib3.connection.HTTPSConnection):
+    """The app's own TLS: ``_Watched``."""
+
+
+class _HTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _HTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
 # --------------------------------------------------------------------------- TLS origination
 
 
 class _Sending(threading.local):
     """What the attempt under way on a thread is sent through (``HTTPAdapter.send`` asks the
-    adapter for its pool, with the URL alone in requests before 2.32.2)."""
+    adapter for its pool, with the URL alone in requests before 2.32.2), and by when its
+    response head must be in."""
 
     #: the mesh's TLS pool for the attempt (the mesh originates TLS)
     pool: _MeshTLSPool | None = None
     #: the app's own TLS: the host the app called, as SNI and as the certificate's name
     tls_host: str | None = None
+    #: when the try ends (``time.monotonic``; None: nothing bounds it)
+    head_by: float | None = None
+
+
+#: One per thread, shared by the adapters (a thread sends one attempt at a time).
+_SENDING = _Sending()
 
 
 class _Refused(urllib3.exceptions.SSLError):
@@ -949,7 +1282,7 @@ class _Refused(urllib3.exceptions.SSLError):
         self.message = message
 
 
-class _VerifiedConnection(urllib3.connection.HTTPSConnection):
+class _VerifiedConnection(_Watched, urllib3.connection.HTTPSConnection):
     """A urllib3 connection whose ``connect`` shakes hands with the origination's context and
     then checks the peer as the mesh does (its SPIFFE ID under ISTIO_MUTUAL, its SANs against
     ``subjectAltNames`` otherwise); on a refusal it closes and raises ``_Refused``."""

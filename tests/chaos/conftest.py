@@ -4,9 +4,9 @@
 or body, a hang, a reset in the middle of a body, …: see that module); ``unaccepting`` one whose
 listener never accepts a connection. ``chaos_mesh(docs)`` builds a mesh whose service ``chaos``
 is the misbehaving upstream. Every scenario runs through each client kind: ``httpx.Client``
-(the default sync inner transport) and ``httpx.AsyncClient`` on each async inner transport,
-httpx's and aiohttp's (``kind``, ``caller``); the ``Caller`` drives any of them from plain test
-code and measures how long each call took, on the real clock.
+(the default sync inner transport), ``httpx.AsyncClient`` on each async inner transport,
+httpx's and aiohttp's, and a requests session (``kind``, ``caller``); the ``Caller`` drives any
+of them from plain test code and measures how long each call took, on the real clock.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from meshlib.clients.httpx.transport import AsyncMeshTransport, MeshTransport
 
 from .misbehaving import Misbehaving
 
-#: The client kinds every scenario runs through: the sync client, and the async client on each
-#: async inner transport.
-KINDS = ("sync", "async-httpx", "async-aiohttp")
+#: The client kinds every scenario runs through: the sync client, the async client on each
+#: async inner transport, and a requests session (``mesh.requests_session()``).
+KINDS = ("sync", "async-httpx", "async-aiohttp", "requests")
 #: The service name the misbehaving upstream is registered under.
 SERVICE = "chaos"
 
@@ -111,9 +111,11 @@ class Outcome:
 
 
 class Caller:
-    """One mesh client of a kind — ``"sync"``, ``"async-httpx"``, ``"async-aiohttp"`` — driven
-    from synchronous test code (the async client runs on an event loop of its own).
-    ``timeout`` is the client's own httpx timeout (httpx's default: 5 s)."""
+    """One mesh client of a kind — ``"sync"``, ``"async-httpx"``, ``"async-aiohttp"``,
+    ``"requests"`` — driven from synchronous test code (the async client runs on an event loop
+    of its own). ``timeout`` is the client's own timeout (httpx's default: 5 s; requests'
+    ``timeout=`` of each call). A requests answer comes back as an ``httpx.Response`` (its
+    ``MeshInfo`` in ``extensions["mesh"]``, as it was when the body ended)."""
 
     def __init__(self, mesh: Mesh, kind: str, timeout: Any = 5.0) -> None:
         self.mesh = mesh
@@ -121,13 +123,34 @@ class Caller:
         self._client: httpx.Client | None = None
         self._aclient: httpx.AsyncClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._session: RequestsCaller | None = None
         if kind == "sync":
             self._client = httpx.Client(transport=MeshTransport(mesh), timeout=timeout)
+        elif kind == "requests":
+            self._session = RequestsCaller(mesh, timeout)
         else:
             self._loop = asyncio.new_event_loop()
             inner = new_async_transport(kind.partition("-")[2])
             transport = AsyncMeshTransport(mesh, inner)
             self._aclient = httpx.AsyncClient(transport=transport, timeout=timeout)
+
+    @property
+    def read_timeout(self) -> type[BaseException]:
+        """The client's own error for a read its caller's timeout ended."""
+        if self.kind == "requests":
+            import requests
+
+            return requests.exceptions.ReadTimeout
+        return httpx.ReadTimeout
+
+    @property
+    def broken_body(self) -> tuple[type[BaseException], ...]:
+        """The client's own errors for a connection that broke in the middle of a body."""
+        if self.kind == "requests":
+            import requests
+
+            return (requests.exceptions.ChunkedEncodingError,)
+        return (httpx.RemoteProtocolError, httpx.ReadError)
 
     @property
     def client(self) -> httpx.Client | httpx.AsyncClient:
@@ -144,6 +167,8 @@ class Caller:
 
     def call(self, method: str, url: str, **kwargs: Any) -> Outcome:
         """One call, its body read by httpx (``client.request``); never raises."""
+        if self._session is not None:
+            return self._session.call(method, url, **kwargs)
         started = time.monotonic()
         try:
             if self._client is not None:
@@ -161,6 +186,8 @@ class Caller:
     def stream(self, method: str, url: str, *, read: bool = True, **kwargs: Any) -> Outcome:
         """One streamed call (``client.stream``), the body read chunk by chunk (unless ``read``
         is False); never raises: the outcome holds what came."""
+        if self._session is not None:
+            return self._session.stream(method, url, read=read, **kwargs)
         started = time.monotonic()
         chunks: list[bytes] = []
         holder: list[httpx.Response] = []
@@ -187,7 +214,7 @@ class Caller:
 
     def concurrently(self, n: int, method: str, url: str, **kwargs: Any) -> list[Outcome]:
         """``n`` calls at once (threads released together, or ``asyncio.gather``)."""
-        if self._client is not None:
+        if self._client is not None or self._session is not None:
             start = threading.Barrier(n)
 
             def one(_: int) -> Outcome:
@@ -229,11 +256,64 @@ class Caller:
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
+        if self._session is not None:
+            self._session.close()
         if self._loop is not None:
             assert self._aclient is not None
             self._loop.run_until_complete(self._aclient.aclose())
             self._loop.run_until_complete(self._loop.shutdown_asyncgens())
             self._loop.close()
+
+
+class RequestsCaller:
+    """``mesh.requests_session()`` behind the ``Caller``'s ``call`` and ``stream``."""
+
+    def __init__(self, mesh: Mesh, timeout: Any) -> None:
+        self._session = mesh.requests_session()
+        self._timeout = timeout
+
+    def call(self, method: str, url: str, **kwargs: Any) -> Outcome:
+        """One call, its body read by requests (``stream=False``)."""
+        started = time.monotonic()
+        try:
+            answer = self._session.request(method, url, timeout=self._timeout, **kwargs)
+        except Exception as exc:
+            return Outcome(None, exc, b"", _since(started))
+        return Outcome(_as_httpx(answer, answer.content), None, answer.content, _since(started))
+
+    def stream(self, method: str, url: str, *, read: bool = True, **kwargs: Any) -> Outcome:
+        """One call with ``stream=True``, the body read chunk by chunk (``iter_content``)."""
+        started = time.monotonic()
+        chunks: list[bytes] = []
+        answer = None
+        try:
+            answer = self._session.request(
+                method, url, timeout=self._timeout, stream=True, **kwargs
+            )
+            with answer:
+                if read:
+                    for chunk in answer.iter_content(None):
+                        chunks.append(chunk)
+        except Exception as exc:
+            response = _as_httpx(answer, b"".join(chunks)) if answer is not None else None
+            return Outcome(response, exc, b"".join(chunks), _since(started))
+        assert answer is not None
+        return Outcome(_as_httpx(answer, b"".join(chunks)), None, b"".join(chunks), _since(started))
+
+    def close(self) -> None:
+        self._session.close()
+
+
+def _as_httpx(answer: Any, body: bytes) -> httpx.Response:
+    from meshlib.clients.requests import mesh_info
+
+    return httpx.Response(
+        answer.status_code,
+        headers=list(answer.headers.items()),
+        content=body,
+        request=httpx.Request(answer.request.method, answer.url),
+        extensions={"mesh": mesh_info(answer)},
+    )
 
 
 def _since(started: float) -> float:

@@ -1,20 +1,20 @@
 """Deadlines against real upstream processes that misbehave: what bounds a call.
 
 One absolute deadline per call, on the mesh's clock: the route ``timeout`` (or
-``x-envoy-upstream-rq-timeout-ms``), bounded by the caller's own httpx timeout. Each try is
+``x-envoy-upstream-rq-timeout-ms``), bounded by the caller's own timeout. Each try is
 bounded by ``min(perTryTimeout, what is left)`` until its response headers arrive; the body is
 bounded by what is left of the call's deadline. Every phase counts — connect, send, response
 headers, body, and the wait for a connection-pool slot — and an upstream cannot stretch it by
-trickling bytes. Each scenario runs through ``httpx.Client`` and ``httpx.AsyncClient`` on every
-inner transport (``kind``). The elapsed-time bounds are generous: they tell a deadline (well
-under a second here) from an upstream's pace (several seconds), not a fast machine from a slow one.
+trickling bytes. Each scenario runs through ``httpx.Client``, ``httpx.AsyncClient`` on every
+inner transport, and a requests session (``kind``). The elapsed-time bounds are generous: they
+tell a deadline (well under a second here) from an upstream's pace (several seconds), not a fast
+machine from a slow one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-import httpx
 import pytest
 
 from meshlib import DeadlineExceeded, Mesh, MeshRequestError
@@ -77,7 +77,7 @@ def test_caller_timeout_bounds_a_trickling_upstream(
     caller = connect(chaos_mesh(), timeout=0.3)
     query = TRICKLED_HEAD if what == "trickle-headers" else TRICKLE
     outcome = caller.call("GET", f"{URL}/{what}{base_path}?{query}")
-    assert isinstance(outcome.error, httpx.ReadTimeout), repr(outcome.error)
+    assert isinstance(outcome.error, caller.read_timeout), repr(outcome.error)
     assert not isinstance(outcome.error, MeshRequestError)
     assert 0.25 <= outcome.elapsed < 1.2
 
