@@ -53,6 +53,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import io
+import os
 import socket
 import ssl
 import threading
@@ -1167,6 +1168,10 @@ class _Watchdog:
         self._wakes: float | None = None  # when the thread wakes next (None: not before a call)
         self._thread: threading.Thread | None = None
 
+    def forked(self) -> None:
+        """In a child process: the parent's thread is not there; start afresh."""
+        self.__init__()  # type: ignore[misc]
+
     def arm(self, at: float, sock: Any) -> _Watch:
         """Watch ``sock`` until ``at`` (``time.monotonic``)."""
         watch = _Watch(at, sock)
@@ -1211,6 +1216,8 @@ class _Watchdog:
 
 
 _WATCHDOG = _Watchdog()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_WATCHDOG.forked)
 
 
 class _Watched(urllib3.connection.HTTPConnection):
