@@ -513,7 +513,8 @@ class RequestsCodec:
         )
 
     def body_bound(self, bound: Any, timeout: float | None) -> None:
-        """requests reads the body with the socket timeout the try was sent with."""
+        """Nothing to change: each read of the body is bounded by the call's deadline where it
+        is read (``_Body``)."""
 
     def trace_headers(
         self, request: requests.PreparedRequest, names: frozenset[str]
