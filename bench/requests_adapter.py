@@ -10,12 +10,19 @@ measured in the adapter layer (``MeshAdapter.send`` with a prepared request: wha
 adds) and through the client (``session.get``: requests' own work too). Each row is the median
 per call of interleaved blocks (wall clock); the targets are a fast failure in at most 1/50 of a
 loopback call in the adapter layer and 1/10 through the client.
+
+Three floors, with no mesh, say what requests itself costs: ``HTTPAdapter.build_response`` of an
+in-memory 503 (every response requests hands over is built so, the mesh's replies too), and a
+bare ``requests.Session`` whose adapter raises at once or answers such a 503 (the session's own
+work around any adapter: preparing the request, the environment's proxy and ``.netrc``
+settings, hooks, cookies).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import socket
 import statistics
@@ -24,6 +31,8 @@ from collections.abc import Callable
 from typing import Any
 
 import requests
+import requests.adapters
+import urllib3
 
 from meshlib import Mesh
 from meshlib.errors import CircuitOpenError
@@ -81,6 +90,33 @@ def _per_call(call: Callable[[], Any], calls: int, blocks: int = 10) -> float:
     return statistics.median(found)
 
 
+FLOOR_BUILD = "floor: requests builds an in-memory 503 (adapter layer)"
+FLOOR_RAISES = "floor: a bare Session, its adapter raises at once"
+FLOOR_REPLY = "floor: a bare Session, its adapter answers a 503 from memory"
+FLOORS = (FLOOR_BUILD, FLOOR_RAISES, FLOOR_REPLY)
+
+
+class _FloorAdapter(requests.adapters.HTTPAdapter):
+    """No mesh: raises requests' ConnectionError at once (path ``/raise``), or answers 503 with
+    a body from memory through requests' own ``build_response``, as the mesh's replies are."""
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> Any:
+        if (request.url or "").endswith("/raise"):
+            raise requests.exceptions.ConnectionError("refused", request=request)
+        body = b"fault filter abort"
+        raw = urllib3.HTTPResponse(
+            body=io.BytesIO(body),
+            headers=urllib3.HTTPHeaderDict(
+                [("content-type", "text/plain"), ("content-length", str(len(body)))]
+            ),
+            status=503,
+            reason="Service Unavailable",
+            preload_content=False,
+            decode_content=False,
+        )
+        return self.build_response(request, raw)
+
+
 def measure(calls: int) -> dict[str, Any]:
     mesh = Mesh.from_yaml(CONFIG % {"port": _closed_port()}, seed=1)
     session = mesh.requests_session()
@@ -110,6 +146,26 @@ def measure(calls: int) -> dict[str, Any]:
     def client_abort() -> None:
         assert session.get("http://ratings/r", timeout=2).status_code == 503
 
+    # the floors: what requests itself costs around an adapter that fails at once, or answers a
+    # 503 from memory the way requests builds every response (``HTTPAdapter.build_response``)
+    floor = _FloorAdapter()
+    floor_session = requests.Session()
+    floor_session.mount("http://", floor)
+    prepared = requests.Request("GET", "http://floor/r").prepare()
+
+    def floor_raises() -> None:
+        try:
+            floor_session.get("http://floor/raise", timeout=2)
+        except requests.exceptions.ConnectionError:
+            return
+        raise AssertionError("the floor adapter should raise")
+
+    def floor_reply() -> None:
+        assert floor_session.get("http://floor/r", timeout=2).status_code == 503
+
+    def floor_build() -> None:
+        assert floor.send(prepared, timeout=2).status_code == 503
+
     with Upstream.start("v1") as upstream, requests.Session() as bare:
         url = upstream.url("/bench")
 
@@ -122,8 +178,12 @@ def measure(calls: int) -> dict[str, Any]:
             "open breaker, through requests.Session": _per_call(client_open, calls),
             "fault abort, adapter layer": _per_call(adapter_abort, calls),
             "fault abort, through requests.Session": _per_call(client_abort, calls),
+            FLOOR_BUILD: _per_call(floor_build, calls),
+            FLOOR_RAISES: _per_call(floor_raises, calls),
+            FLOOR_REPLY: _per_call(floor_reply, calls),
         }
     session.close()
+    floor_session.close()
     base = rows["loopback call, bare requests"]
     return {
         "us_per_call": rows,
@@ -144,9 +204,10 @@ def main() -> None:
     for name, value in found["us_per_call"].items():
         share = found["fraction_of_loopback"][name]
         limit = 1 / 50 if "adapter layer" in name else 1 / 10
-        verdict = "" if name.startswith("loopback") else (" PASS" if share <= limit else " MISS")
-        want = "" if name.startswith("loopback") else f" (target ≤ 1/{round(1 / limit)})"
-        print(f"  {name:42} {value:9.1f} µs  = 1/{1 / share:6.1f} of loopback{want}{verdict}")
+        plain = name.startswith("loopback") or name in FLOORS
+        verdict = "" if plain else (" PASS" if share <= limit else " MISS")
+        want = "" if plain else f" (target ≤ 1/{round(1 / limit)})"
+        print(f"  {name:62} {value:9.1f} µs  = 1/{1 / share:6.1f} of loopback{want}{verdict}")
 
 
 if __name__ == "__main__":

@@ -401,11 +401,11 @@ class Call(Generic[Req, Resp]):
         if breaker is None:
             self.ticket = NO_TICKET
         else:
-            try:
-                self.ticket = breaker.permit()
-            except CircuitOpenError as exc:
+            ticket = breaker.admit()
+            if type(ticket) is str:
                 lease.release()
-                raise self.refused(exc) from exc
+                raise self.refused(ticket)
+            self.ticket = ticket
         attempt = self.attempt_request(timeout)
         self.try_timeout = timeout
         self.lease = lease
@@ -796,13 +796,14 @@ class Call(Generic[Req, Resp]):
             flag=flags,
         )
 
-    def refused(self, exc: CircuitOpenError) -> Exception:
-        """The error for an attempt the breaker refused (``exc``): the call fails at once."""
+    def refused(self, reason: str) -> Exception:
+        """The error for an attempt the breaker refused (``reason``: the breaker's words): the
+        call fails at once."""
         self.flags.append("UO")
         target = self.decision.destination
         return self.codec.error(
             CircuitOpenError,
-            "circuit breaker open: failing fast",
+            f"{reason}: failing fast",
             request=self.request,
             route=MeshInfo(self.decision, None, self.attempts, "").route,
             destination=target.name if target is not None else None,

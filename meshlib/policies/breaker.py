@@ -382,6 +382,14 @@ class Breaker:
     def permit(self) -> Ticket:
         """Permission for one call, or ``CircuitOpenError`` (flag ``UO``) when the circuit is
         open or a half-open trial is already in flight. Settle the ticket with the outcome."""
+        found = self.admit()
+        if type(found) is str:
+            raise self._refusal(found)
+        return found  # type: ignore[return-value]
+
+    def admit(self) -> Ticket | str:
+        """``permit`` without raising: a ticket, or the reason the call is refused (what
+        ``CircuitOpenError`` would say). The data plane's refusals cost no exception here."""
         memory = self._memory
         if memory is not None and memory.state == _CLOSED:
             return Ticket(self)  # closed, in this process's memory: nothing to decide
@@ -394,10 +402,10 @@ class Breaker:
             if name == _OPEN:
                 opened_for = self._storage.seconds_open()
                 if opened_for is not None and opened_for < self._cb.reset_timeout:
-                    raise self._refusal("circuit breaker is open")
+                    return "circuit breaker is open"
                 self._cb.half_open()  # pybreaker's transition; tells the listeners
             elif self._trial is not None and now - self._trial_since < self._cb.reset_timeout:
-                raise self._refusal("circuit breaker is half-open and its trial call is in flight")
+                return "circuit breaker is half-open and its trial call is in flight"
             ticket = Ticket(self)
             self._trial = ticket
             self._trial_since = now

@@ -177,6 +177,23 @@ def test_half_open_admits_one_trial_at_a_time() -> None:
     breaker.permit().success()
 
 
+def test_admit_answers_as_permit_does_without_raising() -> None:
+    """The data plane asks ``admit``: the same decisions as ``permit``, a refusal as its reason."""
+    breaker, clock, _ = make(failures=1, timeout=1.0, successes=1)
+    ticket = breaker.admit()
+    assert not isinstance(ticket, str)
+    ticket.failure()
+    assert breaker.admit() == "circuit breaker is open"
+    clock.advance(1.0)
+    trial = breaker.admit()
+    assert not isinstance(trial, str)
+    assert breaker.admit() == "circuit breaker is half-open and its trial call is in flight"
+    with pytest.raises(CircuitOpenError, match="trial call is in flight"):
+        breaker.permit()
+    trial.success()
+    assert breaker.state == "closed"
+
+
 def test_half_open_trial_is_exclusive_across_threads() -> None:
     breaker, clock, _ = make(failures=1, timeout=1.0)
     fail(breaker)
