@@ -53,6 +53,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import io
+import itertools
 import os
 import socket
 import ssl
@@ -977,9 +978,9 @@ class _Body:
             # a per-try timeout bounds a try until its response begins, not the body (Envoy)
             self._settimeout(None)
         call.body_pending = True
-        self._done = weakref.finalize(
-            self, _body_ended, call, release, response.status_code, response.headers
-        )
+        #: what ending the call takes, popped once (``list.pop`` is atomic: whichever of a
+        #: read, a close and ``__del__`` comes first ends it)
+        self._ending = [(call, release, response.status_code, response.headers)]
 
     def __getattr__(self, name: str) -> Any:
         if name == "_raw":
@@ -987,11 +988,20 @@ class _Body:
         return getattr(self._raw, name)
 
     def _settimeout(self, timeout: float | None) -> None:
+        """The socket's timeout for the next read: ``timeout``, unless it is already within
+        ``_SLACK`` of it (setting it costs system calls)."""
         connection = getattr(self._raw, "connection", None)
         sock = getattr(connection, "sock", None)
-        if sock is not None:
-            with contextlib.suppress(OSError):  # closed meanwhile: the read says how
-                sock.settimeout(timeout)
+        if sock is None:
+            return
+        current = sock.gettimeout()
+        if timeout is None or current is None:
+            if timeout is current:
+                return
+        elif abs(current - timeout) <= _SLACK:
+            return
+        with contextlib.suppress(OSError):  # closed meanwhile: the read says how
+            sock.settimeout(timeout)
 
     # ------------------------------------------------------------------ reads
 
@@ -1105,6 +1115,17 @@ class _Body:
     def _end(self) -> None:
         self._done()
 
+    def _done(self) -> None:
+        try:
+            ending = self._ending.pop()
+        except IndexError:
+            return
+        _body_ended(*ending)
+
+    def __del__(self) -> None:
+        if self.__dict__.get("_ending"):
+            self._done()
+
     def close(self) -> None:
         try:
             self._raw.close()
@@ -1126,6 +1147,11 @@ class _Body:
     @property
     def closed(self) -> bool:
         return bool(self._raw.closed)
+
+
+#: How far a socket's timeout may be from what is left of the deadline before a read of the body
+#: sets it again (seconds): what the deadline may be overrun by.
+_SLACK = 0.01
 
 
 def _body_ended(call: RequestsCall, release: Any, status: int, headers: Mapping[str, str]) -> None:
@@ -1151,9 +1177,6 @@ class _Watch:
         self.sock = sock
         self.fired = False
 
-    def __lt__(self, other: _Watch) -> bool:
-        return self.at < other.at
-
 
 class _Watchdog:
     """Shuts the socket of a response head that is still being read when its try's deadline
@@ -1164,8 +1187,11 @@ class _Watchdog:
     process, started on first use, asleep until the earliest deadline armed."""
 
     def __init__(self) -> None:
-        self._heap: list[_Watch] = []
-        self._cond = threading.Condition(threading.Lock())
+        #: (when, a sequence number, the watch): compared in C, never by the watch
+        self._heap: list[tuple[float, int, _Watch]] = []
+        self._numbers = itertools.count()
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._wakes: float | None = None  # when the thread wakes next (None: not before a call)
         self._thread: threading.Thread | None = None
 
@@ -1176,8 +1202,8 @@ class _Watchdog:
     def arm(self, at: float, sock: Any) -> _Watch:
         """Watch ``sock`` until ``at`` (``time.monotonic``)."""
         watch = _Watch(at, sock)
-        with self._cond:
-            heapq.heappush(self._heap, watch)
+        with self._lock:  # the condition's own lock: notify may be called under it
+            heapq.heappush(self._heap, (at, next(self._numbers), watch))
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="meshlib-requests-watchdog", daemon=True
@@ -1189,7 +1215,7 @@ class _Watchdog:
 
     def disarm(self, watch: _Watch) -> bool:
         """Stop watching; whether the deadline had passed (the socket was shut)."""
-        with self._cond:
+        with self._lock:
             watch.sock = None
             return watch.fired
 
@@ -1198,8 +1224,8 @@ class _Watchdog:
         with self._cond:
             while True:
                 now = time.monotonic()
-                while heap and (heap[0].sock is None or heap[0].at <= now):
-                    watch = heapq.heappop(heap)
+                while heap and (heap[0][2].sock is None or heap[0][0] <= now):
+                    watch = heapq.heappop(heap)[2]
                     sock = watch.sock
                     if sock is not None:
                         watch.fired = True
@@ -1209,7 +1235,7 @@ class _Watchdog:
                             # blocked read without touching the TLS object another thread uses
                             socket.socket.shutdown(sock, socket.SHUT_RDWR)
                 if heap:
-                    self._wakes = heap[0].at
+                    self._wakes = heap[0][0]
                     self._cond.wait(self._wakes - now)
                 else:
                     self._wakes = None
