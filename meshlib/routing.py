@@ -309,6 +309,16 @@ class RouteDecision:
         }
 
 
+def route_label(decision: RouteDecision) -> str:
+    """The route as errors, access logs and ``MeshInfo.route`` name it:
+    ``<VirtualService>:<route>`` (the route's ``name``, else ``http[i]``; ``-`` for what is not
+    there)."""
+    vs = decision.virtual_service or "-"
+    index = decision.route_index
+    name = decision.route_name or (f"http[{index}]" if index is not None else "-")
+    return f"{vs}:{name}"
+
+
 def _dump(value: m.Model | None) -> dict[str, Any] | None:
     return value.model_dump(mode="json", by_alias=True, exclude_none=True) if value else None
 

@@ -70,7 +70,7 @@ from meshlib.pipeline.info import (
 )
 from meshlib.policies.fault import FaultAction, abort_response_parts, decide
 from meshlib.policies.retry import Outcome, RetryState, policy_for
-from meshlib.routing import RouteDecision, RouteRequest
+from meshlib.routing import RouteDecision, RouteRequest, route_label
 from meshlib.telemetry import (
     AttemptEnded,
     AttemptStarted,
@@ -758,7 +758,7 @@ class Call(Generic[Req, Resp]):
         deadline ended (else the codec says whether ``exc`` is a read timeout)."""
         target = self.decision.destination
         destination = target.name if target is not None else self.decision.host
-        route = MeshInfo(self.decision, None, self.attempts, "").route
+        route = route_label(self.decision)
         if self.user_timed_out() and not self.timed_out():
             return self.user_timeout()
         codec = self.codec
@@ -805,7 +805,7 @@ class Call(Generic[Req, Resp]):
             CircuitOpenError,
             f"{reason}: failing fast",
             request=self.request,
-            route=MeshInfo(self.decision, None, self.attempts, "").route,
+            route=route_label(self.decision),
             destination=target.name if target is not None else None,
         )
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from meshlib.discovery import Endpoint
-from meshlib.routing import CLUSTER_DOMAIN, RouteDecision
+from meshlib.routing import CLUSTER_DOMAIN, RouteDecision, route_label
 
 __all__ = [
     "FLAGS_HEADER",
@@ -55,11 +55,7 @@ class MeshInfo:
 
     @property
     def route(self) -> str:
-        vs = self.decision.virtual_service or "-"
-        name = self.decision.route_name or (
-            f"http[{self.decision.route_index}]" if self.decision.route_index is not None else "-"
-        )
-        return f"{vs}:{name}"
+        return route_label(self.decision)
 
 
 #: The MeshInfo of plain calls (one attempt, no flags), by decision and endpoint: immutable,

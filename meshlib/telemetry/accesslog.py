@@ -32,12 +32,12 @@ from opentelemetry import trace
 
 from meshlib.clock import SYSTEM_CLOCK, Clock
 from meshlib.config.logformat import OPERATORS, Piece, check_format, parse_format
+from meshlib.routing import route_label
 from meshlib.telemetry import InboundFinished, RequestFinished
 
 if TYPE_CHECKING:
     from meshlib.config import model as m
     from meshlib.config.load import ServiceInfo
-    from meshlib.routing import RouteDecision
 
 DEFAULT_LOGGER = "meshlib.access"
 
@@ -137,7 +137,7 @@ class AccessLogger:
             "authority": url.netloc.decode("ascii", "replace"),
             "upstream_host": endpoint.address if endpoint is not None else None,
             "destination": target.name if target is not None else decision.host,
-            "route": _route_name(decision) if decision.matched else None,
+            "route": route_label(decision) if decision.matched else None,
             "attempts": event.attempts,
             "request_id": request.request_id,
             "trace_id": _current_trace_id(),
@@ -191,15 +191,6 @@ class AccessLogger:
             if peer.namespace:
                 fields["source_workload_namespace"] = peer.namespace
         return fields, start
-
-
-def _route_name(decision: RouteDecision) -> str:
-    """``virtual_service:route``, as ``MeshInfo.route`` names it."""
-    vs = decision.virtual_service or "-"
-    name = decision.route_name or (
-        f"http[{decision.route_index}]" if decision.route_index is not None else "-"
-    )
-    return f"{vs}:{name}"
 
 
 def _current_trace_id() -> str | None:
