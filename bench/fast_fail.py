@@ -99,7 +99,11 @@ spec:
 
 
 def _abort_reply(request: httpx.Request) -> httpx.Response:
-    return httpx.Response(503, content=b"fault filter abort")
+    """An in-memory 503 as a transport hands it over: a stream the client reads."""
+    body = b"fault filter abort"
+    return httpx.Response(
+        503, headers=[("content-length", str(len(body)))], stream=httpx.ByteStream(body)
+    )
 
 
 class _Refusing(httpx.BaseTransport, httpx.AsyncBaseTransport):

@@ -24,7 +24,12 @@ import tenacity
 
 from examples.bookinfo import NETWORKING
 from meshlib import CircuitOpenError, DeadlineExceeded, Mesh, MeshRequestError, RouteRequest
-from meshlib.clients.httpx.transport import FLAGS_HEADER, MeshInfo
+from meshlib.clients.httpx.transport import (
+    FLAGS_HEADER,
+    AsyncMeshTransport,
+    MeshInfo,
+    MeshTransport,
+)
 from meshlib.config.load import load_texts
 from meshlib.discovery import Endpoint
 from meshlib.mesh import Cluster
@@ -360,6 +365,41 @@ def test_fault_abort_answers_500_without_calling_the_upstream(
     response = caller.send("GET", RATINGS, headers={"end-user": "alice"})
     assert response.status_code == 200
     assert len(upstreams.calls("ratings")) == 1
+
+
+def test_a_reply_of_the_mesh_leaves_the_transport_as_a_stream() -> None:
+    """A transport hands over a response to read, the mesh's own replies as an upstream's: the
+    client reads it (httpx reads a response twice over otherwise); its length is a header."""
+    mesh = Mesh.from_yaml(
+        docs(
+            vs(
+                "reviews",
+                "  - fault: {abort: {httpStatus: 503, percentage: {value: 100}}}\n"
+                "    route: [{destination: {host: reviews}}]\n",
+            )
+        )
+    )
+    request = httpx.Request("GET", "http://reviews/r")
+    response = MeshTransport(
+        mesh, httpx.MockTransport(lambda r: httpx.Response(200))
+    ).handle_request(request)
+    assert response.status_code == 503
+    assert not response.is_stream_consumed
+    with pytest.raises(httpx.ResponseNotRead):
+        _ = response.content
+    assert response.read() == b"fault filter abort"
+    assert response.headers["content-length"] == str(len(b"fault filter abort"))
+    assert flags(response) == "FI"
+
+    async def read_async() -> bytes:
+        transport = AsyncMeshTransport(mesh, httpx.MockTransport(lambda r: httpx.Response(200)))
+        answer = await transport.handle_async_request(httpx.Request("GET", "http://reviews/r"))
+        assert not answer.is_stream_consumed
+        return await answer.aread()
+
+    assert asyncio.run(read_async()) == b"fault filter abort"
+    with httpx.Client(transport=MeshTransport(mesh)) as client:
+        assert client.get("http://reviews/r").content == b"fault filter abort"
 
 
 def test_fault_delay_then_abort(connect: Connect, clock: FakeClock, upstreams: Upstreams) -> None:
@@ -922,6 +962,8 @@ def test_the_meshs_own_replies_to_head_carry_no_body(
         head = caller.send("HEAD", f"http://reviews:9080{path}")
         assert (head.status_code, flags(head), head.content) == (status, flag, b"")
         assert head.headers.get("content-type") == got.headers.get("content-type")
+        # the length of the body a GET gets, as Envoy's local reply to HEAD says it
+        assert head.headers["content-length"] == got.headers["content-length"] == str(len(text))
     assert upstreams.calls() == []
 
 

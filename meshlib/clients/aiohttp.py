@@ -470,8 +470,6 @@ class AiohttpCodec:
         body: bytes,
     ) -> aiohttp.ClientResponse:
         raw = [(name.encode("latin-1"), value.encode("utf-8")) for name, value in headers]
-        if body or status not in (204, 304):
-            raw.append((b"content-length", str(len(body)).encode("ascii")))
         return _local_response(request, status, raw, body, pending=True)
 
     def location(

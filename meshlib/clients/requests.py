@@ -550,19 +550,14 @@ class RequestsCodec:
         headers: list[tuple[str, str]],
         body: bytes,
     ) -> requests.Response:
-        if body:
-            headers = [*headers, ("content-length", str(len(body)))]
-        try:
-            reason = HTTPStatus(status).phrase
-        except ValueError:
-            reason = ""
         raw = urllib3.HTTPResponse(
             body=io.BytesIO(body),
-            headers=urllib3.HTTPHeaderDict(headers),
+            headers=urllib3.HTTPHeaderDict(headers),  # the core has set its content-length
             status=status,
-            reason=reason,
+            reason=_REASONS.get(status, ""),
             preload_content=False,
             decode_content=False,
+            request_method=request.method,  # HEAD: the length said, and no body
         )
         return self.adapter.build_response(request, raw)
 
@@ -618,6 +613,7 @@ class RequestsCodec:
 
 
 _new_view = object.__new__
+_REASONS = {status.value: status.phrase for status in HTTPStatus}
 #: Attributes the adapter keeps on a ``PreparedRequest`` during a call: the caller's timeout,
 #: the try's, and the header dict the call made its own.
 _TIMEOUT = "_meshlib_timeout"

@@ -571,8 +571,16 @@ class Call(Generic[Req, Resp]):
         return self.finish(self._local_response(status, headers, body), local=True)
 
     def _local_response(self, status: int, headers: list[tuple[str, str]], body: bytes) -> Resp:
-        """A response of the mesh's own; to a HEAD request its headers alone, as Envoy's local
-        replies (``sendLocalReply``: a direct response, a fault's abort, NR, UH, UO) send none."""
+        """A response of the mesh's own, with the ``content-length`` of its body (unless its
+        status has none); to a HEAD request its headers alone, that length included, as Envoy's
+        local replies (``sendLocalReply``: a direct response, a fault's abort, a redirect, NR,
+        UH, UO) send them."""
+        if status >= 200 and status not in (204, 304):
+            for name, _ in headers:
+                if name.lower() == "content-length":
+                    break
+            else:
+                headers = [*headers, ("content-length", str(len(body)))]
         if body and self.view.method == "HEAD":
             body = b""
         return self.codec.reply(self.request, status, headers, body)
@@ -601,7 +609,7 @@ class Call(Generic[Req, Resp]):
             path = _replace_prefix(path, self.decision, view, redirect.prefix_rewrite)
         location = self.codec.location(scheme, host, port, path, view.query or None)
         status = redirect.redirect_code or 301
-        response = self.codec.reply(self.request, status, [("location", location)], b"")
+        response = self._local_response(status, [("location", location)], b"")
         return self.finish(response)
 
     # ------------------------------------------------------------------ telemetry

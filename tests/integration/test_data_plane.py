@@ -142,6 +142,12 @@ def test_abort_fault_answers_500_without_reaching_the_upstream(
         assert response.status_code == 500
         assert response.headers[FLAGS_HEADER] == "FI"
         assert info(response).attempts == 0
+        assert response.content == b"fault filter abort"
+        assert response.headers.get_list("content-length") == ["18"]  # said once
+    # to HEAD, Envoy's local reply: the same headers, the body's length among them, no body
+    head = caller.request("HEAD", RATINGS + base_path, headers={"end-user": "jason"})
+    assert (head.status_code, head.content) == (500, b"")
+    assert head.headers.get_list("content-length") == ["18"]
     assert {v: u.hits() for v, u in upstreams.items()} == before
     response = caller.get(RATINGS + base_path, headers={"end-user": "alice"})
     assert response.status_code == 200

@@ -202,7 +202,10 @@ class HttpxCodec:
     def reply(
         self, request: httpx.Request, status: int, headers: list[tuple[str, str]], body: bytes
     ) -> httpx.Response:
-        return httpx.Response(status, headers=headers, content=body)
+        # a stream, as an upstream's response comes from a transport: the client reads it (built
+        # with ``content=``, httpx would read it here, and the client's read would come on top);
+        # the core has set its content-length
+        return httpx.Response(status, headers=headers, stream=httpx.ByteStream(body))
 
     def location(
         self, scheme: str, host: str, port: int | None, path: str, query: str | None
