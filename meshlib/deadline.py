@@ -10,7 +10,8 @@ call's)``) while the attempt is sent and its response headers awaited, then the 
 deadline (the route timeout, or the caller's timeout if that ends first) around each read of the
 response body, whoever reads it. The inner transports meshlib ships honour it at every blocking
 step: each read, write, connect and TLS handshake of the httpcore transports (``DeadlineBackend``
-in ``meshlib.clients.httpx.httpcore``) waits at most what is left, and the aiohttp transport arms
+in ``meshlib.clients.httpx.httpcore``, and ``TLSBackend`` in ``meshlib.clients.httpx.tls``, the
+TLS the mesh originates) waits at most what is left, and the aiohttp transport arms
 one timer for it. A step that begins with nothing left fails at once with a timeout, without
 touching the network.
 

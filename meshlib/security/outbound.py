@@ -9,12 +9,14 @@ The app calls ``http://reviews:9080``; the mesh originates TLS, as Envoy does be
   has an identity and the destination's PeerAuthentication (when this config holds one) is not
   DISABLE.
 * ``Outbound`` is that decision for one destination, remembered per endpoint.
-* ``VerifyingBackend`` / ``AsyncVerifyingBackend`` wrap httpcore's own network backends
-  (httpcore's public ``network_backend`` extension point). Their stream's ``start_tls`` runs the
-  handshake with the origination's context, then checks the peer — its SPIFFE ID against the
-  accepted identities for ISTIO_MUTUAL, its DNS/URI SANs against ``subjectAltNames`` otherwise —
-  and on a refusal closes the connection and raises ``UpstreamTLSError`` (flag ``UF``): the
-  check is done before httpcore writes a byte of the request.
+* ``VerifyingBackend`` / ``AsyncVerifyingBackend`` wrap a network backend (httpcore's public
+  ``network_backend`` extension point): the sync one ``meshlib.clients.httpx.tls.TLSBackend``
+  (TLS over memory BIOs, reading what the socket holds in one ``recv``), the async one
+  httpcore's anyio backend. Their stream's ``start_tls`` runs the handshake with the
+  origination's context, then checks the peer — its SPIFFE ID against the accepted identities
+  for ISTIO_MUTUAL, its DNS/URI SANs against ``subjectAltNames`` otherwise — and on a refusal
+  closes the connection and raises ``UpstreamTLSError`` (flag ``UF``): the check is done before
+  httpcore writes a byte of the request.
 * ``SecureTransports`` keeps one httpcore connection pool per origination (a destination and
   its TLS settings), so a connection is verified once and reused.
 
@@ -558,17 +560,15 @@ _LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepal
 
 
 def _sync_transport(handshake: _Handshake) -> httpx.BaseTransport:
-    from meshlib.clients.httpx.httpcore import (  # noqa: PLC0415 - no cycle at import
-        DeadlineBackend,
-        PoolTransport,
-    )
+    from meshlib.clients.httpx.httpcore import PoolTransport  # noqa: PLC0415 - no cycle at import
+    from meshlib.clients.httpx.tls import TLSBackend  # noqa: PLC0415
 
     pool = httpcore.ConnectionPool(
         ssl_context=_pool_context(),
         max_connections=_LIMITS.max_connections,
         max_keepalive_connections=_LIMITS.max_keepalive_connections,
         keepalive_expiry=_LIMITS.keepalive_expiry,
-        network_backend=VerifyingBackend(handshake, DeadlineBackend()),
+        network_backend=VerifyingBackend(handshake, TLSBackend()),
     )
     return PoolTransport(pool)
 
