@@ -344,11 +344,11 @@ class AiohttpCodec:
         view._params = None
         return view
 
-    def save(self, request: aiohttp.ClientRequest) -> tuple[URL, CIMultiDict[str]]:
-        return request.url, request.headers
+    def save(self, request: aiohttp.ClientRequest) -> tuple[URL, CIMultiDict[str], str | None]:
+        return request.url, request.headers, request.server_hostname
 
-    def restore(self, request: aiohttp.ClientRequest, saved: tuple[URL, Any]) -> None:
-        request.url, request.headers = saved
+    def restore(self, request: aiohttp.ClientRequest, saved: tuple[URL, Any, Any]) -> None:
+        request.url, request.headers, request.server_hostname = saved
 
     def carry(self, request: aiohttp.ClientRequest, carried: Mapping[str, str]) -> None:
         """On a copy of the caller's headers (``restore`` puts the caller's own back)."""
@@ -378,6 +378,10 @@ class AiohttpCodec:
     def point(self, request: aiohttp.ClientRequest, url: _URL, endpoint: Endpoint | None) -> None:
         target = url.url
         if endpoint is not None:
+            if target.scheme == "https" and request.server_hostname is None:
+                # the app's own TLS, passed through as Envoy does: the handshake names the host
+                # the app called (SNI, and the name its certificate must carry), not the address
+                request.server_hostname = target.host
             target = URL.build(
                 scheme=target.scheme,
                 host=endpoint.host,

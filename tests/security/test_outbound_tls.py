@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -190,6 +191,9 @@ class Sender:
                     extensions={"mesh": mesh_info(answer)},
                 )
 
+        if self.kind == "aiohttp":
+            return asyncio.run(_aiohttp_send(mesh, method, url, **kwargs))
+
         async def go() -> httpx.Response:
             async with mesh.async_client() as client:
                 return await client.request(method, url, **kwargs)  # type: ignore[arg-type]
@@ -197,11 +201,40 @@ class Sender:
         return asyncio.run(go())
 
 
+async def _aiohttp_send(mesh: Mesh, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    """Through ``mesh.aiohttp_session()``; ``verify=`` (a CA bundle) as aiohttp's ``ssl=``."""
+    from meshlib.clients.aiohttp import mesh_info
+
+    options: dict[str, Any] = {}
+    verify = kwargs.pop("verify", None)
+    if isinstance(verify, str):
+        options["ssl"] = ssl.create_default_context(cafile=verify)
+    async with (
+        mesh.aiohttp_session() as session,
+        session.request(method, url, **options, **kwargs) as answer,
+    ):
+        body = await answer.read()
+        return httpx.Response(
+            answer.status,
+            headers=list(answer.raw_headers),
+            content=body,
+            request=httpx.Request(method, str(answer.url)),
+            extensions={"mesh": mesh_info(answer)},
+        )
+
+
 Send = Sender
 
 
 @pytest.fixture(params=["sync", "async", "requests"])
 def send(request: pytest.FixtureRequest) -> Sender:
+    return Sender(str(request.param))
+
+
+@pytest.fixture(params=["sync", "async", "requests", "aiohttp"])
+def app_send(request: pytest.FixtureRequest) -> Sender:
+    """``send``, and through ``mesh.aiohttp_session()`` too: the app's own TLS goes through each
+    client's own TLS (the mesh's TLS through aiohttp goes through its httpx pools)."""
     return Sender(str(request.param))
 
 
@@ -817,7 +850,7 @@ def app_tls_mesh(ca: CertificateAuthority, port: int, bundle: Path) -> Mesh:
 
 
 def test_the_apps_own_tls_names_the_host_it_called(
-    ca: CertificateAuthority, tmp_path: Path, serve: Callable[..., Server], send: Send
+    ca: CertificateAuthority, tmp_path: Path, serve: Callable[..., Server], app_send: Send
 ) -> None:
     # Envoy passes an app's TLS through: the app's client checks the host it called, not the
     # address the mesh chose
@@ -825,8 +858,8 @@ def test_the_apps_own_tls_names_the_host_it_called(
     bundle = tmp_path / "root.pem"
     bundle.write_bytes(ca.bundle_pem)
     mesh = app_tls_mesh(ca, server.port, bundle)
-    options = {"verify": str(bundle)} if send.kind == "requests" else {}
-    response = send(mesh, "GET", "https://reviews:9080/reviews/0", **options)
+    options = {"verify": str(bundle)} if app_send.kind in ("requests", "aiohttp") else {}
+    response = app_send(mesh, "GET", "https://reviews:9080/reviews/0", **options)
     assert response.status_code == 200
     assert seen(response) == {"peer": None, "sni": "reviews"}  # no client certificate: not mTLS
     assert info(response).tls is None  # not the mesh's TLS
@@ -835,15 +868,15 @@ def test_the_apps_own_tls_names_the_host_it_called(
 
 
 def test_the_apps_own_tls_refuses_a_certificate_for_another_host(
-    ca: CertificateAuthority, tmp_path: Path, serve: Callable[..., Server], send: Send
+    ca: CertificateAuthority, tmp_path: Path, serve: Callable[..., Server], app_send: Send
 ) -> None:
     server = serve(workload_context(make_certificate([dns("ratings")], ca=ca), strict=False))
     bundle = tmp_path / "root.pem"
     bundle.write_bytes(ca.bundle_pem)
     mesh = app_tls_mesh(ca, server.port, bundle)
-    options = {"verify": str(bundle)} if send.kind == "requests" else {}
+    options = {"verify": str(bundle)} if app_send.kind in ("requests", "aiohttp") else {}
     with pytest.raises(MeshRequestError) as raised:
-        send(mesh, "GET", "https://reviews:9080/reviews/0", **options)
+        app_send(mesh, "GET", "https://reviews:9080/reviews/0", **options)
     assert raised.value.flag.split(",")[0] == "UF"  # a connection failure, as Envoy counts it
     # the certificate was checked against the host called (httpx's words, urllib3's)
     assert re.search(r"not valid for 'reviews'|hostname 'reviews' doesn't match", str(raised.value))
