@@ -117,6 +117,10 @@ class DeadlineBackend(httpcore.NetworkBackend):
     """httpcore's sync network backend (``inner``, ``httpcore.SyncBackend`` by default), each
     connect, read, write and TLS handshake bounded by the current deadline."""
 
+    #: what a TCP connection is wrapped in (``meshlib.clients.httpx.tls.TLSBackend``: a stream
+    #: whose TLS is its own)
+    tcp_stream: type[_DeadlineStream] = _DeadlineStream
+
     def __init__(self, inner: httpcore.NetworkBackend | None = None) -> None:
         self._inner = inner if inner is not None else httpcore.SyncBackend()
 
@@ -130,7 +134,7 @@ class DeadlineBackend(httpcore.NetworkBackend):
     ) -> httpcore.NetworkStream:
         bounded = _bounded(timeout, httpcore.ConnectTimeout)
         stream = self._inner.connect_tcp(host, port, bounded, local_address, socket_options)
-        return _DeadlineStream(stream)
+        return self.tcp_stream(stream)
 
     def connect_unix_socket(
         self, path: str, timeout: float | None = None, socket_options: Any = None

@@ -242,14 +242,4 @@ class _TCPStream(_DeadlineStream):
 class TLSBackend(DeadlineBackend):
     """``DeadlineBackend`` whose TLS connections are ``TLSStream``s."""
 
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Any = None,
-    ) -> httpcore.NetworkStream:
-        bounded = _bounded(timeout, httpcore.ConnectTimeout)
-        stream = self._inner.connect_tcp(host, port, bounded, local_address, socket_options)
-        return _TCPStream(stream)
+    tcp_stream = _TCPStream
