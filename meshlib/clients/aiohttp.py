@@ -63,6 +63,7 @@ from meshlib import errors
 from meshlib.deadline import Deadline
 from meshlib.pipeline.call import Call, origination_for
 from meshlib.pipeline.call import raise_for_mesh as _raise_for_mesh
+from meshlib.pipeline.headers import apply_operations
 from meshlib.pipeline.info import (
     FLAGS_HEADER,
     FREE_LEASE,
@@ -587,14 +588,16 @@ _TAKEN_NAMES = tuple(key.decode("latin-1") for key in _UPSTREAM_TAKEN)
 
 
 def _apply(headers: CIMultiDict[str], ops: Any) -> None:
-    """Istio's header operations, in order: remove, set, add (``add`` appends ``,value``)."""
-    for name in ops.remove or ():
-        headers.popall(name, None)
-    for name, value in (ops.set or {}).items():
+    """Istio's header operations on ``headers`` (``meshlib.pipeline.headers.apply_operations``):
+    a name removed or set loses every value it had."""
+
+    def put(name: str, value: str) -> None:
         headers[name] = value
-    for name, value in (ops.add or {}).items():
-        found = headers.get(name)
-        headers[name] = value if found is None else f"{found},{value}"
+
+    def drop(name: str) -> None:
+        headers.popall(name, None)
+
+    apply_operations(ops, headers.get, put, drop)
 
 
 def raise_for_mesh(response: aiohttp.ClientResponse) -> aiohttp.ClientResponse:

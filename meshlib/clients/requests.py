@@ -78,6 +78,7 @@ from requests.utils import select_proxy
 
 from meshlib import errors
 from meshlib.pipeline.call import Call, origination_for
+from meshlib.pipeline.headers import apply_operations
 from meshlib.pipeline.info import FLAGS_HEADER, FREE_LEASE, MESH_SUFFIX, MeshInfo
 from meshlib.policies.retry import ErrorKind, Outcome
 from meshlib.routing import RouteRequest
@@ -640,14 +641,16 @@ def _timeouts(timeout: Any) -> tuple[float | None, float | None]:
 
 
 def _apply_header_ops(headers: MutableMapping[str, str], ops: Any) -> None:
-    for name in ops.remove or ():
+    """Istio's header operations on ``headers`` (``meshlib.pipeline.headers.apply_operations``),
+    each configured value as http.client can send it (``_sendable``)."""
+
+    def put(name: str, value: str) -> None:
+        headers[name] = value
+
+    def drop(name: str) -> None:
         headers.pop(name, None)
-    for name, value in (ops.set or {}).items():
-        headers[name] = _sendable(value)
-    for name, value in (ops.add or {}).items():
-        headers[name] = (
-            f"{headers[name]},{_sendable(value)}" if name in headers else _sendable(value)
-        )
+
+    apply_operations(ops, headers.get, put, drop, _sendable)
 
 
 def _sendable(value: str) -> str:

@@ -16,6 +16,7 @@ import httpx
 
 from meshlib.clients.httpx.errors import FLAVORS, outcome_of_error
 from meshlib.clients.httpx.headers import entries, with_entries
+from meshlib.pipeline.headers import apply_operations
 from meshlib.pipeline.info import FLAGS_HEADER, MeshInfo
 from meshlib.routing import RouteRequest
 from meshlib.telemetry.peer import PEER_KEYS, PEER_METADATA
@@ -374,16 +375,16 @@ _new_tuple = tuple.__new__
 
 
 def apply_header_ops(headers: httpx.Headers, ops: Any) -> None:
-    for name in ops.remove or ():
+    """Istio's header operations on ``headers`` (``meshlib.pipeline.headers.apply_operations``)."""
+
+    def drop(name: str) -> None:
         if name in headers:
             del headers[name]
-    for name, value in (ops.set or {}).items():
+
+    def put(name: str, value: str) -> None:
         _set_header(headers, name, value)
-    for name, value in (ops.add or {}).items():
-        if name in headers:
-            _set_header(headers, name, f"{headers[name]},{value}")
-        else:
-            _set_header(headers, name, value)
+
+    apply_operations(ops, headers.get, put, drop)
 
 
 def _set_header(headers: httpx.Headers, name: str, value: str) -> None:
