@@ -887,28 +887,28 @@ class MeshAdapter(requests.adapters.HTTPAdapter):
             if ends is not None:
                 sending.head_by = time.monotonic() + (ends - mesh.now())
             try:
-                if cluster.outbound is not None:
-                    origination = self._originate(call, cluster.outbound)
-                if origination is None and call.view.scheme == "https" and call.endpoint:
-                    sending.tls_host = call.view.host  # the app's own TLS, to the host it named
-                response = super().send(
-                    attempt,
-                    stream=stream,
-                    timeout=sent_timeout,
-                    verify=verify,
-                    cert=cert,
-                    proxies=proxies,
-                )
+                try:
+                    if cluster.outbound is not None:
+                        origination = self._originate(call, cluster.outbound)
+                    if origination is None and call.view.scheme == "https" and call.endpoint:
+                        sending.tls_host = call.view.host  # the app's own TLS, to that host
+                    response = super().send(
+                        attempt,
+                        stream=stream,
+                        timeout=sent_timeout,
+                        verify=verify,
+                        cert=cert,
+                        proxies=proxies,
+                    )
+                finally:  # what the attempt was sent through is this attempt's alone
+                    sending.pool = sending.tls_host = sending.head_by = None
             except ATTEMPT_ERRORS as exc:
-                sending.pool = sending.tls_host = sending.head_by = None
                 failed = _tls_refusal(call, exc) if origination is not None else exc
                 mesh.clock.sleep(call.attempt_failed(failed))
                 continue
             except BaseException:
-                sending.pool = sending.tls_host = sending.head_by = None
                 call.attempt_abandoned()
                 raise
-            sending.pool = sending.tls_host = sending.head_by = None
             if origination is not None:
                 call.tls = (origination.mode, _peer_of(response))
             delay = call.settle(response)
