@@ -50,7 +50,6 @@ is seen through its connection's ``add_callback``.
 from __future__ import annotations
 
 import asyncio
-import http
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -68,6 +67,7 @@ from meshlib.pipeline.info import (
     FLAGS_HEADER,
     FREE_LEASE,
     MESH_SUFFIX,
+    REASON_PHRASES,
     MeshInfo,
 )
 from meshlib.policies.retry import ErrorKind, Outcome
@@ -193,7 +193,6 @@ class _NoWriter:
 
 _IDLE = _Idle()
 _RESPONSE_ARGS = frozenset(inspect.signature(aiohttp.ClientResponse.__init__).parameters)
-_REASONS: dict[int, str] = {status.value: status.phrase for status in http.HTTPStatus}
 
 
 def _local_response(
@@ -221,7 +220,7 @@ def _local_response(
     response_class = getattr(req, "response_class", aiohttp.ClientResponse)
     response = response_class(req.method, req.original_url, **kwargs)
     response.status = status
-    response.reason = _REASONS.get(status, "")
+    response.reason = REASON_PHRASES.get(status, "")
     response.version = aiohttp.HttpVersion11
     if pending:
         response._mesh_raw = raw  # type: ignore[union-attr]

@@ -61,7 +61,6 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit
 
@@ -79,7 +78,13 @@ from requests.utils import select_proxy
 from meshlib import errors
 from meshlib.pipeline.call import Call, origination_for
 from meshlib.pipeline.headers import apply_operations
-from meshlib.pipeline.info import FLAGS_HEADER, FREE_LEASE, MESH_SUFFIX, MeshInfo
+from meshlib.pipeline.info import (
+    FLAGS_HEADER,
+    FREE_LEASE,
+    MESH_SUFFIX,
+    REASON_PHRASES,
+    MeshInfo,
+)
 from meshlib.policies.retry import ErrorKind, Outcome
 from meshlib.routing import RouteRequest
 from meshlib.telemetry.peer import PEER_KEYS, PEER_METADATA, stamp_of
@@ -555,7 +560,7 @@ class RequestsCodec:
             body=io.BytesIO(body),
             headers=urllib3.HTTPHeaderDict(headers),  # the core has set its content-length
             status=status,
-            reason=_REASONS.get(status, ""),
+            reason=REASON_PHRASES.get(status, ""),
             preload_content=False,
             decode_content=False,
             request_method=request.method,  # HEAD: the length said, and no body
@@ -614,7 +619,6 @@ class RequestsCodec:
 
 
 _new_view = object.__new__
-_REASONS = {status.value: status.phrase for status in HTTPStatus}
 #: Attributes the adapter keeps on a ``PreparedRequest`` during a call: the caller's timeout,
 #: the try's, and the header dict the call made its own.
 _TIMEOUT = "_meshlib_timeout"

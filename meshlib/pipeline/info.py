@@ -4,6 +4,7 @@ the small shared values every attempt passes around."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from http import HTTPStatus
 
 from meshlib.discovery import Endpoint
 from meshlib.routing import CLUSTER_DOMAIN, RouteDecision, route_label
@@ -14,6 +15,7 @@ __all__ = [
     "MESH_SUFFIX",
     "NO_TICKET",
     "PEER_IDENTITY",
+    "REASON_PHRASES",
     "TIMEOUT_OVERRIDE_HEADER",
     "FreeLease",
     "MeshInfo",
@@ -24,6 +26,9 @@ __all__ = [
 FLAGS_HEADER = "x-mesh-response-flags"
 #: A caller's per-call route timeout in milliseconds (Envoy's header; removed before sending).
 TIMEOUT_OVERRIDE_HEADER = "x-envoy-upstream-rq-timeout-ms"
+#: The reason phrase of each status the standard library knows, for the status line of a reply of
+#: the mesh's own ("" for another status).
+REASON_PHRASES: dict[int, str] = {status.value: status.phrase for status in HTTPStatus}
 #: The suffix of the mesh's own service names (``reviews.default.svc.cluster.local``).
 MESH_SUFFIX = "." + CLUSTER_DOMAIN
 #: ``get_extra_info`` key of a connection verified by ``meshlib.security.outbound``: the peer's
