@@ -72,7 +72,7 @@ from meshlib.pipeline.info import (
 )
 from meshlib.policies.retry import ErrorKind, Outcome
 from meshlib.routing import RouteRequest
-from meshlib.telemetry.peer import PEER_KEYS, PEER_METADATA, stamp_of
+from meshlib.telemetry.peer import PEER_KEYS, PEER_METADATA, stamp_of, stamp_text
 
 if TYPE_CHECKING:
     import httpx
@@ -418,7 +418,7 @@ class AiohttpCodec:
         for key in _PEER_NAMES:
             if key in headers:
                 del headers[key]
-        headers.extend(_decoded(entries))
+        headers.extend(stamp_text(entries))
 
     def request_headers(self, request: aiohttp.ClientRequest) -> Mapping[str, str]:
         return request.headers  # case-insensitive: ``get`` with lowercase names works
@@ -564,21 +564,6 @@ class AiohttpCodec:
 
 
 _PEER_NAMES = tuple(key.decode("latin-1") for key in PEER_KEYS)
-_DECODED: dict[int, tuple[Any, list[tuple[str, str]]]] = {}
-
-
-def _decoded(entries: Sequence[tuple[bytes, bytes, bytes]]) -> list[tuple[str, str]]:
-    """The metadata exchange headers as text, decoded once per stamp (the mesh keeps one)."""
-    found = _DECODED.get(id(entries))
-    if found is not None and found[0] is entries:
-        return found[1]
-    pairs = [(name.decode("latin-1"), value.decode("latin-1")) for name, _, value in entries]
-    if len(_DECODED) >= 64:
-        _DECODED.clear()
-    _DECODED[id(entries)] = (entries, pairs)
-    return pairs
-
-
 CODEC = AiohttpCodec()
 _PEER_METADATA_KEY = PEER_METADATA.encode()
 _FLAGS_KEY = FLAGS_HEADER.encode()

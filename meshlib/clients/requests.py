@@ -87,7 +87,7 @@ from meshlib.pipeline.info import (
 )
 from meshlib.policies.retry import ErrorKind, Outcome
 from meshlib.routing import RouteRequest
-from meshlib.telemetry.peer import PEER_KEYS, PEER_METADATA, stamp_of
+from meshlib.telemetry.peer import PEER_KEYS, PEER_METADATA, stamp_of, stamp_text
 
 if TYPE_CHECKING:
     from meshlib.config.model import HeaderOperations
@@ -378,12 +378,10 @@ class RequestsCodec:
     (``meshlib.pipeline.codec.Codec``). Local replies are built by the adapter's own
     ``HTTPAdapter.build_response``."""
 
-    __slots__ = ("_stamped", "adapter")
+    __slots__ = ("adapter",)
 
     def __init__(self, adapter: MeshAdapter) -> None:
         self.adapter = adapter
-        #: the last peer-metadata stamp, decoded (``stamp``): the mesh's stamp object and its text
-        self._stamped: tuple[Any, list[tuple[str, str]]] | None = None
 
     # ------------------------------------------------------------------ the request
 
@@ -484,13 +482,7 @@ class RequestsCodec:
         store = headers._store
         for key in _PEER_NAMES:
             store.pop(key, None)
-        decoded = self._stamped
-        if decoded is None or decoded[0] is not stamped:
-            decoded = self._stamped = (
-                stamped,
-                [(name.decode("latin-1"), value.decode("latin-1")) for name, _, value in stamped],
-            )
-        for name, value in decoded[1]:
+        for name, value in stamp_text(stamped):
             store[name.lower()] = (name, value)
 
     def request_headers(self, request: requests.PreparedRequest) -> Mapping[str, str]:

@@ -33,7 +33,7 @@ import binascii
 import logging
 import threading
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -436,6 +436,21 @@ def stamp_of(mesh: Mesh) -> Stamp:
 
 _last: tuple[object, Stamp] = (None, stamp_for(ServiceInfo()))
 
+_TEXTS: dict[int, tuple[object, list[tuple[str, str]]]] = {}
+
+
+def stamp_text(entries: Sequence[tuple[bytes, bytes, bytes]]) -> list[tuple[str, str]]:
+    """A stamp's ``entries`` as ``(name, value)`` text, for a client whose headers are text;
+    decoded once per stamp (a mesh keeps one per config)."""
+    found = _TEXTS.get(id(entries))
+    if found is not None and found[0] is entries:
+        return found[1]
+    pairs = [(name.decode("latin-1"), value.decode("latin-1")) for name, _, value in entries]
+    if len(_TEXTS) >= 64:
+        _TEXTS.clear()
+    _TEXTS[id(entries)] = (entries, pairs)
+    return pairs
+
 
 __all__ = [
     "MAX_HEADER",
@@ -456,4 +471,5 @@ __all__ = [
     "refused_claims",
     "stamp_for",
     "stamp_of",
+    "stamp_text",
 ]
